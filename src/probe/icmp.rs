@@ -1,0 +1,143 @@
+//! The real prober: ICMP echo over IPv4 and IPv6 with surge-ping.
+//!
+//! One socket per address family, shared by every target; surge-ping's
+//! receive task hands each reply to the request waiting on its source
+//! address, identifier and sequence, so a late reply (its waiter already
+//! timed out) or a reply to someone else never counts.
+
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use surge_ping::{
+    Client, Config as PingConfig, PingIdentifier, PingSequence, Pinger, SurgeError, ICMP,
+};
+
+use super::{Prober, RoundReport, TargetReport};
+use crate::config::ProbeConfig;
+
+const PAYLOAD: &[u8] = b"route-failover probe";
+
+/// Probes every target with `count` spaced echoes per round.
+pub struct IcmpProber {
+    targets: Vec<IpAddr>,
+    count: u32,
+    timeout: Duration,
+    spacing: Duration,
+    v4: Option<Client>,
+    v6: Option<Client>,
+    ident: PingIdentifier,
+    next_seq: u16,
+}
+
+impl IcmpProber {
+    /// Opens the sockets the targets need. surge-ping tries an unprivileged
+    /// ICMP datagram socket first (allowed when the process's group is in
+    /// `net.ipv4.ping_group_range`) and falls back to a raw socket, which
+    /// needs CAP_NET_RAW.
+    pub fn new(config: &ProbeConfig) -> io::Result<Self> {
+        let open = |kind: ICMP, name: &str| {
+            Client::new(&PingConfig::builder().kind(kind).build()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot open an {name} socket: {e}; run as root, grant CAP_NET_RAW, \
+                         or allow the process's group in net.ipv4.ping_group_range"
+                    ),
+                )
+            })
+        };
+        let v4 = if config.targets.iter().any(IpAddr::is_ipv4) {
+            Some(open(ICMP::V4, "ICMPv4")?)
+        } else {
+            None
+        };
+        let v6 = if config.targets.iter().any(IpAddr::is_ipv6) {
+            Some(open(ICMP::V6, "ICMPv6")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            targets: config.targets.clone(),
+            count: config.count,
+            timeout: config.timeout,
+            spacing: config.spacing(),
+            v4,
+            v6,
+            ident: PingIdentifier(rand::random()),
+            next_seq: rand::random(),
+        })
+    }
+
+    fn client(&self, target: IpAddr) -> &Client {
+        let client = if target.is_ipv4() { &self.v4 } else { &self.v6 };
+        // new() opened a socket for every family that has a target.
+        client
+            .as_ref()
+            .expect("socket for the target's address family")
+    }
+}
+
+/// The outcome of one echo: its round-trip time, or a send error worth reporting.
+enum Echo {
+    Reply(Duration),
+    Lost,
+    Failed(String),
+}
+
+async fn echo(mut pinger: Pinger, seq: u16, delay: Duration) -> Echo {
+    tokio::time::sleep(delay).await;
+    match pinger.ping(PingSequence(seq), PAYLOAD).await {
+        Ok((_, rtt)) => Echo::Reply(rtt),
+        Err(SurgeError::Timeout { .. }) => Echo::Lost,
+        Err(e) => Echo::Failed(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl Prober for IcmpProber {
+    async fn round(&mut self) -> RoundReport {
+        let mut per_target = Vec::with_capacity(self.targets.len());
+        for &target in &self.targets {
+            let mut echoes = Vec::with_capacity(self.count as usize);
+            for k in 0..self.count {
+                // Pingers borrow the client: surge-ping 0.8 marks a client
+                // destroyed when any clone of it is dropped, so never clone it.
+                let mut pinger = self.client(target).pinger(target, self.ident).await;
+                pinger.timeout(self.timeout);
+                let seq = self.next_seq;
+                self.next_seq = self.next_seq.wrapping_add(1);
+                echoes.push(echo(pinger, seq, self.spacing * k));
+            }
+            per_target.push(async move {
+                let results = join_all(echoes).await;
+                let mut report = TargetReport {
+                    target,
+                    sent: u32::try_from(results.len()).unwrap_or(u32::MAX),
+                    rtts: Vec::new(),
+                    error: None,
+                };
+                for result in results {
+                    match result {
+                        Echo::Reply(rtt) => report.rtts.push(rtt),
+                        Echo::Lost => {}
+                        Echo::Failed(e) => {
+                            report.error.get_or_insert(e);
+                        }
+                    }
+                }
+                report
+            });
+        }
+        RoundReport {
+            targets: join_all(per_target).await,
+            label: None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("icmp ({} targets)", self.targets.len())
+    }
+}

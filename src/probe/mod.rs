@@ -1,0 +1,240 @@
+//! Probing the primary path: the [`Prober`] trait, what one round returns,
+//! and the pure rule that turns a round into up or down.
+//!
+//! - `icmp`: the real prober, ICMP echo over IPv4 and IPv6 with surge-ping.
+//! - `scripted`: a labelled synthetic source for the demo and for tests.
+
+pub mod icmp;
+pub mod scripted;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// What one target did during one round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetReport {
+    pub target: IpAddr,
+    pub sent: u32,
+    /// Round-trip times of the echoes that were answered in time.
+    pub rtts: Vec<Duration>,
+    /// The first local error while sending, such as "network unreachable".
+    pub error: Option<String>,
+}
+
+impl TargetReport {
+    pub fn received(&self) -> u32 {
+        u32::try_from(self.rtts.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the target answered enough echoes to count as up.
+    pub fn is_up(&self, policy: RoundPolicy) -> bool {
+        self.received() >= policy.min_replies
+    }
+
+    /// Fraction of its echoes lost, 0.0 to 1.0.
+    pub fn loss(&self) -> f64 {
+        loss_ratio(self.sent, self.received())
+    }
+}
+
+/// Fraction of `sent` that did not come back; nothing sent counts as all lost.
+fn loss_ratio(sent: u32, received: u32) -> f64 {
+    if sent == 0 {
+        return 1.0;
+    }
+    1.0 - f64::from(received) / f64::from(sent)
+}
+
+/// Every target's result for one round.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoundReport {
+    pub targets: Vec<TargetReport>,
+    /// Set by synthetic sources so their rounds are never mistaken for real ones.
+    pub label: Option<String>,
+}
+
+/// Sends one round of probes to every target.
+#[async_trait]
+pub trait Prober: Send {
+    /// Runs one round. Implementations finish within the configured
+    /// interval; the agent also bounds it.
+    async fn round(&mut self) -> RoundReport;
+
+    /// A short label for logs: "icmp" or "scripted: …".
+    fn describe(&self) -> String;
+}
+
+/// When a target and a round count as down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundPolicy {
+    /// A target answering fewer echoes than this is down.
+    pub min_replies: u32,
+    /// The round is down when at least this many targets are down.
+    pub quorum: u32,
+}
+
+/// The verdict on one round and the figures behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSummary {
+    pub up: bool,
+    pub targets_total: u32,
+    pub targets_down: u32,
+    pub sent: u32,
+    pub received: u32,
+    pub rtt_avg: Option<Duration>,
+    pub rtt_max: Option<Duration>,
+}
+
+impl RoundSummary {
+    /// A round with no figures behind it, for tests of the state machine.
+    pub fn synthetic(up: bool) -> Self {
+        Self {
+            up,
+            targets_total: 1,
+            targets_down: u32::from(!up),
+            sent: 1,
+            received: u32::from(up),
+            rtt_avg: None,
+            rtt_max: None,
+        }
+    }
+
+    /// Fraction of echoes lost, 0.0 to 1.0.
+    pub fn loss(&self) -> f64 {
+        loss_ratio(self.sent, self.received)
+    }
+}
+
+impl fmt::Display for RoundSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} targets down, loss {:.0}%",
+            self.targets_down,
+            self.targets_total,
+            self.loss() * 100.0
+        )?;
+        if let Some(avg) = self.rtt_avg {
+            write!(f, ", rtt avg {:.1}ms", avg.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies `min_replies` per target and `quorum` across targets.
+pub fn summarize(report: &RoundReport, policy: RoundPolicy) -> RoundSummary {
+    let targets_total = u32::try_from(report.targets.len()).unwrap_or(u32::MAX);
+    let targets_down = u32::try_from(report.targets.iter().filter(|t| !t.is_up(policy)).count())
+        .unwrap_or(u32::MAX);
+    let sent = report.targets.iter().map(|t| t.sent).sum();
+    let received = report.targets.iter().map(TargetReport::received).sum();
+    let rtts = report.targets.iter().flat_map(|t| t.rtts.iter().copied());
+    let (count, total, max) = rtts.fold((0u32, Duration::ZERO, None), |(n, sum, max), r| {
+        (n + 1, sum + r, Some(max.map_or(r, |m: Duration| m.max(r))))
+    });
+    RoundSummary {
+        // A round with no targets at all cannot vouch for the path.
+        up: targets_total > 0 && targets_down < policy.quorum,
+        targets_total,
+        targets_down,
+        sent,
+        received,
+        rtt_avg: (count > 0).then(|| total / count),
+        rtt_max: max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(last_octet: u8, sent: u32, replies: &[u64]) -> TargetReport {
+        TargetReport {
+            target: IpAddr::from([198, 18, 0, last_octet]),
+            sent,
+            rtts: replies
+                .iter()
+                .map(|&ms| Duration::from_millis(ms))
+                .collect(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_target_is_down_below_min_replies() {
+        let policy = RoundPolicy {
+            min_replies: 2,
+            quorum: 1,
+        };
+        let report = RoundReport {
+            targets: vec![target(1, 3, &[5])],
+            label: None,
+        };
+        let s = summarize(&report, policy);
+        assert!(!s.up);
+        assert_eq!((s.targets_down, s.sent, s.received), (1, 3, 1));
+        let report = RoundReport {
+            targets: vec![target(1, 3, &[5, 7])],
+            label: None,
+        };
+        assert!(summarize(&report, policy).up);
+    }
+
+    #[test]
+    fn the_round_is_down_only_when_quorum_targets_are_down() {
+        let report = RoundReport {
+            targets: vec![target(1, 3, &[]), target(2, 3, &[4, 6]), target(3, 3, &[])],
+            label: None,
+        };
+        let with_quorum = |quorum| {
+            summarize(
+                &report,
+                RoundPolicy {
+                    min_replies: 1,
+                    quorum,
+                },
+            )
+        };
+        // One on-prem host rebooting is not a DX failure...
+        assert!(with_quorum(3).up);
+        // ...but two of three down is, with quorum 2.
+        assert!(!with_quorum(2).up);
+        assert!(!with_quorum(1).up);
+    }
+
+    #[test]
+    fn summary_reports_loss_and_rtts() {
+        let report = RoundReport {
+            targets: vec![target(1, 2, &[10, 30]), target(2, 2, &[20])],
+            label: None,
+        };
+        let s = summarize(
+            &report,
+            RoundPolicy {
+                min_replies: 1,
+                quorum: 2,
+            },
+        );
+        assert!(s.up);
+        assert_eq!(s.rtt_avg, Some(Duration::from_millis(20)));
+        assert_eq!(s.rtt_max, Some(Duration::from_millis(30)));
+        assert!((s.loss() - 0.25).abs() < 1e-9);
+        assert_eq!(s.to_string(), "0/2 targets down, loss 25%, rtt avg 20.0ms");
+    }
+
+    #[test]
+    fn an_empty_round_is_down() {
+        let s = summarize(
+            &RoundReport::default(),
+            RoundPolicy {
+                min_replies: 1,
+                quorum: 1,
+            },
+        );
+        assert!(!s.up);
+        assert!((s.loss() - 1.0).abs() < 1e-9);
+    }
+}
