@@ -1,0 +1,225 @@
+//! Dry run: reads go to the real backend, writes are printed as the AWS CLI
+//! commands that would make them, and never sent.
+//!
+//! Pretend writes are overlaid on later reads, so the agent sees its plan
+//! as done and prints each change once instead of on every tick.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use super::{CloudError, NetworkInterface, RouteApi};
+use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
+use crate::plan::Action;
+
+/// The AWS CLI command equivalent to `action`, as the dry run prints it.
+pub fn aws_cli(action: &Action, region: Option<&str>) -> String {
+    let route = action.route();
+    let (verb, target) = match action {
+        Action::Create(_) => ("create-route", true),
+        Action::Replace { .. } => ("replace-route", true),
+        Action::Delete(_) => ("delete-route", false),
+    };
+    let family = match route.destination {
+        IpNet::V4(_) => "--destination-cidr-block",
+        IpNet::V6(_) => "--destination-ipv6-cidr-block",
+    };
+    let mut line = format!(
+        "aws ec2 {verb} --route-table-id {} {family} {}",
+        route.route_table_id, route.destination
+    );
+    if target {
+        line.push_str(&format!(" --network-interface-id {}", route.target_eni));
+    }
+    if let Some(region) = region {
+        line.push_str(&format!(" --region {region}"));
+    }
+    line
+}
+
+type Writer = Arc<Mutex<dyn Write + Send>>;
+
+/// The dry-run wrapper around any backend.
+pub struct DryRun {
+    inner: Arc<dyn RouteApi>,
+    region: Option<String>,
+    out: Writer,
+    /// (table, destination) → the ENI our pretend static route points at,
+    /// or `None` for a pretend delete.
+    overlay: Mutex<BTreeMap<(String, IpNet), Option<String>>>,
+    printed: Mutex<Vec<String>>,
+}
+
+impl DryRun {
+    /// Prints to standard output.
+    pub fn new(inner: Arc<dyn RouteApi>, region: Option<String>) -> Self {
+        Self::with_writer(inner, region, Arc::new(Mutex::new(std::io::stdout())))
+    }
+
+    pub fn with_writer(inner: Arc<dyn RouteApi>, region: Option<String>, out: Writer) -> Self {
+        Self {
+            inner,
+            region,
+            out,
+            overlay: Mutex::new(BTreeMap::new()),
+            printed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every line printed so far.
+    pub fn printed(&self) -> Vec<String> {
+        self.printed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn pretend(&self, action: &Action) {
+        let route = action.route();
+        let line = format!("DRY-RUN {}", aws_cli(action, self.region.as_deref()));
+        {
+            let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+            // A closed stdout must not stop the agent; the line is kept in `printed`.
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        }
+        self.printed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
+        let value = match action {
+            Action::Delete(_) => None,
+            _ => Some(route.target_eni.clone()),
+        };
+        self.overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((route.route_table_id.clone(), route.destination), value);
+    }
+}
+
+#[async_trait]
+impl RouteApi for DryRun {
+    async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError> {
+        let mut tables = self.inner.describe_route_tables(ids).await?;
+        let overlay = self.overlay.lock().unwrap_or_else(PoisonError::into_inner);
+        for table in &mut tables {
+            for ((id, destination), eni) in overlay.iter() {
+                if *id != table.id {
+                    continue;
+                }
+                table
+                    .routes
+                    .retain(|r| !(r.is_static() && r.destination == *destination));
+                if let Some(eni) = eni {
+                    table.routes.push(Route {
+                        destination: *destination,
+                        target: Target::NetworkInterface(eni.clone()),
+                        origin: Origin::CreateRoute,
+                        state: RouteState::Active,
+                    });
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    async fn describe_network_interfaces(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<NetworkInterface>, CloudError> {
+        self.inner.describe_network_interfaces(ids).await
+    }
+
+    async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
+        self.pretend(&Action::Create(route.clone()));
+        Ok(())
+    }
+
+    async fn replace_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
+        self.pretend(&Action::Replace {
+            route: route.clone(),
+            replacing: Target::Other("(dry run)".into()),
+        });
+        Ok(())
+    }
+
+    async fn delete_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+    ) -> Result<(), CloudError> {
+        let route = ManagedRoute::destination_only(route_table_id, destination);
+        self.pretend(&Action::Delete(route));
+        Ok(())
+    }
+
+    async fn subnet_route_table(&self, subnet_id: &str) -> Result<String, CloudError> {
+        self.inner.subnet_route_table(subnet_id).await
+    }
+
+    async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError> {
+        // EC2's own DryRun: nothing changes, so the real backend may answer.
+        self.inner.is_permitted(action).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::memory::MemoryRouteApi;
+    use crate::model::fixtures::managed;
+
+    #[test]
+    fn prints_the_equivalent_cli_command() {
+        assert_eq!(
+            aws_cli(&Action::Create(managed("10.1.0.0/16")), Some("us-east-1")),
+            "aws ec2 create-route --route-table-id rtb-0123456789abcdef0 \
+             --destination-cidr-block 10.1.0.0/16 --network-interface-id eni-0123456789abcdef0 \
+             --region us-east-1"
+        );
+        assert_eq!(
+            aws_cli(&Action::Delete(managed("fd00:1::/48")), None),
+            "aws ec2 delete-route --route-table-id rtb-0123456789abcdef0 \
+             --destination-ipv6-cidr-block fd00:1::/48"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_printed_not_made_and_reads_see_them() {
+        let r = managed("10.1.0.0/16");
+        let inner = Arc::new(MemoryRouteApi::seeded(std::slice::from_ref(&r)));
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+        let dry = DryRun::with_writer(inner.clone(), None, buf.clone());
+        dry.create_route(&r).await.unwrap();
+
+        assert!(
+            inner.mutating_calls().is_empty(),
+            "dry run made a real call"
+        );
+        let ids = [r.route_table_id.clone()];
+        let seen = dry.describe_route_tables(&ids).await.unwrap();
+        assert_eq!(
+            crate::plan::status(&r, &seen),
+            crate::plan::Status::Ours {
+                state: RouteState::Active
+            }
+        );
+        let real = inner.describe_route_tables(&ids).await.unwrap();
+        assert_eq!(crate::plan::status(&r, &real), crate::plan::Status::Absent);
+
+        dry.delete_route(&r.route_table_id, r.destination)
+            .await
+            .unwrap();
+        let seen = dry.describe_route_tables(&ids).await.unwrap();
+        assert_eq!(crate::plan::status(&r, &seen), crate::plan::Status::Absent);
+
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.starts_with("DRY-RUN aws ec2 create-route "));
+        assert_eq!(dry.printed().len(), 2);
+        assert!(inner.mutating_calls().is_empty());
+    }
+}

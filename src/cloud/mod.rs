@@ -1,0 +1,150 @@
+//! The route API the agent needs from EC2, behind one trait.
+//!
+//! - `ec2`: the real API through aws-sdk-ec2 (LocalStack through an endpoint override).
+//! - `memory`: an in-process fake with EC2's semantics and error codes.
+//! - `dry_run`: wraps either; reads are real, writes are printed, not made.
+
+pub mod dry_run;
+pub mod ec2;
+pub mod memory;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use crate::model::{ManagedRoute, RouteTable};
+use crate::plan::Action;
+
+/// What kind of failure an API call had, by EC2 error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// `RouteAlreadyExists`: a static route for that destination is there.
+    RouteAlreadyExists,
+    /// `InvalidRoute.NotFound`: no static route for that destination.
+    RouteNotFound,
+    /// `InvalidRouteTableID.NotFound` / `.Malformed`.
+    TableNotFound,
+    /// `InvalidNetworkInterfaceID.NotFound` / `.Malformed`.
+    EniNotFound,
+    /// `RequestLimitExceeded`, `Throttling`: slow down and try again.
+    Throttled,
+    /// Credentials missing, expired or not allowed (`UnauthorizedOperation` …).
+    Auth,
+    /// `DryRunOperation`: a `DryRun=true` call that would have succeeded.
+    DryRunOk,
+    /// 5xx, timeouts, connection failures: try again later.
+    Transient,
+    /// Anything else, such as `InvalidParameterValue`.
+    Other,
+}
+
+impl ErrorKind {
+    /// Whether the same call may succeed if simply made again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Auth
+        )
+    }
+}
+
+/// A failed API call, with the service's own code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct CloudError {
+    pub kind: ErrorKind,
+    /// The EC2 error code, when the service answered.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl CloudError {
+    pub fn new(kind: ErrorKind, code: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code: code.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// Classifies an EC2 error code.
+    pub fn from_code(code: &str, message: impl Into<String>) -> Self {
+        let kind = match code {
+            "RouteAlreadyExists" => ErrorKind::RouteAlreadyExists,
+            "InvalidRoute.NotFound" => ErrorKind::RouteNotFound,
+            "InvalidRouteTableID.NotFound" | "InvalidRouteTableId.Malformed" => {
+                ErrorKind::TableNotFound
+            }
+            "InvalidNetworkInterfaceID.NotFound" | "InvalidNetworkInterfaceId.Malformed" => {
+                ErrorKind::EniNotFound
+            }
+            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => ErrorKind::Throttled,
+            "AuthFailure"
+            | "UnauthorizedOperation"
+            | "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "RequestExpired"
+            | "SignatureDoesNotMatch"
+            | "OptInRequired" => ErrorKind::Auth,
+            "DryRunOperation" => ErrorKind::DryRunOk,
+            "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
+                ErrorKind::Transient
+            }
+            _ => ErrorKind::Other,
+        };
+        Self::new(kind, Some(code), message)
+    }
+}
+
+impl fmt::Display for CloudError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{code}: {}", self.message),
+            None => write!(f, "{:?}: {}", self.kind, self.message),
+        }
+    }
+}
+
+/// A network interface as the preflight check needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInterface {
+    pub id: String,
+    pub subnet_id: Option<String>,
+    /// Must be false on the VPN appliance, or it drops forwarded traffic.
+    pub source_dest_check: bool,
+}
+
+/// The calls the agent makes. Implementations return EC2's semantics:
+/// a duplicate create is `RouteAlreadyExists`, a missing delete is
+/// `RouteNotFound`, an unknown table or ENI is reported as such.
+#[async_trait]
+pub trait RouteApi: Send + Sync {
+    /// Reads the given tables in one call; fails if any of them is unknown.
+    async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError>;
+
+    /// Reads the given network interfaces; fails if any of them is unknown.
+    async fn describe_network_interfaces(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<NetworkInterface>, CloudError>;
+
+    async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError>;
+
+    async fn replace_route(&self, route: &ManagedRoute) -> Result<(), CloudError>;
+
+    async fn delete_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+    ) -> Result<(), CloudError>;
+
+    /// The route table `subnet_id` uses: its explicit association, or else
+    /// its VPC's main table.
+    async fn subnet_route_table(&self, subnet_id: &str) -> Result<String, CloudError>;
+
+    /// Whether the credentials may make `action`, asked with EC2's
+    /// `DryRun=true` (nothing changes): `Some(true)` for `DryRunOperation`,
+    /// `Some(false)` for `UnauthorizedOperation`, `None` when the endpoint
+    /// ignores DryRun (LocalStack does) and so cannot be asked safely.
+    async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError>;
+}
