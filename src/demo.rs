@@ -1,0 +1,254 @@
+//! `route-failover demo`: the real agent (state machine, planner, reconciler)
+//! against the in-memory EC2 backend, driven by a scripted, labelled probe
+//! source. No AWS account, no root, no packets.
+
+use std::io::Write;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, Event, Outcome};
+use crate::cloud::dry_run::aws_cli;
+use crate::cloud::memory::MemoryRouteApi;
+use crate::config::Config;
+use crate::fsm::Path;
+use crate::model::{Origin, RouteTable};
+use crate::probe::scripted::{Phase, Reply, ScriptedProber};
+
+/// The demo's configuration, embedded in the binary.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+/// The demo gives up if the story has not finished by then.
+const DEADLINE: Duration = Duration::from_secs(25);
+
+/// The story: a short loss burst that must not fail over, a real cut that
+/// must, a recovery interrupted by one bad round, then a clean recovery.
+fn script() -> Vec<Phase> {
+    vec![
+        Phase::new("DX healthy", 6, Reply::All),
+        Phase::new(
+            "loss burst: 2 silent rounds, fewer than fall",
+            2,
+            Reply::None,
+        ),
+        Phase::new("DX healthy", 4, Reply::All),
+        Phase::new(
+            "one on-prem host down, the other answers",
+            3,
+            Reply::Targets(vec![false, true]),
+        ),
+        Phase::new("DX cut: both targets silent", 14, Reply::None),
+        Phase::new("DX restored", 3, Reply::All),
+        Phase::new("one bad round while recovering", 1, Reply::None),
+        Phase::new("DX restored", 1, Reply::All),
+    ]
+}
+
+/// What the demo saw, for its closing lines and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DemoSummary {
+    pub rounds: u64,
+    pub failovers: u32,
+    pub failbacks: u32,
+    pub route_calls: usize,
+    pub repaired_drift: bool,
+}
+
+/// Runs the demo, writing its timeline to `out`.
+pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
+    let config = Config::parse(DEMO_CONFIG, FsPath::new("<embedded demo config>"))
+        .context("the embedded demo config is invalid")?;
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let (prober, _) =
+        ScriptedProber::new(config.probe.targets.clone(), config.probe.count, script());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let agent = Agent::new(config.clone(), Box::new(prober), api.clone()).with_events(tx);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+
+    let p = &config.probe;
+    let f = &config.policy;
+    writeln!(out, "route-failover demo")?;
+    writeln!(
+        out,
+        "  real agent loop, in-memory EC2 backend, SCRIPTED probe source (synthetic: no packets are sent)"
+    )?;
+    writeln!(
+        out,
+        "  profile: interval {}, {} targets x {} echoes, fall {}, rise {}, hold_down {}, resync {}",
+        humantime::format_duration(p.interval),
+        p.targets.len(),
+        p.count,
+        f.fall,
+        f.rise,
+        humantime::format_duration(f.hold_down),
+        humantime::format_duration(config.reconcile.resync_interval),
+    )?;
+    writeln!(out, "  managed routes:")?;
+    for r in &config.routes {
+        writeln!(out, "    {r}")?;
+    }
+    writeln!(out)?;
+
+    let start = Instant::now();
+    let stamp = |at: Instant| format!("t=+{:>5.2}s", at.duration_since(start).as_secs_f64());
+    let mut summary = DemoSummary::default();
+    let mut broke_by_hand = false;
+    let deadline = tokio::time::sleep(DEADLINE);
+    tokio::pin!(deadline);
+    let finished = loop {
+        let event = tokio::select! {
+            () = &mut deadline => break false,
+            e = rx.recv() => match e { Some(e) => e, None => break false },
+        };
+        let now = Instant::now();
+        match event {
+            Event::Started { path, adopted, .. } => writeln!(
+                out,
+                "{}  start     adopted path {path} ({} of our routes found in the tables)",
+                stamp(now),
+                adopted.len()
+            )?,
+            Event::Round {
+                number,
+                at,
+                summary: s,
+                label,
+                path,
+                ..
+            } => {
+                summary.rounds = number;
+                writeln!(
+                    out,
+                    "{}  round {number:>2}  {:<4}  {:<40} path {path:<7}  [{}]",
+                    stamp(at),
+                    if s.up { "up" } else { "DOWN" },
+                    s.to_string(),
+                    label.as_deref().unwrap_or("icmp")
+                )?;
+            }
+            Event::Transition(t) => {
+                if t.to == Path::Backup {
+                    summary.failovers += 1;
+                } else {
+                    summary.failbacks += 1;
+                }
+                writeln!(
+                    out,
+                    "{}  >>> TRANSITION {} -> {}: {}",
+                    stamp(t.at),
+                    t.from,
+                    t.to,
+                    t.reason
+                )?;
+            }
+            Event::RouteChange {
+                action,
+                result,
+                latency,
+            } => {
+                summary.route_calls += 1;
+                let result = match result {
+                    Ok(Outcome::Done) => "ok".to_string(),
+                    Ok(Outcome::AlreadyConverged) => "already converged".to_string(),
+                    Err(e) => format!("FAILED: {e}"),
+                };
+                writeln!(
+                    out,
+                    "{}      route  {} -> {result} ({:.1}ms)",
+                    stamp(now),
+                    aws_cli(&action, None),
+                    latency.as_secs_f64() * 1000.0
+                )?;
+            }
+            Event::Converged {
+                path,
+                since_transition,
+            } => {
+                match since_transition {
+                    Some(d) => writeln!(
+                        out,
+                        "{}      converged on {path}, {:.0}ms after the transition",
+                        stamp(now),
+                        d.as_secs_f64() * 1000.0
+                    )?,
+                    None => writeln!(out, "{}      converged on {path}", stamp(now))?,
+                }
+                if path == Path::Backup && !broke_by_hand {
+                    // Show drift repair: somebody deletes one of our routes by hand.
+                    broke_by_hand = true;
+                    let r = &config.routes[0];
+                    api.remove_static_route(&r.route_table_id, r.destination);
+                    writeln!(
+                        out,
+                        "{}  !!! simulated hand edit: {} {} deleted outside the agent",
+                        stamp(now),
+                        r.route_table_id,
+                        r.destination
+                    )?;
+                }
+                if path == Path::Primary && summary.failbacks > 0 {
+                    break true;
+                }
+            }
+            Event::Finding(finding) => writeln!(out, "{}  note     {finding}", stamp(now))?,
+            Event::Pinned(pinned) => writeln!(out, "{}  flap damping pinned={pinned}", stamp(now))?,
+            Event::ApiError { op, error } => {
+                writeln!(out, "{}  api error {op}: {error}", stamp(now))?;
+            }
+            Event::Overran => writeln!(out, "{}  round overran its interval", stamp(now))?,
+            Event::Reloaded => writeln!(out, "{}  configuration reloaded", stamp(now))?,
+        }
+    };
+    shutdown.cancel();
+    task.await.context("agent task panicked")??;
+    summary.repaired_drift = broke_by_hand
+        && api
+            .mutating_calls()
+            .iter()
+            .filter(|c| c.op == "CreateRoute" && c.ok)
+            .count()
+            > config.routes.len();
+
+    writeln!(out)?;
+    writeln!(out, "final route tables (in-memory EC2):")?;
+    for table in api.tables() {
+        print_table(out, &table)?;
+    }
+    writeln!(
+        out,
+        "\n{} rounds, {} failover(s), {} failback(s), {} route calls, drift repaired: {}",
+        summary.rounds,
+        summary.failovers,
+        summary.failbacks,
+        summary.route_calls,
+        if summary.repaired_drift { "yes" } else { "no" }
+    )?;
+    if !finished {
+        bail!("the demo did not finish within {DEADLINE:?}");
+    }
+    Ok(summary)
+}
+
+fn print_table(out: &mut impl Write, table: &RouteTable) -> std::io::Result<()> {
+    writeln!(out, "  {}", table.id)?;
+    for r in &table.routes {
+        let origin = match r.origin {
+            Origin::CreateRouteTable => "local",
+            Origin::CreateRoute => "static",
+            Origin::Propagated => "propagated",
+        };
+        writeln!(
+            out,
+            "    {:<18} -> {:<24} {origin}",
+            r.destination.to_string(),
+            r.target.to_string()
+        )?;
+    }
+    Ok(())
+}

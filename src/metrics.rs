@@ -1,0 +1,118 @@
+//! Prometheus metrics, named in the spirit of blackbox_exporter, recorded
+//! from the agent's events. Nothing is recorded (and it costs next to
+//! nothing) unless `[metrics] listen` installs the exporter.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::agent::{Event, Outcome};
+use crate::fsm::Path;
+
+/// RTT buckets from loopback to a slow VPN, in seconds.
+const RTT_BUCKETS: &[f64] = &[
+    0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+const API_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Serves `/metrics` on `listen` (127.0.0.1 unless the operator says otherwise).
+pub fn install(listen: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            Matcher::Full("route_failover_probe_rtt_seconds".into()),
+            RTT_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("route_failover_route_api_call_duration_seconds".into()),
+                API_BUCKETS,
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))
+}
+
+fn path_label(path: Path) -> &'static str {
+    match path {
+        Path::Primary => "primary",
+        Path::Backup => "backup",
+    }
+}
+
+fn set_path(path: Path) {
+    for p in [Path::Primary, Path::Backup] {
+        gauge!("route_failover_path", "path" => path_label(p)).set(f64::from(u8::from(p == path)));
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Updates the metrics an event speaks of.
+pub fn record(event: &Event) {
+    match event {
+        Event::Started { path, .. } => set_path(*path),
+        Event::Round {
+            summary,
+            targets,
+            policy,
+            ..
+        } => {
+            gauge!("route_failover_round_up").set(f64::from(u8::from(summary.up)));
+            counter!("route_failover_rounds_total", "result" => if summary.up { "up" } else { "down" })
+                .increment(1);
+            for t in targets {
+                let target = t.target.to_string();
+                gauge!("route_failover_probe_success", "target" => target.clone())
+                    .set(f64::from(u8::from(t.is_up(*policy))));
+                gauge!("route_failover_probe_loss_ratio", "target" => target.clone()).set(t.loss());
+                for rtt in &t.rtts {
+                    histogram!("route_failover_probe_rtt_seconds", "target" => target.clone())
+                        .record(rtt.as_secs_f64());
+                }
+            }
+        }
+        Event::Overran => counter!("route_failover_rounds_overrun_total").increment(1),
+        Event::Transition(t) => {
+            set_path(t.to);
+            counter!("route_failover_transitions_total", "to" => path_label(t.to)).increment(1);
+            gauge!("route_failover_last_transition_timestamp_seconds").set(unix_now());
+            gauge!("route_failover_routes_converged").set(0.0);
+        }
+        Event::Pinned(pinned) => {
+            gauge!("route_failover_flap_pinned").set(f64::from(u8::from(*pinned)))
+        }
+        Event::RouteChange {
+            action,
+            result,
+            latency,
+        } => {
+            let result = match result {
+                Ok(Outcome::Done) => "ok".to_string(),
+                Ok(Outcome::AlreadyConverged) => "already_converged".to_string(),
+                Err(e) => e.code.clone().unwrap_or_else(|| format!("{:?}", e.kind)),
+            };
+            counter!("route_failover_route_api_calls_total", "op" => action.op(), "result" => result)
+                .increment(1);
+            histogram!("route_failover_route_api_call_duration_seconds", "op" => action.op())
+                .record(latency.as_secs_f64());
+        }
+        Event::ApiError { op, error } => {
+            let result = error
+                .code
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", error.kind));
+            counter!("route_failover_route_api_calls_total", "op" => *op, "result" => result)
+                .increment(1);
+        }
+        Event::Converged { .. } => gauge!("route_failover_routes_converged").set(1.0),
+        Event::Finding(_) | Event::Reloaded => {}
+    }
+}

@@ -1,0 +1,54 @@
+//! systemd notifications (`Type=notify`): READY once the agent has adopted
+//! the route tables, WATCHDOG on every probe round (a stuck probe loop gets
+//! restarted), STATUS with the path and the last round. Without
+//! `NOTIFY_SOCKET` (not under systemd) each call does nothing.
+
+use sd_notify::NotifyState;
+use tracing::debug;
+
+use crate::agent::Event;
+
+fn notify(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(states) {
+        debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Tells systemd what an event means for the service.
+pub fn record(event: &Event) {
+    match event {
+        Event::Started { path, adopted, .. } => {
+            let status = format!(
+                "path {path}, adopted {} routes; waiting for the first round",
+                adopted.len()
+            );
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
+        Event::Round {
+            number,
+            summary,
+            path,
+            ..
+        } => {
+            let status = format!(
+                "path {path}; round {number} {}: {summary}",
+                if summary.up { "up" } else { "DOWN" }
+            );
+            notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+        }
+        Event::Transition(t) => {
+            let status = format!("{} -> {}: {}", t.from, t.to, t.reason);
+            notify(&[NotifyState::Status(&status)]);
+        }
+        Event::Reloaded => notify(&[NotifyState::Status("configuration reloaded")]),
+        _ => {}
+    }
+}
+
+/// Tells systemd the service is stopping, so it does not expect a watchdog ping.
+pub fn stopping() {
+    notify(&[NotifyState::Stopping]);
+}
