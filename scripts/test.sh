@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite: starts LocalStack (installing it on first use), runs
+# every test against it, and stops what it started, even on failure. As root
+# it also runs the end-to-end tests in network namespaces (installing
+# nftables for them when missing). Extra arguments go to the test binaries.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started_localstack=0
+cleanup() {
+    if ((started_localstack)); then scripts/localstack.sh stop || true; fi
+}
+trap cleanup EXIT
+
+if [[ $EUID -eq 0 ]] && ! command -v nft >/dev/null; then
+    echo "test.sh: installing nftables for the network-namespace tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+fi
+
+if ! scripts/localstack.sh status >/dev/null 2>&1; then
+    scripts/localstack.sh start
+    started_localstack=1
+fi
+# The tests find LocalStack here; they fail, not skip, when it is set but dead.
+export ROUTE_FAILOVER_LOCALSTACK="http://127.0.0.1:4566"
+# Never real AWS: dummy credentials, no profile files, no instance metadata
+# service (169.254.169.254 is off-limits), and LocalStack as every client's
+# default endpoint.
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+export AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL="$ROUTE_FAILOVER_LOCALSTACK"
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
+status=0
+# Everything but the end-to-end tests...
+# Not --all-targets: that would also run the benchmark simulation (bench/run.sh does).
+cargo test --lib --bins --tests --no-fail-fast -- --skip e2e_ "$@" || status=$?
+# ...which run one at a time (they measure latency) and print their figures.
+cargo test --test e2e -- --nocapture --test-threads=1 "$@" || status=$?
+exit "$status"
