@@ -1,0 +1,276 @@
+//! The configuration contract: the example parses, and every kind of error
+//! names the file, the key, the line when known, and the reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use route_failover::config::{Backend, Config, ConfigError};
+use route_failover::fsm::Failback;
+
+const EXAMPLE: &str = include_str!("../config.example.toml");
+
+const MINIMAL: &str = r#"
+[probe]
+targets = ["198.18.0.10"]
+
+[[routes]]
+route_table_id = "rtb-0123456789abcdef0"
+destination = "10.1.0.0/16"
+target_eni = "eni-0123456789abcdef0"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/route-failover/test.toml"))
+}
+
+/// Parses `text` and returns the error, failing the test if it was accepted.
+fn error(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(c) => panic!("accepted an invalid config: {c:?}"),
+        Err(e) => e,
+    }
+}
+
+fn line_containing(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
+}
+
+#[test]
+fn the_example_parses_with_its_documented_values() {
+    let c = parse(EXAMPLE).expect("config.example.toml is valid");
+    assert_eq!(c.aws.region.as_deref(), Some("us-east-1"));
+    assert_eq!(c.aws.backend, Backend::Ec2);
+    assert_eq!(c.probe.targets.len(), 2);
+    assert_eq!(c.probe.interval, Duration::from_secs(1));
+    assert_eq!(c.probe.timeout, Duration::from_millis(800));
+    assert_eq!(
+        (
+            c.probe.count,
+            c.probe.round.min_replies,
+            c.probe.round.quorum
+        ),
+        (3, 1, 2)
+    );
+    assert_eq!((c.policy.fall, c.policy.rise), (3, 10));
+    assert_eq!(c.policy.hold_down, Duration::from_secs(60));
+    assert_eq!(c.policy.failback, Failback::Auto);
+    assert_eq!(c.reconcile.resync_interval, Duration::from_secs(30));
+    assert!(!c.reconcile.takeover);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[1].destination.to_string(), "fd00:1::/48");
+}
+
+#[test]
+fn defaults_fill_what_a_minimal_config_leaves_out() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.aws.backend, Backend::Ec2);
+    assert_eq!(c.probe.round.quorum, 1, "quorum defaults to all targets");
+    assert_eq!((c.probe.count, c.policy.fall, c.policy.rise), (3, 3, 10));
+    assert_eq!(c.policy.hold_down, Duration::from_secs(60));
+    // The last echo's timeout still ends inside the round.
+    let last_echo_ends = c.probe.spacing() * (c.probe.count - 1) + c.probe.timeout;
+    assert!(last_echo_ends <= c.probe.interval);
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let text = EXAMPLE.replace("region = \"us-east-1\"", "reigon = \"us-east-1\"");
+    let e = error(&text);
+    assert!(e.reason.contains("reigon"), "{e}");
+    assert_eq!(e.line, Some(line_containing(&text, "reigon")));
+    assert!(
+        e.to_string().starts_with("/etc/route-failover/test.toml:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_duration_is_refused_by_the_parser_with_its_line() {
+    let text = EXAMPLE.replace("hold_down = \"60s\"", "hold_down = \"60 parsecs\"");
+    let e = error(&text);
+    assert_eq!(e.line, Some(line_containing(&text, "60 parsecs")));
+    assert!(
+        e.to_string().contains("hold_down") || e.reason.contains("parsecs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_wrong_type_or_enum_value_is_refused() {
+    let e = error(&EXAMPLE.replace("backend = \"ec2\"", "backend = \"gcp\""));
+    assert!(
+        e.reason.contains("gcp") || e.reason.contains("variant"),
+        "{e}"
+    );
+    let e = error(&EXAMPLE.replace("count = 3", "count = \"three\""));
+    assert!(e.line.is_some(), "{e}");
+    let e = error(&EXAMPLE.replace("failback = \"auto\"", "failback = \"sometimes\""));
+    assert!(
+        e.reason.contains("sometimes") || e.reason.contains("variant"),
+        "{e}"
+    );
+}
+
+/// Each validation rule, the key it must name, and a word the reason must contain.
+#[test]
+fn each_validation_error_names_its_key_line_and_reason() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "\"10.1.0.11\"]",
+            "\"10.1.0.999\"]",
+            "probe.targets[1]",
+            "not an IPv4 or IPv6",
+        ),
+        (
+            "\"10.1.0.11\"]",
+            "\"10.1.0.10\"]",
+            "probe.targets[1]",
+            "twice",
+        ),
+        (
+            "\"10.1.0.11\"]",
+            "\"224.0.0.1\"]",
+            "probe.targets[1]",
+            "unicast",
+        ),
+        (
+            "timeout = \"800ms\"",
+            "timeout = \"2s\"",
+            "probe.timeout",
+            "longer than probe.interval",
+        ),
+        (
+            "interval = \"1s\"",
+            "interval = \"1ms\"",
+            "probe.interval",
+            "at least 10ms",
+        ),
+        ("count = 3", "count = 0", "probe.count", "between 1 and 100"),
+        (
+            "min_replies = 1",
+            "min_replies = 4",
+            "probe.min_replies",
+            "probe.count (3)",
+        ),
+        (
+            "quorum = 2",
+            "quorum = 3",
+            "probe.quorum",
+            "number of targets (2)",
+        ),
+        ("fall = 3", "fall = 0", "failover.fall", "at least 1"),
+        ("rise = 10", "rise = 0", "failover.rise", "at least 1"),
+        (
+            "resync_interval = \"30s\"",
+            "resync_interval = \"100ms\"",
+            "failover.resync_interval",
+            "at least 1s",
+        ),
+        (
+            "region = \"us-east-1\"",
+            "region = \"US East\"",
+            "aws.region",
+            "region name",
+        ),
+        (
+            "api_timeout = \"10s\"",
+            "api_timeout = \"5ms\"",
+            "aws.api_timeout",
+            "at least 100ms",
+        ),
+        (
+            "# own_subnet_id = \"subnet-0123456789abcdef0\"",
+            "own_subnet_id = \"subnet-42\"",
+            "aws.own_subnet_id",
+            "subnet-0123456789abcdef0",
+        ),
+        (
+            "# imds_endpoint = \"http://169.254.169.254\"",
+            "imds_endpoint = \"169.254.169.254\"",
+            "aws.imds_endpoint",
+            "http://",
+        ),
+        (
+            "# listen = \"127.0.0.1:9108\"",
+            "listen = \"localhost\"",
+            "metrics.listen",
+            "address and port",
+        ),
+        (
+            "destination = \"fd00:1::/48\"",
+            "destination = \"fd00:1::/300\"",
+            "routes[1].destination",
+            "not a CIDR",
+        ),
+        (
+            "destination = \"fd00:1::/48\"",
+            "destination = \"fd00:1::1/48\"",
+            "routes[1].destination",
+            "host bits",
+        ),
+        (
+            "destination = \"fd00:1::/48\"",
+            "destination = \"10.1.0.0/16\"",
+            "routes[1].destination",
+            "already managed",
+        ),
+        (
+            "target_eni = \"eni-0123456789abcdef0\"       #",
+            "target_eni = \"eni-xyz\"       #",
+            "routes[0].target_eni",
+            "eni-0123456789abcdef0",
+        ),
+        (
+            "route_table_id = \"rtb-0123456789abcdef0\"   #",
+            "route_table_id = \"rtb-12\"   #",
+            "routes[0].route_table_id",
+            "not an id",
+        ),
+    ];
+    for (from, to, key, reason) in cases {
+        assert!(EXAMPLE.contains(from), "test case does not apply: {from}");
+        let text = EXAMPLE.replacen(from, to, 1);
+        let e = error(&text);
+        assert_eq!(e.key.as_deref(), Some(*key), "{to}: {e}");
+        assert!(
+            e.reason.contains(reason),
+            "{to}: reason {:?} lacks {reason:?}",
+            e.reason
+        );
+        let field = key.rsplit('.').next().unwrap().split('[').next().unwrap();
+        let line = e.line.unwrap_or_else(|| panic!("{to}: no line in {e}"));
+        let text_line = text.lines().nth(line - 1).unwrap();
+        assert!(
+            text_line.contains(field),
+            "{to}: line {line} is {text_line:?}, not {field}"
+        );
+        let shown = e.to_string();
+        assert!(
+            shown.contains(key) && shown.contains("test.toml:"),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
+fn missing_sections_and_empty_lists_are_refused() {
+    let e = error("[aws]\nregion = \"us-east-1\"\n");
+    assert!(e.reason.contains("probe"), "{e}");
+    let e = error(&MINIMAL.replace("targets = [\"198.18.0.10\"]", "targets = []"));
+    assert_eq!(e.key.as_deref(), Some("probe.targets"));
+    let no_routes = MINIMAL.split("[[routes]]").next().unwrap();
+    assert_eq!(error(no_routes).key.as_deref(), Some("routes"));
+}
+
+#[test]
+fn an_unreadable_file_names_the_file() {
+    let e = Config::load(Path::new("/nonexistent/route-failover.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/route-failover.toml: cannot read"),
+        "{e}"
+    );
+}

@@ -1,0 +1,243 @@
+//! Keeps the in-memory fake honest: the same steps through the `memory` and
+//! the `ec2`-on-LocalStack backends give the same route tables at every step.
+
+mod common;
+#[path = "common/localstack.rs"]
+mod localstack;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use route_failover::cloud::ec2::Ec2RouteApi;
+use route_failover::cloud::memory::MemoryRouteApi;
+use route_failover::cloud::{CloudError, ErrorKind, RouteApi};
+use route_failover::config::Config;
+use route_failover::fsm::Path;
+use route_failover::model::{ManagedRoute, RouteTable};
+use route_failover::probe::scripted::Reply;
+
+/// Tables as comparable text: one line per route, sorted.
+fn normalized(tables: &[RouteTable]) -> Vec<String> {
+    let mut lines: Vec<String> = tables
+        .iter()
+        .flat_map(|t| {
+            t.routes.iter().map(move |r| {
+                format!(
+                    "{} {} -> {} {:?} {:?}",
+                    t.id, r.destination, r.target, r.origin, r.state
+                )
+            })
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A memory backend holding exactly what LocalStack holds.
+async fn mirror(ec2: &Ec2RouteApi, tables: &[String], enis: &[String]) -> MemoryRouteApi {
+    let memory = MemoryRouteApi::new();
+    for t in ec2.describe_route_tables(tables).await.unwrap() {
+        memory.add_table(t);
+    }
+    for n in ec2.describe_network_interfaces(enis).await.unwrap() {
+        memory.add_network_interface(n);
+    }
+    memory
+}
+
+fn managed(table: &str, dest: &str, eni: &str) -> ManagedRoute {
+    ManagedRoute {
+        route_table_id: table.to_string(),
+        destination: dest.parse().unwrap(),
+        target_eni: eni.to_string(),
+    }
+}
+
+enum Step {
+    Create(ManagedRoute),
+    Replace(ManagedRoute),
+    Delete(ManagedRoute),
+}
+
+async fn apply(api: &dyn RouteApi, step: &Step) -> Result<(), ErrorKind> {
+    let r: Result<(), CloudError> = match step {
+        Step::Create(r) => api.create_route(r).await,
+        Step::Replace(r) => api.replace_route(r).await,
+        Step::Delete(r) => api.delete_route(&r.route_table_id, r.destination).await,
+    };
+    r.map_err(|e| e.kind)
+}
+
+#[tokio::test]
+async fn api_steps_give_the_same_tables_on_both_backends() {
+    let Some(url) = localstack::endpoint("api_steps_give_the_same_tables_on_both_backends") else {
+        return;
+    };
+    let w = localstack::world(&localstack::client(&url), "parity-api", 2, 2).await;
+    let ec2 = Ec2RouteApi::new(localstack::client(&url));
+    let memory = mirror(&ec2, &w.tables, &w.enis).await;
+    let (t0, t1) = (&w.tables[0], &w.tables[1]);
+    let (e0, e1) = (&w.enis[0], &w.enis[1]);
+    let steps = vec![
+        Step::Create(managed(t0, "10.1.0.0/16", e0)),
+        Step::Create(managed(t0, "fd00:1::/48", e0)),
+        Step::Create(managed(t1, "10.1.0.0/16", e0)),
+        Step::Create(managed(t1, "10.2.0.0/16", e1)),
+        Step::Replace(managed(t0, "10.1.0.0/16", e1)),
+        Step::Delete(managed(t0, "fd00:1::/48", e0)),
+        Step::Delete(managed(t1, "10.1.0.0/16", e0)),
+        // Errors must match too.
+        Step::Delete(managed(t1, "10.1.0.0/16", e0)),
+        Step::Replace(managed(t1, "10.1.0.0/16", e0)),
+        Step::Create(managed(t1, "10.4.0.0/16", "eni-0fffffffffffffff0")),
+        Step::Create(managed("rtb-0fffffffffffffff0", "10.1.0.0/16", e0)),
+        Step::Delete(managed("rtb-0fffffffffffffff0", "10.1.0.0/16", e0)),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let a = apply(&ec2, step).await;
+        let b = apply(&memory, step).await;
+        assert_eq!(a, b, "step {i}: results differ (ec2 vs memory)");
+        let seen_ec2 = normalized(&ec2.describe_route_tables(&w.tables).await.unwrap());
+        let seen_mem = normalized(&memory.describe_route_tables(&w.tables).await.unwrap());
+        assert_eq!(
+            seen_ec2, seen_mem,
+            "step {i}: tables differ (ec2 left, memory right)"
+        );
+    }
+}
+
+/// A fast-profile config for the LocalStack world's tables and ENI.
+fn agent_config(w: &localstack::World, endpoint: &str) -> Config {
+    let mut text = format!(
+        r#"
+[aws]
+backend = "ec2"
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[probe]
+targets = ["198.18.0.10"]
+interval = "100ms"
+timeout = "50ms"
+count = 1
+
+[failover]
+fall = 3
+rise = 3
+hold_down = "0s"
+resync_interval = "1s"
+"#
+    );
+    for t in &w.tables {
+        for dest in ["10.1.0.0/16", "fd00:1::/48"] {
+            text.push_str(&format!(
+                "\n[[routes]]\nroute_table_id = \"{t}\"\ndestination = \"{dest}\"\ntarget_eni = \"{}\"\n",
+                w.enis[0]
+            ));
+        }
+    }
+    Config::parse(&text, std::path::Path::new("parity.toml")).expect("valid config")
+}
+
+/// The agent's story (failover, a route deleted by hand, failback) on one
+/// backend; returns the tables after each phase.
+async fn story(
+    config: &Config,
+    api: Arc<dyn RouteApi>,
+    hand_delete: impl Fn(&ManagedRoute),
+) -> Vec<Vec<String>> {
+    let ids: Vec<String> = w_ids(config);
+    let mut snapshots = Vec::new();
+    let mut h = common::Harness::start(config, Arc::clone(&api), Reply::All);
+    h.converged(Path::Primary, Duration::from_secs(10)).await;
+    snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
+
+    h.script.set("DX cut", Reply::None);
+    h.converged(Path::Backup, Duration::from_secs(10)).await;
+    snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
+
+    hand_delete(&config.routes[1]);
+    h.wait_for("drift repair", Duration::from_secs(5), |e| {
+        matches!(e, route_failover::agent::Event::RouteChange { action, .. } if action.route() == &config.routes[1])
+    })
+    .await;
+    snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
+
+    h.script.set("DX restored", Reply::All);
+    h.converged(Path::Primary, Duration::from_secs(10)).await;
+    snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
+    h.stop().await;
+    snapshots
+}
+
+fn w_ids(config: &Config) -> Vec<String> {
+    let mut ids: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| r.route_table_id.clone())
+        .collect();
+    ids.dedup();
+    ids
+}
+
+#[tokio::test]
+async fn the_agent_story_gives_the_same_tables_on_both_backends() {
+    let Some(url) = localstack::endpoint("the_agent_story_gives_the_same_tables_on_both_backends")
+    else {
+        return;
+    };
+    let client = localstack::client(&url);
+    let w = localstack::world(&client, "parity-agent", 2, 1).await;
+    let config = agent_config(&w, &url);
+    let ec2 = Arc::new(
+        Ec2RouteApi::connect(&config.aws, &Default::default())
+            .await
+            .unwrap(),
+    );
+    let memory = Arc::new(mirror(&ec2, &w.tables, &w.enis).await);
+
+    let by_hand = client.clone();
+    let on_ec2 = story(&config, ec2.clone(), move |r| {
+        let (c, t, d) = (
+            by_hand.clone(),
+            r.route_table_id.clone(),
+            r.destination.to_string(),
+        );
+        // An operator deleting the route with the API, outside the agent.
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async move {
+                    c.delete_route()
+                        .route_table_id(t)
+                        .destination_ipv6_cidr_block(d)
+                        .send()
+                        .await
+                        .expect("hand delete")
+                })
+        })
+        .join()
+        .unwrap();
+    })
+    .await;
+    let m = Arc::clone(&memory);
+    let on_memory = story(&config, memory.clone(), move |r| {
+        m.remove_static_route(&r.route_table_id, r.destination)
+    })
+    .await;
+
+    assert_eq!(on_ec2.len(), 4);
+    for (phase, (a, b)) in ["primary", "backup", "repaired", "failed back"]
+        .iter()
+        .zip(on_ec2.iter().zip(&on_memory))
+    {
+        assert_eq!(
+            a, b,
+            "phase {phase}: tables differ (ec2 left, memory right)"
+        );
+    }
+    // The phases really differ from each other: the story did something.
+    assert_ne!(on_ec2[0], on_ec2[1]);
+    assert_eq!(on_ec2[1], on_ec2[2]);
+    assert_eq!(on_ec2[0], on_ec2[3]);
+}
