@@ -1,0 +1,473 @@
+#!/usr/bin/env python3
+"""Failover and failback latency, live noise, footprint and scale of
+route-failover against the original loop (bench/baseline-loop.sh).
+
+Everything runs on this machine: LocalStack on 127.0.0.1, probe targets in
+network namespaces this script creates (198.18.N.2 and fd00:ee:N::2, with
+`unreachable` routes beneath so a cut link never leaks to the default
+route), and loopback addresses for the scale run. Needs root.
+
+Prints tables and writes bench/results/*.json. Run through bench/run.sh.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import botocore.session
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("ROUTE_FAILOVER_BIN", os.path.join(ROOT, "target/release/route-failover"))
+BASELINE = os.path.join(ROOT, "bench/baseline-loop.sh")
+ENDPOINT = os.environ.get("ROUTE_FAILOVER_LOCALSTACK", "http://127.0.0.1:4566")
+RESULTS = os.path.join(ROOT, "bench/results")
+POLL = 0.02  # seconds between reads of the route tables
+CIDR = "10.1.0.0/16"
+
+ENV = dict(
+    os.environ,
+    AWS_ACCESS_KEY_ID="test",
+    AWS_SECRET_ACCESS_KEY="test",
+    AWS_REGION="us-east-1",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_CONFIG_FILE="/dev/null",
+    AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+    AWS_EC2_METADATA_DISABLED="true",
+    AWS_ENDPOINT_URL=ENDPOINT,
+    PATH=os.path.join(ROOT, "bench/.venv/bin") + ":" + os.environ["PATH"],
+)
+
+
+def sh(*args, check=True):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{args}: {r.stderr.strip()}")
+    return r
+
+
+def ec2():
+    return botocore.session.get_session().create_client(
+        "ec2",
+        region_name="us-east-1",
+        endpoint_url=ENDPOINT,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+class Net:
+    """A probe target in its own namespace (same recipe as tests/common/netns.rs)."""
+
+    def __init__(self, n):
+        self.n, self.ns, self.host_if, ns_if = n, f"rf-bench-{n}", f"rfb{n}", f"rfc{n}"
+        self.v4, self.v6 = f"198.19.{n}.2", f"fd00:ef:{n}::2"
+        self.v4_prefix, self.v6_prefix = f"198.19.{n}.0/24", f"fd00:ef:{n}::/64"
+        self.remove()
+        sh("ip", "route", "add", "unreachable", self.v4_prefix, "metric", "4000")
+        sh("ip", "-6", "route", "add", "unreachable", self.v6_prefix, "metric", "4000")
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", ns_if)
+        sh("ip", "link", "set", ns_if, "netns", self.ns)
+        sh("sysctl", "-qw", f"net.ipv6.conf.{self.host_if}.keep_addr_on_down=1")
+        self.exec("sysctl", "-qw", f"net.ipv6.conf.{ns_if}.keep_addr_on_down=1")
+        sh("ip", "addr", "add", f"198.19.{n}.1/24", "dev", self.host_if)
+        sh("ip", "-6", "addr", "add", f"fd00:ef:{n}::1/64", "dev", self.host_if, "nodad")
+        sh("ip", "link", "set", self.host_if, "up")
+        self.exec("ip", "addr", "add", f"{self.v4}/24", "dev", ns_if)
+        self.exec("ip", "-6", "addr", "add", f"{self.v6}/64", "dev", ns_if, "nodad")
+        self.exec("ip", "link", "set", ns_if, "up")
+        self.exec("ip", "link", "set", "lo", "up")
+
+    def exec(self, *args):
+        return sh("ip", "netns", "exec", self.ns, *args)
+
+    def blackhole(self, on):
+        v = int(on)
+        self.exec("sysctl", "-qw", f"net.ipv4.icmp_echo_ignore_all={v}", f"net.ipv6.icmp.echo_ignore_all={v}")
+
+    def random_loss(self, percent):
+        """Drops `percent` % of ICMP arriving in the namespace at random."""
+        sh("ip", "netns", "exec", self.ns, "nft", "delete", "table", "inet", "rfloss", check=False)
+        if percent is not None:
+            rules = (
+                "table inet rfloss { chain input { type filter hook input priority 0; policy accept; "
+                f"meta l4proto {{ icmp, ipv6-icmp }} numgen random mod 100 < {percent} drop; }}; }}"
+            )
+            self.exec("nft", rules)
+
+    def remove(self):
+        sh("ip", "netns", "del", self.ns, check=False)
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "route", "del", "unreachable", self.v4_prefix, "metric", "4000", check=False)
+        sh("ip", "-6", "route", "del", "unreachable", self.v6_prefix, "metric", "4000", check=False)
+
+
+class World:
+    """One VPC and subnet; a route table and an ENI per run."""
+
+    def __init__(self, client):
+        self.c = client
+        vpc = client.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        self.subnet = client.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        self.vpc = vpc
+
+    def table(self):
+        return self.c.create_route_table(VpcId=self.vpc)["RouteTable"]["RouteTableId"]
+
+    def eni(self):
+        return self.c.create_network_interface(SubnetId=self.subnet)["NetworkInterface"]["NetworkInterfaceId"]
+
+
+PROFILES = {
+    "fast": dict(interval="100ms", timeout="80ms", count=1, fall=3, rise=5, hold_down="1s"),
+    "default": dict(interval="1s", timeout="800ms", count=3, fall=3, rise=10, hold_down="60s"),
+}
+
+
+def agent_config(profile, targets, routes, extra=""):
+    p = PROFILES[profile]
+    text = f"""[aws]
+region = "us-east-1"
+endpoint_url = "{ENDPOINT}"
+{extra}
+[probe]
+targets = [{", ".join(f'"{t}"' for t in targets)}]
+interval = "{p['interval']}"
+timeout = "{p['timeout']}"
+count = {p['count']}
+
+[failover]
+fall = {p['fall']}
+rise = {p['rise']}
+hold_down = "{p['hold_down']}"
+resync_interval = "5s"
+"""
+    for table, cidr, eni in routes:
+        text += f'\n[[routes]]\nroute_table_id = "{table}"\ndestination = "{cidr}"\ntarget_eni = "{eni}"\n'
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    return f.name
+
+
+class Run:
+    """One agent (or baseline loop) guarding one route table."""
+
+    def __init__(self, kind, net, table, eni, log_dir, extra=""):
+        self.kind, self.net, self.table, self.eni = kind, net, table, eni
+        self.cut_at = self.restored_at = self.failover = self.failback = None
+        self.log = open(os.path.join(log_dir, f"{kind}-{net.n}.log"), "w")
+        env = dict(ENV, RUNTIME_DIRECTORY=log_dir)
+        if kind == "baseline":
+            args = [BASELINE, net.v4, table, CIDR, eni]
+        else:
+            cfg = agent_config(kind, [net.v4, net.v6], [(table, CIDR, eni)], extra)
+            args = [BIN, "--log-format", "json", "run", "--config", cfg]
+            env["RUST_LOG"] = "info"
+            env["RUNTIME_DIRECTORY"] = tempfile.mkdtemp()
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, 15)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.log.close()
+
+
+def has_route(table):
+    return any(
+        r.get("NetworkInterfaceId") and r.get("DestinationCidrBlock") == CIDR for r in table["Routes"]
+    )
+
+
+def measure(runs, client, stagger, settle, deadline):
+    """Cuts each run's path in turn, heals it as soon as the route is seen,
+    and times both switches by reading all tables every POLL seconds."""
+    time.sleep(settle)
+    ids = [r.table for r in runs]
+    by_id = {r.table: r for r in runs}
+    start = time.monotonic()
+    for i, r in enumerate(runs):
+        r.planned_cut = start + i * stagger
+    while time.monotonic() - start < deadline:
+        now = time.monotonic()
+        for r in runs:
+            if r.cut_at is None and now >= r.planned_cut:
+                r.net.blackhole(True)
+                r.cut_at = time.monotonic()
+        tables = client.describe_route_tables(RouteTableIds=ids)["RouteTables"]
+        seen = time.monotonic()
+        for t in tables:
+            r = by_id[t["RouteTableId"]]
+            if r.cut_at is not None and r.failover is None and has_route(t):
+                r.failover = seen - r.cut_at
+                r.net.blackhole(False)
+                r.restored_at = time.monotonic()
+            elif r.restored_at is not None and r.failback is None and not has_route(t):
+                r.failback = seen - r.restored_at
+        if all(r.failback is not None for r in runs):
+            break
+        time.sleep(POLL)
+    return runs
+
+
+def pct(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summary(values):
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p90": pct(values, 90),
+        "p99": pct(values, 99),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+def latency(args, client, world, log_dir):
+    plans = [
+        # kind, stagger between cuts (s), settle before the first cut, deadline
+        ("fast", 0.5, 3, 60),
+        ("default", 0.5, 6, 150),
+        # The baseline forks the AWS CLI (about 0.7 s of CPU) on each
+        # switch: cuts 3 s apart keep those calls from queueing on 2 cores.
+        ("baseline", 3.0, 6, 150),
+    ]
+    results = {}
+    for kind, stagger, settle, deadline in plans:
+        nets, runs = [], []
+        try:
+            for i in range(args.reps):
+                net = Net(10 + i)
+                nets.append(net)
+                runs.append(Run(kind, net, world.table(), world.eni(), log_dir))
+            measure(runs, client, stagger, settle, deadline)
+        finally:
+            for r in runs:
+                r.stop()
+            for n in nets:
+                n.remove()
+        over = [r.failover for r in runs if r.failover is not None]
+        back = [r.failback for r in runs if r.failback is not None]
+        results[kind] = {"failover": summary(over), "failback": summary(back), "missed": args.reps - len(back)}
+        print(f"  {kind:<9} failover {fmt(results[kind]['failover'])}   failback {fmt(results[kind]['failback'])}", flush=True)
+    return results
+
+
+def fmt(s):
+    return f"p50 {s['p50']:.2f}s p90 {s['p90']:.2f}s p99 {s['p99']:.2f}s max {s['max']:.2f}s (n={s['n']})"
+
+
+def tree_usage(pid):
+    """CPU seconds (own + reaped children) of pid, and RSS of pid and its live descendants (KiB)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    cpu = (utime + stime + cutime + cstime) / tick
+    rss = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return cpu, rss
+
+
+def sample(pid, seconds, every):
+    """CPU (% of one core) and peak tree RSS of `pid` over `seconds`, sampling RSS every `every` s."""
+    cpu0, _ = tree_usage(pid)
+    t0 = time.monotonic()
+    peak = 0
+    while time.monotonic() - t0 < seconds:
+        peak = max(peak, tree_usage(pid)[1])
+        time.sleep(every)
+    cpu1, _ = tree_usage(pid)
+    elapsed = time.monotonic() - t0
+    return {
+        "seconds": elapsed,
+        "cpu_percent_of_a_core": 100 * (cpu1 - cpu0) / elapsed,
+        "peak_rss_mib": peak / 1024,
+    }
+
+
+def footprint(args, world, log_dir):
+    """Steady state at about 1 round/s for `seconds`; the baseline's tree includes its pings."""
+    results = {}
+    for kind in ("default", "baseline"):
+        net = Net(200)
+        run = None
+        try:
+            run = Run(kind, net, world.table(), world.eni(), log_dir)
+            time.sleep(5)  # past startup
+            results[kind] = sample(run.proc.pid, args.footprint_seconds, 0.1)
+        finally:
+            if run:
+                run.stop()
+            net.remove()
+        r = results[kind]
+        print(f"  {kind:<9} CPU {r['cpu_percent_of_a_core']:.3f}% of a core, peak RSS {r['peak_rss_mib']:.1f} MiB over {r['seconds']:.0f} s", flush=True)
+    # What one switch costs the baseline: one AWS CLI call.
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", "-c", "time -p aws ec2 describe-route-tables --region us-east-1 >/dev/null"], env=ENV, capture_output=True, text=True)
+    fields = dict(line.split() for line in r.stderr.strip().splitlines() if line.split()[0] in ("real", "user", "sys"))
+    results["aws_cli_call"] = {"wall_s": float(fields["real"]), "cpu_s": float(fields["user"]) + float(fields["sys"])}
+    print(f"  one AWS CLI call (the baseline's cost per switch): {results['aws_cli_call']['cpu_s']:.2f} s CPU, {results['aws_cli_call']['wall_s']:.2f} s wall", flush=True)
+    return results
+
+
+def scale(args, client, world, log_dir):
+    results = {}
+    # 1,000 loopback targets at 1 round/s, in-memory backend.
+    targets = [f"127.{1 + i // 250}.0.{1 + i % 250}" for i in range(args.scale_targets)]
+    cfg = agent_config("default", targets, [("rtb-0123456789abcdef0", CIDR, "eni-0123456789abcdef0")], 'backend = "memory"')
+    with open(cfg, "a") as f:
+        f.write('\n[metrics]\nlisten = "127.0.0.1:19108"\n')
+    env = dict(ENV, RUST_LOG="warn", RUNTIME_DIRECTORY=tempfile.mkdtemp())
+    proc = subprocess.Popen([BIN, "run", "--config", cfg], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5)
+        usage = sample(proc.pid, args.scale_seconds, 0.2)
+        with urllib.request.urlopen("http://127.0.0.1:19108/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        def metric(name):
+            total = 0.0
+            for line in metrics.splitlines():
+                if line.startswith(name):
+                    total += float(line.rsplit(" ", 1)[1])
+            return total
+        results["targets_1000"] = {
+            "targets": len(targets),
+            "cpu_percent_of_a_core": usage["cpu_percent_of_a_core"],
+            "peak_rss_mib": usage["peak_rss_mib"],
+            "rounds": metric("route_failover_rounds_total"),
+            "rounds_down": metric('route_failover_rounds_total{result="down"}'),
+            "rounds_overrun": metric("route_failover_rounds_overrun_total"),
+        }
+    finally:
+        proc.terminate()
+        proc.wait()
+    r = results["targets_1000"]
+    print(f"  {r['targets']} loopback targets at 1 round/s: CPU {r['cpu_percent_of_a_core']:.1f}% of a core, peak RSS {r['peak_rss_mib']:.1f} MiB, "
+          f"{r['rounds']:.0f} rounds, {r['rounds_down']:.0f} down, {r['rounds_overrun']:.0f} overran", flush=True)
+
+    # 50 tables x 4 CIDRs switched on one failover, against LocalStack.
+    tables = [world.table() for _ in range(50)]
+    eni = world.eni()
+    cidrs = ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", "fd00:1::/48"]
+    net = Net(201)
+    cfg = agent_config("fast", [net.v4, net.v6], [(t, c, eni) for t in tables for c in cidrs])
+    log_path = os.path.join(log_dir, "scale-200-routes.log")
+    env = dict(ENV, RUST_LOG="info", RUNTIME_DIRECTORY=tempfile.mkdtemp())
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", cfg], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(4)
+            net.blackhole(True)
+            deadline = time.monotonic() + 60
+            converged = None
+            while time.monotonic() < deadline and converged is None:
+                time.sleep(0.2)
+                with open(log_path) as f:
+                    for line in f:
+                        e = json.loads(line)
+                        if e.get("message") == "route tables converged" and e.get("path") == "Backup":
+                            converged = e
+        finally:
+            proc.terminate()
+            proc.wait()
+            net.remove()
+    with open(log_path) as f:
+        events = [json.loads(l) for l in f]
+    calls = [e for e in events if e.get("message") == "route changed"]
+    results["routes_200"] = {
+        "routes": len(tables) * len(cidrs),
+        "converged_ms_after_transition": converged.get("since_transition_ms") if converged else None,
+        "route_calls": len(calls),
+        "failed_calls": len([e for e in events if e.get("message", "").startswith("route change failed")]),
+    }
+    r = results["routes_200"]
+    print(f"  {r['routes']} routes (50 tables x 4 CIDRs): converged {r['converged_ms_after_transition']} ms after the transition, "
+          f"{r['route_calls']} CreateRoute calls, {r['failed_calls']} failed", flush=True)
+    return results
+
+
+def noise(args, client, world, log_dir):
+    """Live loss for a bounded time: route changes made by each (all false)."""
+    results = {}
+    for percent in (5, 20):
+        for kind in ("default", "baseline"):
+            net = Net(202)
+            run = None
+            table = world.table()
+            try:
+                run = Run(kind, net, table, world.eni(), log_dir)
+                time.sleep(5)
+                net.random_loss(percent)
+                time.sleep(args.noise_seconds)
+            finally:
+                if run:
+                    run.stop()
+                net.remove()
+            with open(run.log.name) as f:
+                text = f.read()
+            if kind == "baseline":
+                changes = text.count("switching to VPN") + text.count("switching back")
+            else:
+                changes = text.count('"route changed"')
+            results[f"{kind}_{percent}"] = {"percent": percent, "seconds": args.noise_seconds, "route_changes": changes}
+            print(f"  {kind:<9} {percent:>2} % ICMP loss for {args.noise_seconds} s: {changes} route changes", flush=True)
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--footprint-seconds", type=int, default=60)
+    ap.add_argument("--noise-seconds", type=int, default=60)
+    ap.add_argument("--scale-targets", type=int, default=1000)
+    ap.add_argument("--scale-seconds", type=int, default=60)
+    ap.add_argument("--only", choices=["latency", "footprint", "noise", "scale"], action="append")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/failover.py: needs root (network namespaces, ICMP)")
+    os.makedirs(RESULTS, exist_ok=True)
+    client = ec2()
+    world = World(client)
+    log_dir = tempfile.mkdtemp(prefix="rf-bench-")
+    print(f"logs in {log_dir}")
+    steps = args.only or ["latency", "footprint", "noise", "scale"]
+    for step in steps:
+        print(f"\n== {step}", flush=True)
+        fn = {"latency": latency, "footprint": lambda a, c, w, l: footprint(a, w, l), "noise": noise, "scale": scale}[step]
+        out = fn(args, client, world, log_dir)
+        with open(os.path.join(RESULTS, f"{step}.json"), "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole benchmark suite, as root: setup (first run only), LocalStack,
+# the simulated false-failover study and its plot, then the live runs
+# (latency, footprint, noise, scale). Figures go to stdout and bench/results/.
+# Extra arguments go to bench/failover.py (e.g. --reps 5, --only latency).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bench/setup.sh
+started=0
+cleanup() { if ((started)); then scripts/localstack.sh stop || true; fi; }
+trap cleanup EXIT
+if ! scripts/localstack.sh status >/dev/null 2>&1; then
+    scripts/localstack.sh start
+    started=1
+fi
+
+echo "== machine"
+echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(rustc --version)"
+
+echo
+echo "== simulated false failovers (24 h per setting)"
+# The release profile, not `bench`: a second profile would build every dependency again.
+cargo bench --quiet --profile release --bench false_failover
+bench/.venv/bin/python bench/plot.py
+
+echo
+bench/.venv/bin/python bench/failover.py "$@"
