@@ -3,7 +3,7 @@
 route-failover against the original loop (bench/baseline-loop.sh).
 
 Everything runs on this machine: LocalStack on 127.0.0.1, probe targets in
-network namespaces this script creates (198.18.N.2 and fd00:ee:N::2, with
+network namespaces this script creates (198.19.N.2 and fd00:ef:N::2, with
 `unreachable` routes beneath so a cut link never leaks to the default
 route), and loopback addresses for the scale run. Needs root.
 
@@ -24,6 +24,7 @@ import botocore.session
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("ROUTE_FAILOVER_BIN", os.path.join(ROOT, "target/release/route-failover"))
 BASELINE = os.path.join(ROOT, "bench/baseline-loop.sh")
+ECHO_DELAY = os.path.join(ROOT, "bench/echo_delay.py")
 ENDPOINT = os.environ.get("ROUTE_FAILOVER_LOCALSTACK", "http://127.0.0.1:4566")
 RESULTS = os.path.join(ROOT, "bench/results")
 POLL = 0.02  # seconds between reads of the route tables
@@ -100,7 +101,23 @@ class Net:
             )
             self.exec("nft", rules)
 
+    def jitter(self, mean_ms, sd_ms):
+        """Replies come from bench/echo_delay.py, each delayed by
+        max(0, normal(mean_ms, sd_ms)); the kernel's echo reply is off."""
+        self.blackhole(True)
+        self.responder = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, ECHO_DELAY,
+             "--mean-ms", str(mean_ms), "--sd-ms", str(sd_ms), "--seed", str(self.n)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.responder.stdout.readline().strip() == "echo_delay: ready"
+
     def remove(self):
+        responder = getattr(self, "responder", None)
+        if responder:
+            responder.kill()
+            responder.wait()
+            self.responder = None
         sh("ip", "netns", "del", self.ns, check=False)
         sh("ip", "link", "del", self.host_if, check=False)
         sh("ip", "route", "del", "unreachable", self.v4_prefix, "metric", "4000", check=False)
@@ -416,18 +433,27 @@ def scale(args, client, world, log_dir):
     return results
 
 
+NOISE = [
+    # (name, how to apply it, which runs)
+    ("5 % loss", lambda net: net.random_loss(5), ("default", "baseline")),
+    ("20 % loss", lambda net: net.random_loss(20), ("default", "baseline")),
+    ("jitter 100±100 ms", lambda net: net.jitter(100, 100), ("default", "fast", "baseline")),
+    ("jitter 400±300 ms", lambda net: net.jitter(400, 300), ("default", "baseline")),
+]
+
+
 def noise(args, client, world, log_dir):
-    """Live loss for a bounded time: route changes made by each (all false)."""
+    """Live loss and jitter for a bounded time: route changes made by each
+    (all of them false: the path never goes down)."""
     results = {}
-    for percent in (5, 20):
-        for kind in ("default", "baseline"):
+    for name, apply, kinds in NOISE:
+        for kind in kinds:
             net = Net(202)
             run = None
-            table = world.table()
             try:
-                run = Run(kind, net, table, world.eni(), log_dir)
+                run = Run(kind, net, world.table(), world.eni(), log_dir)
                 time.sleep(5)
-                net.random_loss(percent)
+                apply(net)
                 time.sleep(args.noise_seconds)
             finally:
                 if run:
@@ -439,8 +465,8 @@ def noise(args, client, world, log_dir):
                 changes = text.count("switching to VPN") + text.count("switching back")
             else:
                 changes = text.count('"route changed"')
-            results[f"{kind}_{percent}"] = {"percent": percent, "seconds": args.noise_seconds, "route_changes": changes}
-            print(f"  {kind:<9} {percent:>2} % ICMP loss for {args.noise_seconds} s: {changes} route changes", flush=True)
+            results[f"{kind} {name}"] = {"noise": name, "run": kind, "seconds": args.noise_seconds, "route_changes": changes}
+            print(f"  {kind:<9} {name:<18} for {args.noise_seconds} s: {changes} route changes", flush=True)
     return results
 
 
