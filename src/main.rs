@@ -87,8 +87,10 @@ enum PathArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, matches!(cli.command, Command::Demo));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent waits on sockets and timers nearly all the time,
+    // and worker threads waking each other for every echo cost more CPU than
+    // the probing itself (BENCHMARKS.md, footprint).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

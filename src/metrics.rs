@@ -3,6 +3,7 @@
 //! nothing) unless `[metrics] listen` installs the exporter.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge, histogram};
@@ -16,6 +17,10 @@ const RTT_BUCKETS: &[f64] = &[
     0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
 ];
 const API_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Set once the exporter is installed; until then events are not even
+/// turned into label strings.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Serves `/metrics` on `listen` (127.0.0.1 unless the operator says otherwise).
 pub fn install(listen: SocketAddr) -> Result<(), String> {
@@ -33,7 +38,9 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?
         .install()
-        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))
+        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+    INSTALLED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 fn path_label(path: Path) -> &'static str {
@@ -57,6 +64,9 @@ fn unix_now() -> f64 {
 
 /// Updates the metrics an event speaks of.
 pub fn record(event: &Event) {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        return;
+    }
     match event {
         Event::Started { path, .. } => set_path(*path),
         Event::Round {

@@ -8,8 +8,12 @@ use tracing::debug;
 
 use crate::agent::Event;
 
+fn under_systemd() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 fn notify(states: &[NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+    if !under_systemd() {
         return;
     }
     if let Err(e) = sd_notify::notify(states) {
@@ -19,6 +23,10 @@ fn notify(states: &[NotifyState<'_>]) {
 
 /// Tells systemd what an event means for the service.
 pub fn record(event: &Event) {
+    // Skip building status lines nobody will read.
+    if !under_systemd() {
+        return;
+    }
     match event {
         Event::Started { path, adopted, .. } => {
             let status = format!(

@@ -68,3 +68,44 @@ async fn loopback_targets_answer_every_echo_over_v4_and_v6() {
         assert_eq!(summary.loss(), 0.0);
     }
 }
+
+#[tokio::test]
+async fn a_silent_target_is_lost_by_the_deadline_and_answers_again_after() {
+    if !netns::is_root() {
+        eprintln!("SKIPPED a_silent_target...: needs root for namespaces and ICMP sockets");
+        return;
+    }
+    let net = netns::TargetNet::create(210);
+    let config = config(&format!(
+        r#""127.0.0.1", "{}", "{}""#,
+        net.target_v4, net.target_v6
+    ));
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    let received = |report: &route_failover::probe::RoundReport| -> Vec<(u32, u32)> {
+        report
+            .targets
+            .iter()
+            .map(|t| (t.sent, t.received()))
+            .collect()
+    };
+    assert_eq!(received(&prober.round().await), vec![(3, 3); 3]);
+
+    net.blackhole(true);
+    let started = std::time::Instant::now();
+    let report = prober.round().await;
+    let elapsed = started.elapsed();
+    assert_eq!(received(&report), vec![(3, 3), (3, 0), (3, 0)]);
+    assert!(report.targets.iter().all(|t| t.error.is_none()));
+    // The last echo leaves two spacings in and is waited for one timeout.
+    let last_deadline = config.probe.spacing() * 2 + config.probe.timeout;
+    assert!(
+        elapsed >= last_deadline && elapsed < config.probe.interval,
+        "round took {elapsed:?}"
+    );
+    // Quorum defaults to every target: one answering keeps the round up.
+    let summary = summarize(&report, config.probe.round);
+    assert!(summary.up, "{summary}");
+
+    net.blackhole(false);
+    assert_eq!(received(&prober.round().await), vec![(3, 3); 3]);
+}

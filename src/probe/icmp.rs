@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use surge_ping::{
     Client, Config as PingConfig, PingIdentifier, PingSequence, Pinger, SurgeError, ICMP,
 };
@@ -19,6 +20,8 @@ use super::{Prober, RoundReport, TargetReport};
 use crate::config::ProbeConfig;
 
 const PAYLOAD: &[u8] = b"route-failover probe";
+/// How much longer than the round's timeout a pinger would wait on its own.
+const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Probes every target with `count` spaced echoes per round.
 pub struct IcmpProber {
@@ -87,8 +90,7 @@ enum Echo {
     Failed(String),
 }
 
-async fn echo(mut pinger: Pinger, seq: u16, delay: Duration) -> Echo {
-    tokio::time::sleep(delay).await;
+async fn echo(mut pinger: Pinger, seq: u16) -> Echo {
     match pinger.ping(PingSequence(seq), PAYLOAD).await {
         Ok((_, rtt)) => Echo::Reply(rtt),
         Err(SurgeError::Timeout { .. }) => Echo::Lost,
@@ -99,40 +101,63 @@ async fn echo(mut pinger: Pinger, seq: u16, delay: Duration) -> Echo {
 #[async_trait]
 impl Prober for IcmpProber {
     async fn round(&mut self) -> RoundReport {
-        let mut per_target = Vec::with_capacity(self.targets.len());
-        for &target in &self.targets {
-            let mut echoes = Vec::with_capacity(self.count as usize);
-            for k in 0..self.count {
+        let mut reports: Vec<TargetReport> = self
+            .targets
+            .iter()
+            .map(|&target| TargetReport {
+                target,
+                sent: self.count,
+                rtts: Vec::with_capacity(self.count as usize),
+                error: None,
+            })
+            .collect();
+        // Echo k of every target leaves at the same instant, k spacings into
+        // the round, and all of them share one deadline: two timers per echo,
+        // not two per echo and target, so the runtime wakes no more often than
+        // the probing needs.
+        let mut waves = Vec::with_capacity(self.count as usize);
+        for k in 0..self.count {
+            let mut wave = FuturesUnordered::new();
+            for (i, &target) in self.targets.iter().enumerate() {
                 // Pingers borrow the client: surge-ping 0.8 marks a client
                 // destroyed when any clone of it is dropped, so never clone it.
                 let mut pinger = self.client(target).pinger(target, self.ident).await;
-                pinger.timeout(self.timeout);
+                // The wave's deadline ends the wait; dropping a pinger
+                // removes its waiter. Its own timer only backs that up.
+                pinger.timeout(self.timeout + BACKSTOP);
                 let seq = self.next_seq;
                 self.next_seq = self.next_seq.wrapping_add(1);
-                echoes.push(echo(pinger, seq, self.spacing * k));
+                wave.push(async move { (i, echo(pinger, seq).await) });
             }
-            per_target.push(async move {
-                let results = join_all(echoes).await;
-                let mut report = TargetReport {
-                    target,
-                    sent: u32::try_from(results.len()).unwrap_or(u32::MAX),
-                    rtts: Vec::new(),
-                    error: None,
-                };
-                for result in results {
-                    match result {
-                        Echo::Reply(rtt) => report.rtts.push(rtt),
-                        Echo::Lost => {}
-                        Echo::Failed(e) => {
-                            report.error.get_or_insert(e);
-                        }
-                    }
+            let delay = self.spacing * k;
+            let timeout = self.timeout;
+            waves.push(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
-                report
+                let mut answered = Vec::with_capacity(wave.len());
+                // Echoes still pending at the deadline are lost.
+                let _ = tokio::time::timeout(timeout, async {
+                    while let Some(result) = wave.next().await {
+                        answered.push(result);
+                    }
+                })
+                .await;
+                answered
             });
         }
+        for (i, result) in join_all(waves).await.into_iter().flatten() {
+            let report = &mut reports[i];
+            match result {
+                Echo::Reply(rtt) => report.rtts.push(rtt),
+                Echo::Lost => {}
+                Echo::Failed(e) => {
+                    report.error.get_or_insert(e);
+                }
+            }
+        }
         RoundReport {
-            targets: join_all(per_target).await,
+            targets: reports,
             label: None,
         }
     }
