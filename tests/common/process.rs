@@ -65,17 +65,12 @@ impl Agent {
     }
 
     pub async fn wait_log(&self, message: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(v) = self.lines(message).pop() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match self.wait_lines(message, 1, within).await.pop() {
+            Some(v) => v,
+            None => panic!(
                 "no {message:?} log within {within:?}: {:#?}",
                 self.logs.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            ),
         }
     }
 
