@@ -112,9 +112,9 @@ impl Prober for IcmpProber {
             })
             .collect();
         // Echo k of every target leaves at the same instant, k spacings into
-        // the round, and all of them share one deadline: two timers per echo,
-        // not two per echo and target, so the runtime wakes no more often than
-        // the probing needs.
+        // the round, and all of them share one deadline: one sleep and one
+        // deadline per wave instead of a sleep and a timeout per echo and
+        // target, so the runtime wakes no more often than the probing needs.
         let mut waves = Vec::with_capacity(self.count as usize);
         for k in 0..self.count {
             let mut wave = FuturesUnordered::new();
