@@ -11,6 +11,7 @@ Prints tables and writes bench/results/*.json. Run through bench/run.sh.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -201,6 +202,26 @@ class Run:
         self.log.close()
 
 
+@contextlib.contextmanager
+def side_by_side(kinds, first_net, world, log_dir):
+    """One run per kind, each with its own target namespace (first_net,
+    first_net + 1, ...) and route table; all stopped and removed on exit."""
+    runs = []
+    try:
+        for i, kind in enumerate(kinds):
+            net = Net(first_net + i)
+            try:
+                runs.append(Run(kind, net, world.table(), world.eni(), log_dir))
+            except BaseException:
+                net.remove()
+                raise
+        yield runs
+    finally:
+        for r in runs:
+            r.stop()
+            r.net.remove()
+
+
 def has_route(table):
     return any(
         r.get("NetworkInterfaceId") and r.get("DestinationCidrBlock") == CIDR for r in table["Routes"]
@@ -268,18 +289,8 @@ def latency(args, client, world, log_dir):
     ]
     results = {}
     for kind, stagger, settle, deadline in plans:
-        nets, runs = [], []
-        try:
-            for i in range(args.reps):
-                net = Net(10 + i)
-                nets.append(net)
-                runs.append(Run(kind, net, world.table(), world.eni(), log_dir))
+        with side_by_side([kind] * args.reps, 10, world, log_dir) as runs:
             measure(runs, client, stagger, settle, deadline)
-        finally:
-            for r in runs:
-                r.stop()
-            for n in nets:
-                n.remove()
         over = [r.failover for r in runs if r.failover is not None]
         back = [r.failback for r in runs if r.failback is not None]
         results[kind] = {"failover": summary(over), "failback": summary(back), "missed": args.reps - len(back)}
@@ -341,18 +352,9 @@ def footprint(args, world, log_dir):
     the baseline's tree includes its pings. CPU comes in 10 ms ticks, hence
     the long default run."""
     kinds = ("default", "baseline")
-    nets, runs = [], []
-    try:
-        for i, kind in enumerate(kinds):
-            nets.append(Net(200 + i))
-            runs.append(Run(kind, nets[-1], world.table(), world.eni(), log_dir))
+    with side_by_side(kinds, 200, world, log_dir) as runs:
         time.sleep(5)  # past startup
         figures = sample([r.proc.pid for r in runs], args.footprint_seconds, 0.1)
-    finally:
-        for r in runs:
-            r.stop()
-        for net in nets:
-            net.remove()
     results = dict(zip(kinds, figures))
     for kind, r in results.items():
         print(f"  {kind:<9} CPU {r['cpu_percent_of_a_core']:.3f}% of a core, peak RSS {r['peak_rss_mib']:.1f} MiB over {r['seconds']:.0f} s", flush=True)
@@ -455,20 +457,11 @@ def noise(args, client, world, log_dir):
     once, each in its own namespace: route changes made by each (all of
     them false: the path never goes down)."""
     cases = [(name, apply, kind) for name, apply, kinds in NOISE for kind in kinds]
-    nets, runs = [], []
-    try:
-        for i, (_, _, kind) in enumerate(cases):
-            nets.append(Net(210 + i))
-            runs.append(Run(kind, nets[-1], world.table(), world.eni(), log_dir))
+    with side_by_side([kind for _, _, kind in cases], 210, world, log_dir) as runs:
         time.sleep(5)
-        for (_, apply, _), net in zip(cases, nets):
-            apply(net)
+        for (_, apply, _), run in zip(cases, runs):
+            apply(run.net)
         time.sleep(args.noise_seconds)
-    finally:
-        for r in runs:
-            r.stop()
-        for net in nets:
-            net.remove()
     results = {}
     for (name, _, kind), run in zip(cases, runs):
         with open(run.log.name) as f:
