@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use route_failover::fsm::{Failback, Fsm, Path, Policy};
+use route_failover::fsm::{Failback, Fsm, Policy, Via};
 use route_failover::probe::{summarize, RoundPolicy, RoundReport, TargetReport};
 use tokio::time::Instant;
 
@@ -140,7 +140,7 @@ fn simulate(profile: &Profile, loss: &Loss, seconds: u64, seed: u64) -> (u32, u6
     };
     let spacing = profile.interval.saturating_sub(profile.timeout) / profile.count;
     let t0 = Instant::now();
-    let mut fsm = Fsm::new(policy, Path::Primary, t0);
+    let mut fsm = Fsm::new(policy, Via::Primary, t0);
     let mut link = LinkState {
         bad: false,
         at: Duration::ZERO,
@@ -176,7 +176,7 @@ fn simulate(profile: &Profile, loss: &Loss, seconds: u64, seed: u64) -> (u32, u6
         );
         down_rounds += u64::from(!summary.up);
         let step = fsm.observe(t0 + profile.interval * n as u32, &summary);
-        if step.transition.is_some_and(|t| t.to == Path::Backup) {
+        if step.transition.is_some_and(|t| t.to == Via::Backup) {
             failovers += 1;
         }
     }

@@ -15,69 +15,18 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::backoff;
 use crate::cloud::{CloudError, RouteApi};
 use crate::config::Config;
-use crate::fsm::{Fsm, Path, Transition};
+use crate::events::{Event, Events, Sink};
+use crate::fsm::{Fsm, Via};
 use crate::model::{table_ids, ManagedRoute, RouteTable};
-use crate::plan::{self, Action, Finding};
-use crate::probe::{summarize, Prober, RoundPolicy, RoundReport, RoundSummary, TargetReport};
-use crate::reconcile::{backoff, Reconciler, Spec};
+use crate::plan::{self};
+use crate::probe::{summarize, Prober, RoundReport, TargetReport};
+use crate::reconcile::{Reconciler, Spec};
 
 /// How long shutdown waits for an in-flight API call to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// How an action ended when it did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Done,
-    /// EC2 said the table already was as we wanted (`RouteAlreadyExists`
-    /// on create, `InvalidRoute.NotFound` on delete).
-    AlreadyConverged,
-}
-
-/// Everything the agent does that someone may want to see.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Started {
-        path: Path,
-        /// Our routes found in the tables at startup.
-        adopted: Vec<ManagedRoute>,
-        prober: String,
-    },
-    Round {
-        number: u64,
-        at: Instant,
-        summary: RoundSummary,
-        targets: Vec<TargetReport>,
-        /// The rule the round was judged by.
-        policy: RoundPolicy,
-        label: Option<String>,
-        path: Path,
-    },
-    /// A round did not finish within its interval; it counted as down.
-    Overran,
-    Transition(Transition),
-    /// Flap damping started (`true`) or stopped (`false`) pinning Backup.
-    Pinned(bool),
-    RouteChange {
-        action: Action,
-        result: Result<Outcome, CloudError>,
-        latency: Duration,
-    },
-    Finding(Finding),
-    /// The tables match `path`; `since_transition` is the time since the
-    /// transition that asked for it, when there was one.
-    Converged {
-        path: Path,
-        since_transition: Option<Duration>,
-    },
-    ApiError {
-        op: &'static str,
-        error: CloudError,
-    },
-    /// A new configuration (SIGHUP) is in effect.
-    Reloaded,
-}
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +38,7 @@ pub enum AgentError {
 }
 
 /// Requests an operator can make of a running agent.
-pub enum Command {
+pub enum Request {
     /// Allow failback to Primary once `rise` good rounds are in hand.
     Failback,
     /// Switch to a new, already validated configuration. `prober` is set
@@ -100,36 +49,22 @@ pub enum Command {
     },
 }
 
-/// A cheap handle to send [`Command`]s to a running agent.
+/// A cheap handle to send [`Request`]s to a running agent.
 #[derive(Debug, Clone)]
-pub struct Control(mpsc::UnboundedSender<Command>);
+pub struct Control(mpsc::UnboundedSender<Request>);
 
 impl Control {
     pub fn request_failback(&self) {
         // The agent may have stopped; then there is nothing to fail back.
-        let _ = self.0.send(Command::Failback);
+        let _ = self.0.send(Request::Failback);
     }
 
-    /// Hands a new configuration to the agent (see [`Command::Reload`]).
+    /// Hands a new configuration to the agent (see [`Request::Reload`]).
     pub fn reload(&self, config: Config, prober: Option<Box<dyn Prober>>) {
-        let _ = self.0.send(Command::Reload {
+        let _ = self.0.send(Request::Reload {
             config: Box::new(config),
             prober,
         });
-    }
-}
-
-/// Where events go: the optional channel, the metrics and systemd.
-#[derive(Debug, Clone)]
-pub(crate) struct Emitter(Option<mpsc::UnboundedSender<Event>>);
-
-impl Emitter {
-    pub(crate) fn emit(&self, event: Event) {
-        crate::metrics::record(&event);
-        crate::systemd::record(&event);
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(event);
-        }
     }
 }
 
@@ -138,8 +73,8 @@ pub struct Agent {
     config: Config,
     prober: Box<dyn Prober>,
     api: Arc<dyn RouteApi>,
-    events: Emitter,
-    commands: mpsc::UnboundedReceiver<Command>,
+    events: Events,
+    requests: mpsc::UnboundedReceiver<Request>,
     control: Control,
 }
 
@@ -150,15 +85,20 @@ impl Agent {
             config,
             prober,
             api,
-            events: Emitter(None),
-            commands: rx,
+            events: Events::none(),
+            requests: rx,
             control: Control(tx),
         }
     }
 
-    /// Sends every [`Event`] to `tx` as well as to the log.
-    pub fn with_events(mut self, tx: mpsc::UnboundedSender<Event>) -> Self {
-        self.events = Emitter(Some(tx));
+    /// Sends every [`Event`] to `tx` as well.
+    pub fn with_events(self, tx: mpsc::UnboundedSender<Event>) -> Self {
+        self.with_sink(Arc::new(tx))
+    }
+
+    /// Adds a sink that every [`Event`] goes to.
+    pub fn with_sink(mut self, sink: Arc<dyn Sink>) -> Self {
+        self.events = self.events.with(sink);
         self
     }
 
@@ -179,9 +119,9 @@ impl Agent {
             .cloned()
             .collect();
         let path = if adopted.is_empty() {
-            Path::Primary
+            Via::Primary
         } else {
-            Path::Backup
+            Via::Backup
         };
         info!(
             %path,
@@ -218,8 +158,8 @@ impl Agent {
 
     async fn probe_loop(
         &mut self,
-        start: Path,
-        desired: &watch::Sender<Option<(Path, Option<Instant>)>>,
+        start: Via,
+        desired: &watch::Sender<Option<(Via, Option<Instant>)>>,
         spec: &watch::Sender<Spec>,
         shutdown: &CancellationToken,
     ) {
@@ -237,12 +177,12 @@ impl Agent {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                Some(command) = self.commands.recv() => match command {
-                    Command::Failback => {
+                Some(command) = self.requests.recv() => match command {
+                    Request::Failback => {
                         info!("operator asked for failback");
                         fsm.request_failback();
                     }
-                    Command::Reload { config, prober } => {
+                    Request::Reload { config, prober } => {
                         if let Some(prober) = prober {
                             self.prober = prober;
                         }
@@ -348,7 +288,7 @@ fn overran(targets: &[std::net::IpAddr], count: u32) -> RoundReport {
 async fn read_until_ok(
     api: &dyn RouteApi,
     ids: &[String],
-    events: &Emitter,
+    events: &Events,
     shutdown: &CancellationToken,
 ) -> Result<Option<Vec<RouteTable>>, AgentError> {
     let mut failures = 0;

@@ -7,14 +7,14 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::fsm::{Failback, Policy};
-use crate::plan::ManagedRoute;
+use crate::model::ManagedRoute;
 use crate::probe::RoundPolicy;
 
 /// Exit status for an unusable configuration (`EX_CONFIG` from sysexits.h).
@@ -272,7 +272,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
 
 impl Config {
     /// Reads and validates a configuration file.
-    pub fn load(path: &FsPath) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             key: None,
@@ -283,7 +283,7 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `source` names it in errors.
-    pub fn parse(text: &str, source: &FsPath) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, source: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: source.to_path_buf(),
             key: None,
@@ -299,7 +299,7 @@ impl Config {
     }
 }
 
-fn validate(raw: RawConfig, source: &FsPath) -> Result<Config, Invalid> {
+fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let aws = validate_aws(raw.aws)?;
     let probe = validate_probe(raw.probe)?;
     let (policy, reconcile) = validate_failover(raw.failover)?;

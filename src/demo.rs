@@ -3,7 +3,7 @@
 //! source. No AWS account, no root, no packets.
 
 use std::io::Write;
-use std::path::Path as FsPath;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +12,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, Event, Outcome};
+use crate::agent::Agent;
 use crate::cloud::dry_run::aws_cli;
 use crate::cloud::memory::MemoryRouteApi;
 use crate::config::Config;
-use crate::fsm::Path;
+use crate::events::{Event, Outcome};
+use crate::fsm::Via;
 use crate::model::{Origin, RouteTable};
 use crate::probe::scripted::{Phase, Reply, ScriptedProber};
 
@@ -61,7 +62,7 @@ pub struct DemoSummary {
 
 /// Runs the demo, writing its timeline to `out`.
 pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
-    let config = Config::parse(DEMO_CONFIG, FsPath::new("<embedded demo config>"))
+    let config = Config::parse(DEMO_CONFIG, Path::new("<embedded demo config>"))
         .context("the embedded demo config is invalid")?;
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let (prober, _) =
@@ -133,7 +134,7 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                 )?;
             }
             Event::Transition(t) => {
-                if t.to == Path::Backup {
+                if t.to == Via::Backup {
                     summary.failovers += 1;
                 } else {
                     summary.failbacks += 1;
@@ -179,7 +180,7 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                     )?,
                     None => writeln!(out, "{}      converged on {path}", stamp(now))?,
                 }
-                if path == Path::Backup && !broke_by_hand {
+                if path == Via::Backup && !broke_by_hand {
                     // Show drift repair: somebody deletes one of our routes by hand.
                     broke_by_hand = true;
                     let r = &config.routes[0];
@@ -192,7 +193,7 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                         r.destination
                     )?;
                 }
-                if path == Path::Primary && summary.failbacks > 0 {
+                if path == Via::Primary && summary.failbacks > 0 {
                     break true;
                 }
             }

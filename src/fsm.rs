@@ -15,18 +15,18 @@ use crate::probe::RoundSummary;
 
 /// The path production traffic should take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Path {
+pub enum Via {
     /// Direct Connect: no managed static routes, propagated routes win.
     Primary,
     /// The VPN appliance: our static routes point at its ENI.
     Backup,
 }
 
-impl fmt::Display for Path {
+impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Path::Primary => "Primary",
-            Path::Backup => "Backup",
+            Via::Primary => "Primary",
+            Via::Backup => "Backup",
         })
     }
 }
@@ -100,8 +100,8 @@ fn round_to_millis(d: Duration) -> Duration {
 /// A change of path, with the instant and the reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
-    pub from: Path,
-    pub to: Path,
+    pub from: Via,
+    pub to: Via,
     pub at: Instant,
     pub reason: Reason,
 }
@@ -119,7 +119,7 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub struct Fsm {
     policy: Policy,
-    path: Path,
+    path: Via,
     down_streak: u32,
     up_streak: u32,
     /// When the current stay on Backup began (a failover, or adoption).
@@ -134,20 +134,20 @@ impl Fsm {
     /// Starts on `path`. Starting on Backup (adopted from the route tables)
     /// counts `now` as the failover instant, so hold-down applies after a
     /// restart too.
-    pub fn new(policy: Policy, path: Path, now: Instant) -> Self {
+    pub fn new(policy: Policy, path: Via, now: Instant) -> Self {
         Self {
             policy,
             path,
             down_streak: 0,
             up_streak: 0,
-            backup_since: (path == Path::Backup).then_some(now),
+            backup_since: (path == Via::Backup).then_some(now),
             failovers: VecDeque::new(),
             pinned: false,
             operator_failback: false,
         }
     }
 
-    pub fn path(&self) -> Path {
+    pub fn path(&self) -> Via {
         self.path
     }
 
@@ -174,7 +174,7 @@ impl Fsm {
     /// rounds are in hand, regardless of hold-down, manual mode or flap
     /// damping. It never fails back onto a path that is not answering.
     pub fn request_failback(&mut self) {
-        if self.path == Path::Backup {
+        if self.path == Via::Backup {
             self.operator_failback = true;
         }
     }
@@ -191,7 +191,7 @@ impl Fsm {
             self.down_streak = self.down_streak.saturating_add(1);
         }
         match self.path {
-            Path::Primary if self.down_streak >= self.policy.fall => {
+            Via::Primary if self.down_streak >= self.policy.fall => {
                 step.transition = Some(self.fail_over(now, round));
                 let pinned = self.failovers.len() > self.policy.max_failovers as usize;
                 if pinned && !self.pinned {
@@ -199,7 +199,7 @@ impl Fsm {
                     step.pinned_changed = Some(true);
                 }
             }
-            Path::Backup if self.up_streak >= self.policy.rise => {
+            Via::Backup if self.up_streak >= self.policy.rise => {
                 step.transition = self.try_fail_back(now, round);
             }
             _ => {}
@@ -209,14 +209,14 @@ impl Fsm {
 
     fn fail_over(&mut self, now: Instant, round: &RoundSummary) -> Transition {
         let rounds = self.down_streak;
-        self.path = Path::Backup;
+        self.path = Via::Backup;
         self.backup_since = Some(now);
         self.failovers.push_back(now);
         self.down_streak = 0;
         self.up_streak = 0;
         Transition {
-            from: Path::Primary,
-            to: Path::Backup,
+            from: Via::Primary,
+            to: Via::Backup,
             at: now,
             reason: Reason::Fall {
                 rounds,
@@ -248,7 +248,7 @@ impl Fsm {
                 last: round.clone(),
             }
         };
-        self.path = Path::Primary;
+        self.path = Via::Primary;
         self.backup_since = None;
         self.up_streak = 0;
         self.down_streak = 0;
@@ -256,8 +256,8 @@ impl Fsm {
         // An operator's failback also clears flap damping: they have looked.
         self.pinned = false;
         Some(Transition {
-            from: Path::Backup,
-            to: Path::Primary,
+            from: Via::Backup,
+            to: Via::Primary,
             at: now,
             reason,
         })
@@ -299,7 +299,7 @@ mod tests {
     }
 
     /// Feeds rounds one second apart; returns the transitions with their round index.
-    fn run(fsm: &mut Fsm, start: Instant, rounds: &[bool]) -> Vec<(usize, Path)> {
+    fn run(fsm: &mut Fsm, start: Instant, rounds: &[bool]) -> Vec<(usize, Via)> {
         rounds
             .iter()
             .enumerate()
@@ -320,46 +320,46 @@ mod tests {
     #[test]
     fn fails_over_after_fall_consecutive_down_rounds() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Primary, t0);
+        let mut fsm = Fsm::new(policy(), Via::Primary, t0);
         assert_eq!(run(&mut fsm, t0, &pattern("UDD")), vec![]);
-        assert_eq!(fsm.path(), Path::Primary);
-        assert_eq!(run(&mut fsm, t0, &pattern("D")), vec![(0, Path::Backup)]);
+        assert_eq!(fsm.path(), Via::Primary);
+        assert_eq!(run(&mut fsm, t0, &pattern("D")), vec![(0, Via::Backup)]);
     }
 
     #[test]
     fn an_up_round_resets_the_fall_count() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Primary, t0);
+        let mut fsm = Fsm::new(policy(), Via::Primary, t0);
         assert_eq!(run(&mut fsm, t0, &pattern("DDUDDUDDU")), vec![]);
-        assert_eq!(fsm.path(), Path::Primary);
+        assert_eq!(fsm.path(), Via::Primary);
     }
 
     #[test]
     fn a_single_lossy_round_never_fails_over_unlike_the_script() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Primary, t0);
+        let mut fsm = Fsm::new(policy(), Via::Primary, t0);
         assert_eq!(run(&mut fsm, t0, &pattern("UUDUUDUU")), vec![]);
     }
 
     #[test]
     fn fails_back_after_rise_consecutive_up_rounds() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Backup, t0);
+        let mut fsm = Fsm::new(policy(), Via::Backup, t0);
         let got = run(&mut fsm, t0, &pattern("UUUUUUUUU U"));
-        assert_eq!(got, vec![(9, Path::Primary)]);
+        assert_eq!(got, vec![(9, Via::Primary)]);
     }
 
     #[test]
     fn one_down_round_resets_the_rise_count() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Backup, t0);
+        let mut fsm = Fsm::new(policy(), Via::Backup, t0);
         // Nine good, one bad, nine good: the original script would have failed back.
         let got = run(&mut fsm, t0, &pattern("UUUUUUUUU D UUUUUUUUU"));
         assert_eq!(got, vec![]);
-        assert_eq!(fsm.path(), Path::Backup);
+        assert_eq!(fsm.path(), Via::Backup);
         assert_eq!(fsm.up_streak(), 9);
         let got = run(&mut fsm, t0 + Duration::from_secs(100), &pattern("U"));
-        assert_eq!(got, vec![(0, Path::Primary)]);
+        assert_eq!(got, vec![(0, Via::Primary)]);
     }
 
     #[test]
@@ -369,12 +369,12 @@ mod tests {
             hold_down: Duration::from_secs(30),
             ..policy()
         };
-        let mut fsm = Fsm::new(p, Path::Primary, t0);
+        let mut fsm = Fsm::new(p, Via::Primary, t0);
         // Fail over at t0+3s.
-        assert_eq!(run(&mut fsm, t0, &pattern("DDD")), vec![(2, Path::Backup)]);
+        assert_eq!(run(&mut fsm, t0, &pattern("DDD")), vec![(2, Via::Backup)]);
         // Rounds at t0+4s .. t0+32s are up: rise is met at t0+13s but hold-down
         // ends at t0+33s.
-        let ups: Vec<(usize, Path)> = (4..=32)
+        let ups: Vec<(usize, Via)> = (4..=32)
             .filter_map(|s| {
                 fsm.observe(t0 + Duration::from_secs(s), &round(true))
                     .transition
@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(ups, vec![]);
         let t = fsm.observe(t0 + Duration::from_secs(33), &round(true));
         let t = t.transition.expect("fails back once hold-down has passed");
-        assert_eq!(t.to, Path::Primary);
+        assert_eq!(t.to, Via::Primary);
         match t.reason {
             Reason::Rise {
                 rounds,
@@ -406,10 +406,10 @@ mod tests {
             rise: 2,
             ..policy()
         };
-        let mut fsm = Fsm::new(p, Path::Backup, t0);
+        let mut fsm = Fsm::new(p, Via::Backup, t0);
         assert_eq!(run(&mut fsm, t0, &[true; 59]), vec![]);
         let step = fsm.observe(t0 + Duration::from_secs(60), &round(true));
-        assert_eq!(step.transition.map(|t| t.to), Some(Path::Primary));
+        assert_eq!(step.transition.map(|t| t.to), Some(Via::Primary));
     }
 
     #[test]
@@ -420,7 +420,7 @@ mod tests {
             rise: 3,
             ..policy()
         };
-        let mut fsm = Fsm::new(p, Path::Backup, t0);
+        let mut fsm = Fsm::new(p, Via::Backup, t0);
         assert_eq!(run(&mut fsm, t0, &[true; 50]), vec![]);
         fsm.request_failback();
         let step = fsm.observe(t0 + Duration::from_secs(51), &round(true));
@@ -434,21 +434,21 @@ mod tests {
                 rise: 3,
                 ..policy()
             },
-            Path::Backup,
+            Via::Backup,
             t0,
         );
         fsm.request_failback();
         assert_eq!(run(&mut fsm, t0, &pattern("DDUUDU")), vec![]);
-        assert_eq!(run(&mut fsm, t0, &pattern("UU")), vec![(1, Path::Primary)]);
+        assert_eq!(run(&mut fsm, t0, &pattern("UU")), vec![(1, Via::Primary)]);
     }
 
     #[test]
     fn request_failback_on_primary_is_ignored() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Primary, t0);
+        let mut fsm = Fsm::new(policy(), Via::Primary, t0);
         fsm.request_failback();
         run(&mut fsm, t0, &pattern("DDD"));
-        assert_eq!(fsm.path(), Path::Backup);
+        assert_eq!(fsm.path(), Via::Backup);
         // A stale request must not let a later Backup stay skip hold-down or manual mode.
         assert!(!fsm.operator_failback);
     }
@@ -463,12 +463,12 @@ mod tests {
             flap_window: Duration::from_secs(100),
             ..policy()
         };
-        let mut fsm = Fsm::new(p, Path::Primary, t0);
+        let mut fsm = Fsm::new(p, Via::Primary, t0);
         // Two full flaps are tolerated.
         assert_eq!(run(&mut fsm, t0, &pattern("DUDU")).len(), 4);
         // The third failover inside the window pins Backup.
         let step = fsm.observe(t0 + Duration::from_secs(5), &round(false));
-        assert_eq!(step.transition.map(|t| t.to), Some(Path::Backup));
+        assert_eq!(step.transition.map(|t| t.to), Some(Via::Backup));
         assert_eq!(step.pinned_changed, Some(true));
         assert!(fsm.pinned());
         // Healthy rounds do not fail back while pinned.
@@ -479,7 +479,7 @@ mod tests {
         // At t0+101s the first failover (t0+1s) has left the window.
         let step = fsm.observe(t0 + Duration::from_secs(101), &round(true));
         assert_eq!(step.pinned_changed, Some(false));
-        assert_eq!(step.transition.map(|t| t.to), Some(Path::Primary));
+        assert_eq!(step.transition.map(|t| t.to), Some(Via::Primary));
     }
 
     #[test]
@@ -491,19 +491,19 @@ mod tests {
             max_failovers: 1,
             ..policy()
         };
-        let mut fsm = Fsm::new(p, Path::Primary, t0);
+        let mut fsm = Fsm::new(p, Via::Primary, t0);
         run(&mut fsm, t0, &pattern("DUD"));
         assert!(fsm.pinned());
         fsm.request_failback();
         let step = fsm.observe(t0 + Duration::from_secs(10), &round(true));
-        assert_eq!(step.transition.map(|t| t.to), Some(Path::Primary));
+        assert_eq!(step.transition.map(|t| t.to), Some(Via::Primary));
         assert!(!fsm.pinned());
     }
 
     #[test]
     fn transitions_carry_their_reason() {
         let t0 = Instant::now();
-        let mut fsm = Fsm::new(policy(), Path::Primary, t0);
+        let mut fsm = Fsm::new(policy(), Via::Primary, t0);
         let mut last = None;
         for s in 1..=3 {
             last = fsm
@@ -511,7 +511,7 @@ mod tests {
                 .transition;
         }
         let t = last.expect("failover");
-        assert_eq!((t.from, t.to), (Path::Primary, Path::Backup));
+        assert_eq!((t.from, t.to), (Via::Primary, Via::Backup));
         assert_eq!(t.at, t0 + Duration::from_secs(3));
         assert!(matches!(t.reason, Reason::Fall { rounds: 3, .. }));
         assert!(t
@@ -554,7 +554,7 @@ mod tests {
             rounds in proptest::collection::vec(any::<bool>(), 0..400),
         ) {
             let t0 = Instant::now();
-            let start = if start_backup { Path::Backup } else { Path::Primary };
+            let start = if start_backup { Via::Backup } else { Via::Primary };
             let mut fsm = Fsm::new(policy.clone(), start, t0);
             let mut path = start;
             let mut backup_since = start_backup.then_some(t0);
@@ -567,12 +567,12 @@ mod tests {
                     prop_assert_eq!(t.from, path);
                     prop_assert_ne!(t.from, t.to);
                     match t.to {
-                        Path::Backup => {
+                        Via::Backup => {
                             prop_assert!(!up);
                             prop_assert!(downs >= policy.fall);
                             backup_since = Some(now);
                         }
-                        Path::Primary => {
+                        Via::Primary => {
                             prop_assert!(up);
                             prop_assert!(ups >= policy.rise);
                             prop_assert_eq!(policy.failback, Failback::Auto);
@@ -595,7 +595,7 @@ mod tests {
         fn auto_failback_is_live(policy in arb_policy(), prefix in proptest::collection::vec(any::<bool>(), 0..100)) {
             let policy = Policy { failback: Failback::Auto, ..policy };
             let t0 = Instant::now();
-            let mut fsm = Fsm::new(policy.clone(), Path::Primary, t0);
+            let mut fsm = Fsm::new(policy.clone(), Via::Primary, t0);
             let mut s = 0u64;
             for &up in &prefix {
                 s += 1;
@@ -606,7 +606,7 @@ mod tests {
                 s += 1;
                 fsm.observe(t0 + Duration::from_secs(s), &round(true));
             }
-            prop_assert_eq!(fsm.path(), Path::Primary);
+            prop_assert_eq!(fsm.path(), Via::Primary);
         }
     }
 }

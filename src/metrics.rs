@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::agent::{Event, Outcome};
-use crate::fsm::Path;
+use crate::events::{Event, Outcome, Sink};
+use crate::fsm::Via;
 
 /// RTT buckets from loopback to a slow VPN, in seconds.
 const RTT_BUCKETS: &[f64] = &[
@@ -43,15 +43,15 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-fn path_label(path: Path) -> &'static str {
+fn path_label(path: Via) -> &'static str {
     match path {
-        Path::Primary => "primary",
-        Path::Backup => "backup",
+        Via::Primary => "primary",
+        Via::Backup => "backup",
     }
 }
 
-fn set_path(path: Path) {
-    for p in [Path::Primary, Path::Backup] {
+fn set_path(path: Via) {
+    for p in [Via::Primary, Via::Backup] {
         gauge!("route_failover_path", "path" => path_label(p)).set(f64::from(u8::from(p == path)));
     }
 }
@@ -62,8 +62,17 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The sink that turns events into metrics.
+pub struct MetricsSink;
+
+impl Sink for MetricsSink {
+    fn record(&self, event: &Event) {
+        record(event);
+    }
+}
+
 /// Updates the metrics an event speaks of.
-pub fn record(event: &Event) {
+fn record(event: &Event) {
     if !INSTALLED.load(Ordering::Relaxed) {
         return;
     }

@@ -116,6 +116,47 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
 }
 
+/// One call to the route API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Create(ManagedRoute),
+    /// Take over a foreign static route (only with `takeover = true`).
+    Replace {
+        route: ManagedRoute,
+        replacing: Target,
+    },
+    Delete(ManagedRoute),
+}
+
+impl Action {
+    pub fn route(&self) -> &ManagedRoute {
+        match self {
+            Action::Create(r) | Action::Delete(r) | Action::Replace { route: r, .. } => r,
+        }
+    }
+
+    /// The EC2 operation name, for logs and metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Action::Create(_) => "CreateRoute",
+            Action::Replace { .. } => "ReplaceRoute",
+            Action::Delete(_) => "DeleteRoute",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Create(r) => write!(f, "create {r}"),
+            Action::Replace { route, replacing } => {
+                write!(f, "replace {route} (was -> {replacing})")
+            }
+            Action::Delete(r) => write!(f, "delete {r}"),
+        }
+    }
+}
+
 /// Fixtures for unit tests across modules.
 #[cfg(test)]
 pub(crate) mod fixtures {

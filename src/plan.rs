@@ -7,50 +7,8 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use crate::fsm::Path;
-pub use crate::model::ManagedRoute;
-use crate::model::{Origin, Route, RouteState, RouteTable, Target};
-
-/// One call to the route API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Create(ManagedRoute),
-    /// Take over a foreign static route (only with `takeover = true`).
-    Replace {
-        route: ManagedRoute,
-        replacing: Target,
-    },
-    Delete(ManagedRoute),
-}
-
-impl Action {
-    pub fn route(&self) -> &ManagedRoute {
-        match self {
-            Action::Create(r) | Action::Delete(r) | Action::Replace { route: r, .. } => r,
-        }
-    }
-
-    /// The EC2 operation name, for logs and metrics.
-    pub fn op(&self) -> &'static str {
-        match self {
-            Action::Create(_) => "CreateRoute",
-            Action::Replace { .. } => "ReplaceRoute",
-            Action::Delete(_) => "DeleteRoute",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::Create(r) => write!(f, "create {r}"),
-            Action::Replace { route, replacing } => {
-                write!(f, "replace {route} (was -> {replacing})")
-            }
-            Action::Delete(r) => write!(f, "delete {r}"),
-        }
-    }
-}
+use crate::fsm::Via;
+use crate::model::{Action, ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
 
 /// Something an operator should know that the agent will not act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,11 +111,11 @@ pub fn ours<'a>(
 }
 
 /// The path the route tables show: Backup when any of our routes is present.
-pub fn adopt(managed: &[ManagedRoute], observed: &[RouteTable]) -> Path {
+pub fn adopt(managed: &[ManagedRoute], observed: &[RouteTable]) -> Via {
     if ours(managed, observed).next().is_some() {
-        Path::Backup
+        Via::Backup
     } else {
-        Path::Primary
+        Via::Primary
     }
 }
 
@@ -175,7 +133,7 @@ fn shadowing<'a>(route: &ManagedRoute, table: &'a RouteTable) -> impl Iterator<I
 /// Works out the calls that take `observed` to `desired`, touching only
 /// routes that are ours (or foreign ones, when `takeover` allows).
 pub fn plan(
-    desired: Path,
+    desired: Via,
     managed: &[ManagedRoute],
     observed: &[RouteTable],
     takeover: bool,
@@ -199,21 +157,21 @@ pub fn plan(
             });
         }
         match (status(route, observed), desired) {
-            (Status::Absent, Path::Backup) => plan.actions.push(Action::Create(route.clone())),
-            (Status::Ours { state }, Path::Backup) => {
+            (Status::Absent, Via::Backup) => plan.actions.push(Action::Create(route.clone())),
+            (Status::Ours { state }, Via::Backup) => {
                 if state == RouteState::Blackhole {
                     plan.findings.push(Finding::Blackhole {
                         route: route.clone(),
                     });
                 }
             }
-            (Status::Ours { .. }, Path::Primary) => {
+            (Status::Ours { .. }, Via::Primary) => {
                 plan.actions.push(Action::Delete(route.clone()));
             }
             (Status::Foreign { target, origin }, desired) => {
                 // The local route cannot be replaced, and on Primary a foreign
                 // route is somebody else's business: report it either way.
-                if takeover && desired == Path::Backup && origin == Origin::CreateRoute {
+                if takeover && desired == Via::Backup && origin == Origin::CreateRoute {
                     plan.actions.push(Action::Replace {
                         route: route.clone(),
                         replacing: target,
@@ -225,7 +183,7 @@ pub fn plan(
                     });
                 }
             }
-            (Status::Absent, Path::Primary) | (Status::TableMissing, _) => {}
+            (Status::Absent, Via::Primary) | (Status::TableMissing, _) => {}
         }
     }
     plan
@@ -286,7 +244,7 @@ mod tests {
     fn backup_creates_missing_routes_even_over_propagated_ones() {
         let m = [managed("rtb-aaaaaaaa", "10.1.0.0/16")];
         let observed = [table("rtb-aaaaaaaa", vec![propagated("10.1.0.0/16")])];
-        let p = plan(Path::Backup, &m, &observed, false);
+        let p = plan(Via::Backup, &m, &observed, false);
         assert_eq!(p.actions, vec![Action::Create(m[0].clone())]);
         assert!(p.findings.is_empty());
     }
@@ -298,9 +256,9 @@ mod tests {
             "rtb-aaaaaaaa",
             vec![propagated("10.1.0.0/16"), ours("10.1.0.0/16")],
         )];
-        assert_eq!(plan(Path::Backup, &m, &on_backup, false), Plan::default());
+        assert_eq!(plan(Via::Backup, &m, &on_backup, false), Plan::default());
         let on_primary = [table("rtb-aaaaaaaa", vec![propagated("10.1.0.0/16")])];
-        assert_eq!(plan(Path::Primary, &m, &on_primary, false), Plan::default());
+        assert_eq!(plan(Via::Primary, &m, &on_primary, false), Plan::default());
     }
 
     #[test]
@@ -323,7 +281,7 @@ mod tests {
                 ours("10.3.0.0/16"),
             ],
         )];
-        let p = plan(Path::Primary, &m, &observed, false);
+        let p = plan(Via::Primary, &m, &observed, false);
         assert_eq!(p.actions, vec![Action::Delete(m[0].clone())]);
         assert_eq!(
             p.findings,
@@ -342,7 +300,7 @@ mod tests {
             "rtb-aaaaaaaa",
             vec![route("10.1.0.0/16", foreign.clone(), Origin::CreateRoute)],
         )];
-        let p = plan(Path::Backup, &m, &observed, false);
+        let p = plan(Via::Backup, &m, &observed, false);
         assert!(p.actions.is_empty());
         assert_eq!(
             p.findings,
@@ -361,7 +319,7 @@ mod tests {
             "rtb-aaaaaaaa",
             vec![route("10.1.0.0/16", foreign.clone(), Origin::CreateRoute)],
         )];
-        let p = plan(Path::Backup, &m, &observed, true);
+        let p = plan(Via::Backup, &m, &observed, true);
         assert_eq!(
             p.actions,
             vec![Action::Replace {
@@ -370,7 +328,7 @@ mod tests {
             }]
         );
         // On Primary even takeover leaves a foreign route alone: it was never ours.
-        let p = plan(Path::Primary, &m, &observed, true);
+        let p = plan(Via::Primary, &m, &observed, true);
         assert!(p.actions.is_empty());
         assert_eq!(p.findings.len(), 1);
     }
@@ -379,7 +337,7 @@ mod tests {
     fn takeover_never_replaces_the_local_route() {
         let m = [managed("rtb-aaaaaaaa", "10.0.0.0/16")];
         let observed = [table("rtb-aaaaaaaa", vec![])];
-        let p = plan(Path::Backup, &m, &observed, true);
+        let p = plan(Via::Backup, &m, &observed, true);
         assert!(p.actions.is_empty());
         assert!(matches!(p.findings[..], [Finding::Foreign { .. }]));
     }
@@ -389,18 +347,18 @@ mod tests {
         let m = [managed("rtb-aaaaaaaa", "fd00:1::/48")];
         let observed = [table("rtb-aaaaaaaa", vec![propagated("fd00:1::/48")])];
         assert_eq!(
-            plan(Path::Backup, &m, &observed, false).actions,
+            plan(Via::Backup, &m, &observed, false).actions,
             vec![Action::Create(m[0].clone())]
         );
         let observed = [table("rtb-aaaaaaaa", vec![ours("fd00:1::/48")])];
         assert_eq!(
-            plan(Path::Primary, &m, &observed, false).actions,
+            plan(Via::Primary, &m, &observed, false).actions,
             vec![Action::Delete(m[0].clone())]
         );
         // An IPv4 route is never confused with an IPv6 one.
         let observed = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
         assert_eq!(
-            plan(Path::Backup, &m, &observed, false).actions,
+            plan(Via::Backup, &m, &observed, false).actions,
             vec![Action::Create(m[0].clone())]
         );
     }
@@ -425,12 +383,12 @@ mod tests {
                 table(t, routes)
             })
             .collect();
-        let p = plan(Path::Backup, &m, &observed, false);
+        let p = plan(Via::Backup, &m, &observed, false);
         assert_eq!(p.actions.len(), 8);
         assert!(!p
             .actions
             .contains(&Action::Create(managed("rtb-bbbbbbbb", "10.2.0.0/16"))));
-        let p = plan(Path::Primary, &m, &observed, false);
+        let p = plan(Via::Primary, &m, &observed, false);
         assert_eq!(
             p.actions,
             vec![Action::Delete(managed("rtb-bbbbbbbb", "10.2.0.0/16"))]
@@ -443,7 +401,7 @@ mod tests {
             managed("rtb-aaaaaaaa", "10.1.0.0/16"),
             managed("rtb-aaaaaaaa", "10.2.0.0/16"),
         ];
-        let p = plan(Path::Backup, &m, &[], false);
+        let p = plan(Via::Backup, &m, &[], false);
         assert!(p.actions.is_empty());
         assert_eq!(
             p.findings,
@@ -464,7 +422,7 @@ mod tests {
                 propagated("10.2.1.0/24"),
             ],
         )];
-        let p = plan(Path::Primary, &m, &observed, false);
+        let p = plan(Via::Primary, &m, &observed, false);
         assert_eq!(
             p.findings,
             vec![Finding::Shadowed {
@@ -482,7 +440,7 @@ mod tests {
         let mut r = ours("10.1.0.0/16");
         r.state = Blackhole;
         let observed = [table("rtb-aaaaaaaa", vec![r])];
-        let p = plan(Path::Backup, &m, &observed, false);
+        let p = plan(Via::Backup, &m, &observed, false);
         assert!(p.actions.is_empty());
         assert_eq!(
             p.findings,
@@ -502,11 +460,11 @@ mod tests {
             table("rtb-aaaaaaaa", vec![propagated("10.1.0.0/16")]),
             table("rtb-bbbbbbbb", vec![]),
         ];
-        assert_eq!(adopt(&m, &none), Path::Primary);
+        assert_eq!(adopt(&m, &none), Via::Primary);
         let partial = [
             table("rtb-aaaaaaaa", vec![]),
             table("rtb-bbbbbbbb", vec![ours("10.1.0.0/16")]),
         ];
-        assert_eq!(adopt(&m, &partial), Path::Backup);
+        assert_eq!(adopt(&m, &partial), Via::Backup);
     }
 }

@@ -14,12 +14,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::agent::{Emitter, Event, Outcome};
+use crate::backoff::backoff;
 use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
-use crate::fsm::Path;
+use crate::events::{Event, Events, Outcome};
+use crate::fsm::Via;
+use crate::model::Action;
 use crate::model::{table_ids, ManagedRoute};
-use crate::plan::{self, Action, Finding};
+use crate::plan::{self, Finding};
 
 /// Route calls in flight at once during one reconcile pass. Enough to switch
 /// many tables quickly, well under EC2's mutating-call burst.
@@ -45,19 +47,10 @@ impl Spec {
     }
 }
 
-/// Backoff before retry `failures` (1-based): capped exponential with full
-/// jitter, and a small floor so a zero draw does not spin.
-pub(crate) fn backoff(failures: u32, cap: Duration) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(1 << failures.saturating_sub(1).min(16));
-    let ceiling = base.min(cap);
-    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::random_range(ms / 10..=ms.max(1)))
-}
-
 pub(crate) struct Reconciler {
     api: Arc<dyn RouteApi>,
     spec: watch::Receiver<Spec>,
-    events: Emitter,
+    events: Events,
     /// Findings already reported, so each is logged once while it lasts.
     reported: HashSet<String>,
     /// When the transition now being converged happened.
@@ -65,11 +58,7 @@ pub(crate) struct Reconciler {
 }
 
 impl Reconciler {
-    pub(crate) fn new(
-        api: Arc<dyn RouteApi>,
-        spec: watch::Receiver<Spec>,
-        events: Emitter,
-    ) -> Self {
+    pub(crate) fn new(api: Arc<dyn RouteApi>, spec: watch::Receiver<Spec>, events: Events) -> Self {
         Self {
             api,
             spec,
@@ -82,7 +71,7 @@ impl Reconciler {
     /// Converges the tables on the desired path until `stop`.
     pub(crate) async fn run(
         mut self,
-        mut desired: watch::Receiver<Option<(Path, Option<Instant>)>>,
+        mut desired: watch::Receiver<Option<(Via, Option<Instant>)>>,
         stop: CancellationToken,
     ) {
         let mut failures = 0u32;
@@ -125,7 +114,7 @@ impl Reconciler {
 
     /// Logs and emits that the tables match `path`, with the time since the
     /// transition that asked for it.
-    fn announce_converged(&self, path: Path) {
+    fn announce_converged(&self, path: Via) {
         let since = self.transition_at.map(|t| t.elapsed());
         match since {
             Some(d) => info!(
@@ -143,7 +132,7 @@ impl Reconciler {
 
     /// Reads, plans and acts until the tables match `path`. `Err` means a
     /// call failed and the caller should retry after a backoff.
-    async fn reconcile(&mut self, path: Path) -> Result<(), ()> {
+    async fn reconcile(&mut self, path: Via) -> Result<(), ()> {
         let spec = self.spec.borrow().clone();
         for _ in 0..MAX_PASSES {
             let observed = match self.api.describe_route_tables(&spec.table_ids).await {
@@ -230,21 +219,5 @@ async fn execute(api: &dyn RouteApi, action: &Action) -> Result<Outcome, CloudEr
             Ok(Outcome::AlreadyConverged)
         }
         (_, Err(e)) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_under_its_cap() {
-        let cap = Duration::from_secs(30);
-        for failures in 1..40 {
-            let d = backoff(failures, cap);
-            let ceiling = Duration::from_secs(1 << (failures - 1).min(16)).min(cap);
-            assert!(d <= ceiling, "{failures}: {d:?} > {ceiling:?}");
-            assert!(d >= ceiling / 10, "{failures}: {d:?} below floor");
-        }
     }
 }

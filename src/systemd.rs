@@ -6,7 +6,7 @@
 use sd_notify::NotifyState;
 use tracing::debug;
 
-use crate::agent::Event;
+use crate::events::{Event, Sink};
 
 fn under_systemd() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
@@ -21,8 +21,17 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
+/// The sink that tells systemd about events.
+pub struct SystemdSink;
+
+impl Sink for SystemdSink {
+    fn record(&self, event: &Event) {
+        record(event);
+    }
+}
+
 /// Tells systemd what an event means for the service.
-pub fn record(event: &Event) {
+fn record(event: &Event) {
     // Skip building status lines nobody will read.
     if !under_systemd() {
         return;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use route_failover::agent::{Event, Outcome};
 use route_failover::cloud::memory::MemoryRouteApi;
 use route_failover::cloud::{CloudError, RouteApi};
-use route_failover::fsm::{Path, Reason};
+use route_failover::events::{Event, Outcome};
+use route_failover::fsm::{Reason, Via};
 use route_failover::model::{Origin, Route, RouteState, Target};
 use route_failover::plan::Finding;
 use route_failover::probe::scripted::Reply;
@@ -30,7 +30,7 @@ async fn fails_over_after_fall_rounds_and_back_after_rise_and_hold_down() {
     let config = config();
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::All);
-    h.converged(Path::Primary, secs(5)).await;
+    h.converged(Via::Primary, secs(5)).await;
     h.run_for(secs(5)).await;
     assert!(
         api.mutating_calls().is_empty(),
@@ -38,7 +38,7 @@ async fn fails_over_after_fall_rounds_and_back_after_rise_and_hold_down() {
     );
 
     h.script.set("DX cut", Reply::None);
-    let failover = h.transition(Path::Backup, secs(10)).await;
+    let failover = h.transition(Via::Backup, secs(10)).await;
     // The third down round fails over, not earlier.
     let down_rounds = h
         .events
@@ -47,19 +47,19 @@ async fn fails_over_after_fall_rounds_and_back_after_rise_and_hold_down() {
         .count();
     assert_eq!(down_rounds, 3);
     assert!(matches!(failover.reason, Reason::Fall { rounds: 3, .. }));
-    h.converged(Path::Backup, secs(1)).await;
+    h.converged(Via::Backup, secs(1)).await;
     assert_eq!(our_routes(&api.tables()), all_managed(&config));
 
     h.script.set("DX restored", Reply::All);
     let restored_at = tokio::time::Instant::now();
-    let failback = h.transition(Path::Primary, secs(60)).await;
+    let failback = h.transition(Via::Primary, secs(60)).await;
     // rise = 5 rounds, but hold-down (10 s after the failover) is longer.
     assert!(
         failback.at - failover.at >= secs(10),
         "failback inside hold-down"
     );
     assert!(failback.at - restored_at >= secs(4));
-    h.converged(Path::Primary, secs(1)).await;
+    h.converged(Via::Primary, secs(1)).await;
     assert!(our_routes(&api.tables()).is_empty());
 
     let ops: Vec<&str> = api.mutating_calls().iter().map(|c| c.op).collect();
@@ -89,7 +89,7 @@ async fn a_loss_burst_shorter_than_fall_changes_nothing() {
     let config = config();
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::All);
-    h.converged(Path::Primary, secs(5)).await;
+    h.converged(Via::Primary, secs(5)).await;
     for _ in 0..20 {
         // 1.5 s of silence spans at most 2 rounds of 1 s: fewer than fall.
         h.script.set("burst", Reply::None);
@@ -125,7 +125,7 @@ async fn restart_while_on_backup_adopts_without_duplicate_calls() {
     let Event::Started { path, adopted, .. } = started else {
         unreachable!()
     };
-    assert_eq!(path, Path::Backup);
+    assert_eq!(path, Via::Backup);
     assert_eq!(adopted.len(), 4);
     h.run_for(secs(60)).await;
     assert_eq!(api.mutating_calls().len(), before, "adoption made calls");
@@ -134,9 +134,9 @@ async fn restart_while_on_backup_adopts_without_duplicate_calls() {
     // the restart, not an instant delete.
     h.script.set("DX restored", Reply::All);
     let healed = tokio::time::Instant::now();
-    h.transition(Path::Primary, secs(60)).await;
+    h.transition(Via::Primary, secs(60)).await;
     assert!(healed.elapsed() >= secs(4));
-    h.converged(Path::Primary, secs(1)).await;
+    h.converged(Via::Primary, secs(1)).await;
     assert!(our_routes(&api.tables()).is_empty());
     assert_eq!(api.mutating_calls().len(), before + 4);
     h.stop().await;
@@ -157,7 +157,7 @@ async fn restart_on_healthy_dx_waits_for_hold_down_before_failing_back() {
         4,
         "failed back inside hold-down"
     );
-    h.converged(Path::Primary, secs(10)).await;
+    h.converged(Via::Primary, secs(10)).await;
     assert!(started.elapsed() >= secs(45));
     h.stop().await;
 }
@@ -167,7 +167,7 @@ async fn a_route_deleted_by_hand_is_put_back_at_the_next_resync() {
     let config = config();
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     let r = &config.routes[2];
     api.remove_static_route(&r.route_table_id, r.destination);
     assert_eq!(our_routes(&api.tables()).len(), 3);
@@ -207,7 +207,7 @@ async fn duplicate_create_and_missing_delete_count_as_converged() {
         )
     })
     .await;
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     // The re-read found the route still missing and created it.
     assert_eq!(our_routes(&api.tables()), all_managed(&config));
 
@@ -216,7 +216,7 @@ async fn duplicate_create_and_missing_delete_count_as_converged() {
         matches!(e, Event::RouteChange { action, result: Ok(Outcome::AlreadyConverged), .. } if action.op() == "DeleteRoute")
     })
     .await;
-    h.converged(Path::Primary, secs(10)).await;
+    h.converged(Via::Primary, secs(10)).await;
     assert!(our_routes(&api.tables()).is_empty());
     let events = h.stop().await;
     assert!(!events
@@ -232,7 +232,7 @@ async fn no_route_change_before_the_first_round() {
     // still wait for probe evidence.
     api.create_route(&config.routes[0]).await.unwrap();
     let mut h = Harness::start(&config, api.clone(), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     let first_round = h
         .events
         .iter()
@@ -251,7 +251,7 @@ async fn stopping_leaves_routes_as_they_are() {
     let config = config();
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     let calls = api.mutating_calls().len();
     h.stop().await;
     assert_eq!(api.mutating_calls().len(), calls);
@@ -274,9 +274,9 @@ async fn foreign_routes_are_reported_and_never_touched() {
         matches!(e, Event::Finding(Finding::Foreign { .. }))
     })
     .await;
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     h.script.set("DX restored", Reply::All);
-    h.converged(Path::Primary, secs(60)).await;
+    h.converged(Via::Primary, secs(60)).await;
     let events = h.stop().await;
     let changes = route_changes(&events);
     assert_eq!(changes.len(), 6, "{changes:#?}");
@@ -301,7 +301,7 @@ async fn takeover_replaces_a_foreign_route_on_failover() {
         },
     );
     let mut h = Harness::start(&config, api.clone(), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     let ops: Vec<&str> = api.mutating_calls().iter().map(|c| c.op).collect();
     assert_eq!(ops.iter().filter(|o| **o == "ReplaceRoute").count(), 1);
     assert_eq!(our_routes(&api.tables()), all_managed(&config));
@@ -313,7 +313,7 @@ async fn manual_failback_waits_for_the_operator() {
     let config = config_with("failback = \"manual\"");
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     h.script.set("DX restored", Reply::All);
     h.run_for(secs(300)).await;
     assert_eq!(
@@ -322,9 +322,9 @@ async fn manual_failback_waits_for_the_operator() {
         "manual mode failed back by itself"
     );
     h.control.request_failback();
-    let t = h.transition(Path::Primary, secs(5)).await;
+    let t = h.transition(Via::Primary, secs(5)).await;
     assert!(matches!(t.reason, Reason::Operator { .. }));
-    h.converged(Path::Primary, secs(5)).await;
+    h.converged(Via::Primary, secs(5)).await;
     assert!(our_routes(&api.tables()).is_empty());
     h.stop().await;
 }
@@ -345,7 +345,7 @@ async fn a_reload_applies_new_settings_without_losing_the_path() {
     let config = config();
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::All);
-    h.converged(Path::Primary, secs(5)).await;
+    h.converged(Via::Primary, secs(5)).await;
 
     // fall 3 -> 1, and stop managing table B.
     let mut new = config_with("fall = 1");
@@ -354,14 +354,14 @@ async fn a_reload_applies_new_settings_without_losing_the_path() {
     h.wait_for("reload", secs(5), |e| matches!(e, Event::Reloaded))
         .await;
     h.script.set("DX cut", Reply::None);
-    h.transition(Path::Backup, secs(2)).await;
+    h.transition(Via::Backup, secs(2)).await;
     let down = h
         .events
         .iter()
         .filter(|(_, e)| matches!(e, Event::Round { summary, .. } if !summary.up))
         .count();
     assert_eq!(down, 1, "the reloaded fall = 1 did not apply");
-    h.converged(Path::Backup, secs(5)).await;
+    h.converged(Via::Backup, secs(5)).await;
     // Only the routes still managed were created.
     assert_eq!(our_routes(&api.tables()), all_managed(&new));
 
@@ -377,7 +377,7 @@ async fn steady_state_reads_all_tables_in_one_call_per_resync() {
     let config = config();
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, api.clone(), Reply::All);
-    h.converged(Path::Primary, secs(5)).await;
+    h.converged(Via::Primary, secs(5)).await;
     let before = api.calls().len();
     // Ten resync intervals of 30 s.
     h.run_for(secs(300)).await;

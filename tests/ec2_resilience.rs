@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use route_failover::cloud::ec2::Ec2RouteApi;
 use route_failover::cloud::{ErrorKind, RouteApi};
 use route_failover::config::Config;
+use route_failover::model::Action;
 use route_failover::model::ManagedRoute;
-use route_failover::plan::Action;
 
 #[path = "common/http.rs"]
 mod http;

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use common::*;
 use ipnet::IpNet;
 use mockall::mock;
-use route_failover::agent::Event;
 use route_failover::cloud::dry_run::DryRun;
 use route_failover::cloud::memory::MemoryRouteApi;
 use route_failover::cloud::{CloudError, ErrorKind, NetworkInterface, RouteApi};
-use route_failover::fsm::Path;
+use route_failover::events::Event;
+use route_failover::fsm::Via;
+use route_failover::model::Action;
 use route_failover::model::{ManagedRoute, RouteTable};
-use route_failover::plan::Action;
 use route_failover::probe::scripted::Reply;
 
 mock! {
@@ -70,7 +70,7 @@ async fn throttling_then_success_converges() {
         apply_create(&w, route)
     });
     let mut h = Harness::start(&config, Arc::new(mock), Reply::None);
-    h.converged(Path::Backup, secs(60)).await;
+    h.converged(Via::Backup, secs(60)).await;
     assert_eq!(our_routes(&world.tables()), all_managed(&config));
     assert_eq!(
         *attempts.lock().unwrap(),
@@ -104,7 +104,7 @@ async fn a_long_api_outage_keeps_the_decision_and_probing_goes_on() {
         }
     });
     let mut h = Harness::start(&config, Arc::new(mock), Reply::None);
-    h.transition(Path::Backup, secs(10)).await;
+    h.transition(Via::Backup, secs(10)).await;
     let rounds_before = h.rounds();
     // Ten minutes of a broken API.
     h.run_for(secs(600)).await;
@@ -125,7 +125,7 @@ async fn a_long_api_outage_keeps_the_decision_and_probing_goes_on() {
     );
 
     *healthy.lock().unwrap() = true;
-    h.converged(Path::Backup, secs(31)).await;
+    h.converged(Via::Backup, secs(31)).await;
     assert_eq!(our_routes(&world.tables()), all_managed(&config));
     h.stop().await;
 }
@@ -151,12 +151,12 @@ async fn without_reads_the_agent_never_acts_blind() {
         .returning(move |r| apply_create(&w, r));
     mock.expect_delete_route().never();
     let mut h = Harness::start(&config, Arc::new(mock), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     *reads_fail.lock().unwrap() = true;
     // DX heals while the API is unreachable: the agent decides to fail back
     // but cannot act, and must not pretend it did.
     h.script.set("DX restored", Reply::All);
-    h.transition(Path::Primary, secs(60)).await;
+    h.transition(Via::Primary, secs(60)).await;
     h.run_for(secs(120)).await;
     assert_eq!(our_routes(&world.tables()), all_managed(&config));
     h.stop().await;
@@ -177,11 +177,11 @@ async fn dry_run_makes_no_mutating_call() {
         out.clone(),
     ));
     let mut h = Harness::start(&config, dry.clone(), Reply::None);
-    h.converged(Path::Backup, secs(10)).await;
+    h.converged(Via::Backup, secs(10)).await;
     // A resync later the overlay still says the routes exist: nothing printed twice.
     h.run_for(secs(65)).await;
     h.script.set("DX restored", Reply::All);
-    h.converged(Path::Primary, secs(60)).await;
+    h.converged(Via::Primary, secs(60)).await;
     h.stop().await;
 
     let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
@@ -236,7 +236,7 @@ async fn shutdown_abandons_a_hung_call_within_its_bound_and_probing_went_on() {
     let config = config();
     let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let mut h = Harness::start(&config, Arc::new(HungWrites(world.clone())), Reply::None);
-    h.transition(Path::Backup, secs(10)).await;
+    h.transition(Via::Backup, secs(10)).await;
     // The reconciler is stuck in CreateRoute; rounds keep coming.
     let before = h.rounds();
     h.run_for(secs(60)).await;

@@ -12,7 +12,7 @@ use route_failover::cloud::ec2::Ec2RouteApi;
 use route_failover::cloud::memory::MemoryRouteApi;
 use route_failover::cloud::{CloudError, ErrorKind, RouteApi};
 use route_failover::config::Config;
-use route_failover::fsm::Path;
+use route_failover::fsm::Via;
 use route_failover::model::{ManagedRoute, RouteTable};
 use route_failover::probe::scripted::Reply;
 
@@ -149,22 +149,22 @@ async fn story(
     let ids: Vec<String> = w_ids(config);
     let mut snapshots = Vec::new();
     let mut h = common::Harness::start(config, Arc::clone(&api), Reply::All);
-    h.converged(Path::Primary, Duration::from_secs(10)).await;
+    h.converged(Via::Primary, Duration::from_secs(10)).await;
     snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
 
     h.script.set("DX cut", Reply::None);
-    h.converged(Path::Backup, Duration::from_secs(10)).await;
+    h.converged(Via::Backup, Duration::from_secs(10)).await;
     snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
 
     hand_delete(&config.routes[1]);
     h.wait_for("drift repair", Duration::from_secs(5), |e| {
-        matches!(e, route_failover::agent::Event::RouteChange { action, .. } if action.route() == &config.routes[1])
+        matches!(e, route_failover::events::Event::RouteChange { action, .. } if action.route() == &config.routes[1])
     })
     .await;
     snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
 
     h.script.set("DX restored", Reply::All);
-    h.converged(Path::Primary, Duration::from_secs(10)).await;
+    h.converged(Via::Primary, Duration::from_secs(10)).await;
     snapshots.push(normalized(&api.describe_route_tables(&ids).await.unwrap()));
     h.stop().await;
     snapshots

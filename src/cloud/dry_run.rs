@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{CloudError, NetworkInterface, RouteApi};
+use crate::model::Action;
 use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
-use crate::plan::Action;
 
 /// The AWS CLI command equivalent to `action`, as the dry run prints it.
 pub fn aws_cli(action: &Action, region: Option<&str>) -> String {

@@ -22,8 +22,8 @@ use tokio::sync::OnceCell;
 use super::{CloudError, ErrorKind, NetworkInterface, RouteApi};
 use crate::config::AwsConfig;
 use crate::instance::{self, Instance};
+use crate::model::Action;
 use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
-use crate::plan::Action;
 
 /// The EC2 backend.
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{CloudError, ErrorKind, NetworkInterface, RouteApi};
+use crate::model::Action;
 use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
-use crate::plan::Action;
 
 /// The VPC CIDR that seeded tables carry as their `local` route.
 pub const SEED_VPC_CIDR: &str = "10.0.0.0/16";

@@ -13,8 +13,8 @@ use std::fmt;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::model::Action;
 use crate::model::{ManagedRoute, RouteTable};
-use crate::plan::Action;
 
 /// What kind of failure an API call had, by EC2 error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,14 +3,15 @@
 
 #![allow(dead_code)]
 
-use std::path::Path as FsPath;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use route_failover::agent::{Agent, AgentError, Control, Event};
+use route_failover::agent::{Agent, AgentError, Control};
 use route_failover::cloud::RouteApi;
 use route_failover::config::Config;
-use route_failover::fsm::Path;
+use route_failover::events::Event;
+use route_failover::fsm::Via;
 use route_failover::model::{ManagedRoute, Origin, Target};
 use route_failover::probe::scripted::{Phase, Reply, ScriptHandle, ScriptedProber};
 use tokio::sync::mpsc;
@@ -77,7 +78,7 @@ target_eni = "{ENI}"
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    Config::parse(&text, FsPath::new("test.toml")).expect("test config is valid")
+    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
 }
 
 pub fn config() -> Config {
@@ -144,7 +145,7 @@ impl Harness {
         }
     }
 
-    pub async fn converged(&mut self, path: Path, within: Duration) {
+    pub async fn converged(&mut self, path: Via, within: Duration) {
         self.wait_for(
             &format!("convergence on {path}"),
             within,
@@ -155,7 +156,7 @@ impl Harness {
 
     pub async fn transition(
         &mut self,
-        to: Path,
+        to: Via,
         within: Duration,
     ) -> route_failover::fsm::Transition {
         match self

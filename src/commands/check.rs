@@ -1,0 +1,113 @@
+//! `route-failover check`: the preflight.
+
+use std::process::ExitCode;
+
+use super::{connect, own_subnet};
+use crate::config::Config;
+use crate::fsm::Via;
+use crate::guard::{self, Verdict};
+use crate::model::{eni_ids, table_ids, Action, Target};
+use crate::plan;
+
+/// Preflight rows: ✓ passed, ✗ failed (with the fix), ! worth knowing.
+pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
+    let tables = table_ids(&config.routes);
+    let enis = eni_ids(&config.routes);
+    println!(
+        "✓ config {}: {} targets, {} managed routes in {} route tables",
+        config.source.display(),
+        config.probe.targets.len(),
+        config.routes.len(),
+        tables.len()
+    );
+    if offline {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (api, instance) = connect(config).await?;
+    let mut failed = false;
+    let mut fail = |line: String| {
+        failed = true;
+        println!("{line}");
+    };
+
+    let subnet = own_subnet(config, &instance);
+    match guard::check(
+        api.as_ref(),
+        subnet,
+        &config.routes,
+        config.aws.allow_self_subnet,
+    )
+    .await
+    {
+        Ok(Verdict::Clear { subnet, table }) => {
+            println!("✓ own subnet {subnet} uses {table}, which is not managed");
+        }
+        Ok(Verdict::Allowed { subnet, table }) => {
+            println!(
+                "! own subnet {subnet} uses managed {table}: allowed by aws.allow_self_subnet"
+            );
+        }
+        Ok(Verdict::Skipped) => {
+            println!("! own subnet unknown (not on EC2?): self-subnet guard skipped; set aws.own_subnet_id");
+        }
+        Err(e) => fail(format!("✗ {e}")),
+    }
+    // One call per id, so that a failure names the id at fault.
+    for id in &tables {
+        match api.describe_route_tables(std::slice::from_ref(id)).await {
+            Ok(_) => println!("✓ route table {id} exists"),
+            Err(e) => fail(format!(
+                "✗ route table {id}: {e}\n    fix: check routes[].route_table_id and the region"
+            )),
+        }
+    }
+    for id in &enis {
+        match api.describe_network_interfaces(std::slice::from_ref(id)).await {
+            Ok(found) if found.iter().any(|n| n.source_dest_check) => fail(format!(
+                "✗ network interface {id} has source/destination check enabled: the VPN appliance cannot forward\n    \
+                 fix: aws ec2 modify-network-interface-attribute --network-interface-id {id} --no-source-dest-check"
+            )),
+            Ok(_) => println!("✓ network interface {id} exists, source/destination check off"),
+            Err(e) => fail(format!("✗ network interface {id}: {e}\n    fix: check routes[].target_eni")),
+        }
+    }
+    // IAM, with EC2's DryRun: one route per table, each operation the agent uses.
+    for id in &tables {
+        let Some(route) = config.routes.iter().find(|r| &r.route_table_id == id) else {
+            continue;
+        };
+        let mut actions = vec![Action::Create(route.clone()), Action::Delete(route.clone())];
+        if config.reconcile.takeover {
+            actions.push(Action::Replace {
+                route: route.clone(),
+                replacing: Target::Other("-".into()),
+            });
+        }
+        for action in actions {
+            match api.is_permitted(&action).await {
+                Ok(Some(true)) => println!("✓ IAM allows {} on {id}", action.op()),
+                Ok(None) => println!(
+                    "! IAM not checked for {} on {id}: the endpoint ignores DryRun (LocalStack?), \
+                     so asking could change the table",
+                    action.op()
+                ),
+                Ok(Some(false)) => fail(format!(
+                    "✗ IAM denies {} on {id}\n    fix: grant ec2:{} on this route table (see iam-policy.example.json)",
+                    action.op(),
+                    action.op()
+                )),
+                Err(e) => fail(format!("✗ cannot check IAM for {} on {id}: {e}", action.op())),
+            }
+        }
+    }
+    if let Ok(observed) = api.describe_route_tables(&tables).await {
+        for finding in plan::plan(Via::Primary, &config.routes, &observed, false).findings {
+            println!("! {finding}");
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

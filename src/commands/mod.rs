@@ -1,0 +1,56 @@
+//! The bodies of the CLI's subcommands; `main` parses arguments and calls these.
+//!
+//! - [`run`]: the daemon (backend, guard, lock, signals, reload).
+//! - [`check`]: the preflight.
+//! - [`status`]: what the route tables show.
+//! - [`plan`]: the calls a switch would make.
+
+pub mod check;
+pub mod plan;
+pub mod run;
+pub mod status;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::cloud::ec2::Ec2RouteApi;
+use crate::cloud::memory::MemoryRouteApi;
+use crate::cloud::RouteApi;
+use crate::config::{Backend, Config};
+use crate::instance::{self, Instance};
+use crate::model::{table_ids, RouteTable};
+
+/// The backend the config asks for, and what instance metadata told us.
+pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn RouteApi>, Instance)> {
+    Ok(match config.aws.backend {
+        Backend::Memory => (
+            Arc::new(MemoryRouteApi::seeded(&config.routes)),
+            Instance::default(),
+        ),
+        Backend::Ec2 => {
+            let instance = instance::discover(&config.aws).await;
+            let api = Ec2RouteApi::connect(&config.aws, &instance)
+                .await
+                .context("cannot set up the EC2 client")?;
+            (Arc::new(api), instance)
+        }
+    })
+}
+
+/// The agent's own subnet: the config's word, else instance metadata's.
+pub fn own_subnet<'a>(config: &'a Config, instance: &'a Instance) -> Option<&'a str> {
+    config
+        .aws
+        .own_subnet_id
+        .as_deref()
+        .or(instance.subnet_id.as_deref())
+}
+
+/// Connects and reads every managed route table in one call.
+pub async fn read_tables(config: &Config) -> anyhow::Result<Vec<RouteTable>> {
+    let (api, _) = connect(config).await?;
+    api.describe_route_tables(&table_ids(&config.routes))
+        .await
+        .context("cannot read the route tables")
+}

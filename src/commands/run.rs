@@ -1,0 +1,100 @@
+//! `route-failover run`: the daemon's wiring.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{connect, own_subnet};
+use crate::agent::{Agent, Control};
+use crate::cloud::dry_run::DryRun;
+use crate::cloud::RouteApi;
+use crate::config::Config;
+use crate::guard::{self, Verdict};
+use crate::instance::Instance;
+use crate::metrics::{self, MetricsSink};
+use crate::probe::icmp::IcmpProber;
+use crate::probe::Prober;
+use crate::systemd::SystemdSink;
+use crate::{lock, signals};
+
+async fn run_guard(config: &Config, api: &dyn RouteApi, instance: &Instance) -> anyhow::Result<()> {
+    let subnet = own_subnet(config, instance);
+    match guard::check(api, subnet, &config.routes, config.aws.allow_self_subnet).await? {
+        Verdict::Clear { subnet, table } => info!(%subnet, %table, "self-subnet guard: own table is not managed"),
+        Verdict::Allowed { subnet, table } => warn!(
+            %subnet, %table,
+            "self-subnet guard: own table IS managed; allowed by aws.allow_self_subnet"
+        ),
+        Verdict::Skipped => warn!(
+            "self-subnet guard skipped: own subnet unknown (not on EC2?); set aws.own_subnet_id to enable it"
+        ),
+    }
+    Ok(())
+}
+
+pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let _lock = lock::acquire(&config.source)?;
+    if let Some(listen) = config.metrics_listen {
+        metrics::install(listen).map_err(anyhow::Error::msg)?;
+        info!(%listen, "serving Prometheus metrics on /metrics");
+    }
+    let (mut api, instance) = connect(&config).await?;
+    run_guard(&config, api.as_ref(), &instance).await?;
+    if dry_run {
+        api = Arc::new(DryRun::new(api, config.aws.region.clone()));
+    }
+    let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
+    let agent = Agent::new(config.clone(), Box::new(prober), Arc::clone(&api))
+        .with_sink(Arc::new(MetricsSink))
+        .with_sink(Arc::new(SystemdSink));
+    let shutdown = CancellationToken::new();
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+    let control = agent.control();
+    signals::install(shutdown.clone(), control.clone(), reload_tx)
+        .context("cannot install signal handlers")?;
+    tokio::spawn(async move {
+        let mut running = config;
+        while reload_rx.recv().await.is_some() {
+            match reload(&running, api.as_ref(), &instance, &control).await {
+                Ok(new) => running = new,
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
+                }
+            }
+        }
+    });
+    agent.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the config again and hands it to the agent, or explains why not.
+/// `[aws]` and `[metrics]` need a restart; the rest applies at once.
+async fn reload(
+    running: &Config,
+    api: &dyn RouteApi,
+    instance: &Instance,
+    control: &Control,
+) -> anyhow::Result<Config> {
+    let mut new = Config::load(&running.source)?;
+    if new.aws != running.aws || new.metrics_listen != running.metrics_listen {
+        warn!("changes to [aws] and [metrics] take effect on restart; applying the rest");
+        new.aws = running.aws.clone();
+        new.metrics_listen = running.metrics_listen;
+    }
+    run_guard(&new, api, instance).await?;
+    let prober: Option<Box<dyn Prober>> = if new.probe == running.probe {
+        None
+    } else {
+        Some(Box::new(
+            IcmpProber::new(&new.probe).context("cannot probe with the new settings")?,
+        ))
+    };
+    control.reload(new.clone(), prober);
+    Ok(new)
+}

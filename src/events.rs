@@ -1,0 +1,117 @@
+//! What the agent does that someone may want to see, and where it goes.
+//!
+//! The probe loop and the reconciler write [`Event`]s to an [`Events`]
+//! handle; sinks (log-derived metrics, systemd, a test's channel, hooks)
+//! read them. Sinks are wired in `main`, so nothing in the loop depends on
+//! any of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cloud::CloudError;
+use crate::fsm::{Transition, Via};
+use crate::model::{Action, ManagedRoute};
+use crate::plan::Finding;
+use crate::probe::{RoundPolicy, RoundSummary, TargetReport};
+
+/// How an action ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// EC2 said the table already was as we wanted (`RouteAlreadyExists`
+    /// on create, `InvalidRoute.NotFound` on delete).
+    AlreadyConverged,
+}
+
+/// Everything the agent does that someone may want to see.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        path: Via,
+        /// Our routes found in the tables at startup.
+        adopted: Vec<ManagedRoute>,
+        prober: String,
+    },
+    Round {
+        number: u64,
+        at: Instant,
+        summary: RoundSummary,
+        targets: Vec<TargetReport>,
+        /// The rule the round was judged by.
+        policy: RoundPolicy,
+        label: Option<String>,
+        path: Via,
+    },
+    /// A round did not finish within its interval; it counted as down.
+    Overran,
+    Transition(Transition),
+    /// Flap damping started (`true`) or stopped (`false`) pinning Backup.
+    Pinned(bool),
+    RouteChange {
+        action: Action,
+        result: Result<Outcome, CloudError>,
+        latency: Duration,
+    },
+    Finding(Finding),
+    /// The tables match `path`; `since_transition` is the time since the
+    /// transition that asked for it, when there was one.
+    Converged {
+        path: Via,
+        since_transition: Option<Duration>,
+    },
+    ApiError {
+        op: &'static str,
+        error: CloudError,
+    },
+    /// A new configuration (SIGHUP) is in effect.
+    Reloaded,
+}
+
+/// Somewhere events go. Implementations must not block: they run inline
+/// in the probe loop and the reconciler.
+pub trait Sink: Send + Sync {
+    fn record(&self, event: &Event);
+}
+
+/// Forwards every event to a channel (tests, the demo).
+impl Sink for mpsc::UnboundedSender<Event> {
+    fn record(&self, event: &Event) {
+        // A receiver that went away just stops listening.
+        let _ = self.send(event.clone());
+    }
+}
+
+/// The set of sinks events are written to. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Events {
+    sinks: Vec<Arc<dyn Sink>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Events({} sinks)", self.sinks.len())
+    }
+}
+
+impl Events {
+    /// No sinks: events are dropped.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds a sink.
+    pub fn with(mut self, sink: Arc<dyn Sink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Hands `event` to every sink, in the order they were added.
+    pub fn emit(&self, event: Event) {
+        for sink in &self.sinks {
+            sink.record(&event);
+        }
+    }
+}
