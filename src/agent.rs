@@ -1,40 +1,41 @@
 //! The agent: probe → state machine → planner → route API.
 //!
-//! Two tasks. The probe loop runs one round per `interval` on a monotonic
-//! ticker, feeds the state machine and publishes the desired path. The
-//! reconciler compares that path with the route tables and makes the calls
-//! needed, re-reading after each change and every `resync_interval`. A slow
-//! or failing API therefore never delays probing, and a failed call is
-//! simply retried: the desired path is kept until the tables match it.
+//! Two tasks. The probe loop starts at once and runs one round per
+//! `interval` on a monotonic ticker, feeds the state machine and publishes
+//! the desired path. The reconciler reads the route tables (whenever the API
+//! answers), reports what they show for the state machine to adopt, then
+//! compares the desired path with the tables and makes the calls needed. A
+//! slow, failing or unreachable API therefore never delays probing, and a
+//! failed call is simply retried: the desired path is kept until the tables
+//! match it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::backoff;
-use crate::cloud::{CloudError, RouteApi};
+use crate::cloud::RouteApi;
 use crate::config::Config;
 use crate::events::{Event, Events, Sink};
-use crate::fsm::{Fsm, Via};
-use crate::model::{table_ids, ManagedRoute, RouteTable};
-use crate::plan::{self};
-use crate::probe::{summarize, Prober, RoundReport, TargetReport};
-use crate::reconcile::{Reconciler, Spec};
+use crate::fsm::{Fsm, Step};
+use crate::probe::{summarize, Prober, RoundReport, RoundSummary, TargetReport};
+use crate::reconcile::{Adopted, Desired, Reconciler, Spec, StartupCheck};
+use crate::state::Ledger;
 
 /// How long shutdown waits for an in-flight API call to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Why the agent could not run.
+/// Why the agent stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error(
-        "startup check failed: {0}; check routes[].route_table_id and target_eni in the config"
-    )]
-    Startup(CloudError),
+    /// A startup check refused to let the agent manage the routes.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the reconciler task failed: {0}")]
+    Reconciler(String),
 }
 
 /// Requests an operator can make of a running agent.
@@ -74,6 +75,8 @@ pub struct Agent {
     prober: Box<dyn Prober>,
     api: Arc<dyn RouteApi>,
     events: Events,
+    ledger: Ledger,
+    startup_check: Option<StartupCheck>,
     requests: mpsc::UnboundedReceiver<Request>,
     control: Control,
 }
@@ -86,9 +89,25 @@ impl Agent {
             prober,
             api,
             events: Events::none(),
+            ledger: Ledger::in_memory(),
+            startup_check: None,
             requests: rx,
             control: Control(tx),
         }
+    }
+
+    /// Keeps the record of the routes it creates in `ledger` (by default,
+    /// in memory only).
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Runs `check` (say, the self-subnet guard) before the route tables
+    /// are first read; probing does not wait for it.
+    pub fn with_startup_check(mut self, check: StartupCheck) -> Self {
+        self.startup_check = Some(check);
+        self
     }
 
     /// Sends every [`Event`] to `tx` as well.
@@ -106,64 +125,60 @@ impl Agent {
         self.control.clone()
     }
 
-    /// Runs until `shutdown` is cancelled. Routes are left as they are on
-    /// exit: stopping the agent never moves traffic.
+    /// Runs until `shutdown` is cancelled. Probing starts at once; the
+    /// route tables are read (and adopted) whenever the API answers. Routes
+    /// are left as they are on exit: stopping the agent never moves traffic.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
-        let table_ids = table_ids(&self.config.routes);
-        let Some(observed) =
-            read_until_ok(self.api.as_ref(), &table_ids, &self.events, &shutdown).await?
-        else {
-            return Ok(());
-        };
-        let adopted: Vec<ManagedRoute> = plan::ours(&self.config.routes, &observed)
-            .cloned()
-            .collect();
-        let path = if adopted.is_empty() {
-            Via::Primary
-        } else {
-            Via::Backup
-        };
-        info!(
-            %path,
-            adopted = adopted.len(),
-            prober = %self.prober.describe(),
-            "started: adopted the path the route tables show"
-        );
-        self.events.emit(Event::Started {
-            path,
-            adopted,
-            prober: self.prober.describe(),
-        });
+        let prober = self.prober.describe();
+        info!(%prober, "started: probing; the route tables are read when the EC2 API answers");
+        self.events.emit(Event::Started { prober });
 
         let (desired_tx, desired_rx) = watch::channel(None);
         let (spec_tx, spec_rx) = watch::channel(Spec::of(&self.config));
-        let reconciler = Reconciler::new(Arc::clone(&self.api), spec_rx, self.events.clone());
+        let (adopted_tx, adopted_rx) = oneshot::channel();
         let stop_reconciler = CancellationToken::new();
-        let reconciler = tokio::spawn(reconciler.run(desired_rx, stop_reconciler.clone()));
+        let reconciler = Reconciler::new(
+            Arc::clone(&self.api),
+            spec_rx,
+            self.events.clone(),
+            std::mem::take(&mut self.ledger),
+            stop_reconciler.clone(),
+            self.startup_check.take(),
+        );
+        let mut reconciler = tokio::spawn(reconciler.run(desired_rx, adopted_tx));
 
-        self.probe_loop(path, &desired_tx, &spec_tx, &shutdown)
+        let refused = self
+            .probe_loop(adopted_rx, &desired_tx, &spec_tx, &shutdown)
             .await;
 
         crate::systemd::stopping();
         stop_reconciler.cancel();
-        if tokio::time::timeout(SHUTDOWN_GRACE, reconciler)
-            .await
-            .is_err()
-        {
-            warn!("an API call was still in flight after {SHUTDOWN_GRACE:?}; abandoned it");
-        }
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut reconciler).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AgentError::Reconciler(e.to_string())),
+            Err(_) => {
+                reconciler.abort();
+                warn!("an API call was still in flight after {SHUTDOWN_GRACE:?}; abandoned it");
+                Ok(())
+            }
+        };
         info!("stopped; routes left as they are");
-        Ok(())
+        match refused {
+            Some(why) => Err(AgentError::Refused(why)),
+            None => result,
+        }
     }
 
+    /// Probes until shutdown; returns why it stopped early when a startup
+    /// check refused.
     async fn probe_loop(
         &mut self,
-        start: Via,
-        desired: &watch::Sender<Option<(Via, Option<Instant>)>>,
+        mut adopted: oneshot::Receiver<Result<Adopted, String>>,
+        desired: &watch::Sender<Desired>,
         spec: &watch::Sender<Spec>,
         shutdown: &CancellationToken,
-    ) {
-        let mut fsm = Fsm::new(self.config.policy.clone(), start, Instant::now());
+    ) -> Option<String> {
+        let mut fsm = Fsm::unadopted(self.config.policy.clone());
         let ticker_for = |interval| {
             let mut ticker = tokio::time::interval(interval);
             // A late round skips ticks rather than bunching rounds up.
@@ -172,12 +187,38 @@ impl Agent {
         };
         let mut ticker = ticker_for(self.config.probe.interval);
         let mut number = 0u64;
+        let mut last_summary: Option<RoundSummary> = None;
+        let mut adopting = true;
         // Logged when it changes, not every round.
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
-                Some(command) = self.requests.recv() => match command {
+                () = shutdown.cancelled() => return None,
+                found = &mut adopted, if adopting => {
+                    adopting = false;
+                    let found = match found {
+                        Ok(Ok(found)) => found,
+                        Ok(Err(refusal)) => {
+                            error!(error = %refusal, "refusing to manage the routes");
+                            return Some(refusal);
+                        }
+                        // The reconciler stopped first: so are we.
+                        Err(_) => continue,
+                    };
+                    let now = Instant::now();
+                    info!(
+                        adoption = %found.adoption,
+                        ours = found.ours.len(),
+                        "adopted the path the route tables show"
+                    );
+                    let step = fsm.adopt(found.adoption, now, last_summary.as_ref());
+                    self.events.emit(Event::Adopted {
+                        adoption: found.adoption,
+                        ours: found.ours,
+                    });
+                    self.after_step(&fsm, step, desired, number > 0);
+                }
+                Some(request) = self.requests.recv() => match request {
                     Request::Failback => {
                         info!("operator asked for failback");
                         fsm.request_failback();
@@ -192,7 +233,7 @@ impl Agent {
                         fsm.set_policy(config.policy.clone());
                         let new_spec = Spec::of(&config);
                         for gone in spec.borrow().routes.iter().filter(|r| !new_spec.routes.contains(r)) {
-                            warn!(route = %gone, "no longer managed: left as it is in its table");
+                            warn!(route = %gone, "no longer managed: removed from its table if it is ours (ownership ledger), else left alone");
                         }
                         spec.send_replace(new_spec);
                         self.config = *config;
@@ -228,42 +269,56 @@ impl Agent {
                     self.events.emit(Event::Round {
                         number,
                         at: now,
-                        summary,
+                        summary: summary.clone(),
                         targets: report.targets,
                         policy: probe.round,
                         label: report.label,
                         path: fsm.path(),
                     });
-                    if let Some(pinned) = step.pinned_changed {
-                        if pinned {
-                            error!(
-                                max_failovers = fsm.policy().max_failovers,
-                                "flapping: pinned on Backup until the flap window clears or an operator asks for failback"
-                            );
-                        } else {
-                            info!("flap window cleared: automatic failback allowed again");
-                        }
-                        self.events.emit(Event::Pinned(pinned));
-                    }
-                    let at = match step.transition {
-                        Some(t) => {
-                            warn!(from = %t.from, to = %t.to, reason = %t.reason, "transition");
-                            let at = t.at;
-                            self.events.emit(Event::Transition(t));
-                            Some(at)
-                        }
-                        None => desired.borrow().and_then(|(_, at)| at),
-                    };
-                    // The first round is the evidence the reconciler waits for.
-                    desired.send_if_modified(|d| {
-                        let new = Some((fsm.path(), at));
-                        let changed = *d != new;
-                        *d = new;
-                        changed
-                    });
+                    last_summary = Some(summary);
+                    self.after_step(&fsm, step, desired, true);
                 }
             }
         }
+    }
+
+    /// Reports what a step of the state machine changed and publishes the
+    /// desired path: only once it is decided and some round has been seen,
+    /// so no route changes without probe evidence.
+    fn after_step(&self, fsm: &Fsm, step: Step, desired: &watch::Sender<Desired>, evidence: bool) {
+        if let Some(pinned) = step.pinned_changed {
+            if pinned {
+                error!(
+                    max_failovers = fsm.policy().max_failovers,
+                    "flapping: pinned on Backup until the flap window clears or an operator asks for failback"
+                );
+            } else {
+                info!("flap window cleared: automatic failback allowed again");
+            }
+            self.events.emit(Event::Pinned(pinned));
+        }
+        if let Some(reason) = step.settled {
+            warn!(%reason, "settled on Backup: completing the failover");
+            self.events.emit(Event::Settled { reason });
+        }
+        let at = match step.transition {
+            Some(t) => {
+                warn!(from = %t.from, to = %t.to, reason = %t.reason, "transition");
+                let at = t.at;
+                self.events.emit(Event::Transition(t));
+                Some(at)
+            }
+            None => desired.borrow().and_then(|(_, at)| at),
+        };
+        if !evidence {
+            return;
+        }
+        let new = fsm.desired().map(|path| (path, at));
+        desired.send_if_modified(|d| {
+            let changed = *d != new;
+            *d = new;
+            changed
+        });
     }
 }
 
@@ -280,34 +335,5 @@ fn overran(targets: &[std::net::IpAddr], count: u32) -> RoundReport {
             })
             .collect(),
         label: None,
-    }
-}
-
-/// Reads the managed tables at startup, retrying what may pass. Returns
-/// `None` if shutdown came first.
-async fn read_until_ok(
-    api: &dyn RouteApi,
-    ids: &[String],
-    events: &Events,
-    shutdown: &CancellationToken,
-) -> Result<Option<Vec<RouteTable>>, AgentError> {
-    let mut failures = 0;
-    loop {
-        match api.describe_route_tables(ids).await {
-            Ok(tables) => return Ok(Some(tables)),
-            Err(e) if !e.kind.is_retryable() => return Err(AgentError::Startup(e)),
-            Err(e) => {
-                failures += 1;
-                warn!(error = %e, "cannot read the route tables yet; retrying");
-                events.emit(Event::ApiError {
-                    op: "DescribeRouteTables",
-                    error: e,
-                });
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(backoff(failures, Duration::from_secs(30))) => {}
-        }
     }
 }

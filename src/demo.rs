@@ -109,12 +109,19 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
         };
         let now = Instant::now();
         match event {
-            Event::Started { path, adopted, .. } => writeln!(
+            Event::Started { .. } => writeln!(out, "{}  start     probing", stamp(now))?,
+            Event::Adopted { adoption, ours } => writeln!(
                 out,
-                "{}  start     adopted path {path} ({} of our routes found in the tables)",
+                "{}  adopted   path {adoption} ({} of our routes found in the tables)",
                 stamp(now),
-                adopted.len()
+                ours.len()
             )?,
+            Event::Settled { reason } => {
+                writeln!(out, "{}  settled   on Backup: {reason}", stamp(now))?;
+            }
+            Event::Diverged { path, why } => {
+                writeln!(out, "{}      not converged on {path}: {why}", stamp(now))?;
+            }
             Event::Round {
                 number,
                 at,

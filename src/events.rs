@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cloud::CloudError;
-use crate::fsm::{Transition, Via};
-use crate::model::{Action, ManagedRoute};
+use crate::fsm::{Reason, Transition, Via};
+use crate::model::{Action, Adoption, ManagedRoute};
 use crate::plan::Finding;
 use crate::probe::{RoundPolicy, RoundSummary, TargetReport};
 
@@ -29,11 +29,19 @@ pub enum Outcome {
 /// Everything the agent does that someone may want to see.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// Probing has started; the route tables may not have been read yet.
     Started {
-        path: Via,
-        /// Our routes found in the tables at startup.
-        adopted: Vec<ManagedRoute>,
         prober: String,
+    },
+    /// The route tables were read and the agent took the path they show.
+    Adopted {
+        adoption: Adoption,
+        /// Our routes found in the tables.
+        ours: Vec<ManagedRoute>,
+    },
+    /// A partial start was settled on Backup by `fall` down rounds.
+    Settled {
+        reason: Reason,
     },
     Round {
         number: u64,
@@ -61,6 +69,12 @@ pub enum Event {
     Converged {
         path: Via,
         since_transition: Option<Duration>,
+    },
+    /// A reconcile pass ended without the tables matching `path`: a call
+    /// failed, a table is missing, or a foreign route is in the way.
+    Diverged {
+        path: Via,
+        why: String,
     },
     ApiError {
         op: &'static str,

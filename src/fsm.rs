@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::model::Adoption;
 use crate::probe::RoundSummary;
 
 /// The path production traffic should take.
@@ -68,6 +69,14 @@ pub enum Reason {
     },
     /// An operator asked for failback and `rise` up rounds were in hand.
     Operator { rounds: u32, last: RoundSummary },
+    /// The agent started on a partial set of our routes (an interrupted
+    /// failover or failback) and probe evidence decided how to finish:
+    /// `rounds` consecutive up (`up`) or down rounds.
+    Partial {
+        rounds: u32,
+        up: bool,
+        last: RoundSummary,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -88,6 +97,12 @@ impl fmt::Display for Reason {
             Reason::Operator { rounds, last } => write!(
                 f,
                 "operator asked for failback, {rounds} consecutive up rounds (last: {last})"
+            ),
+            Reason::Partial { rounds, up, last } => write!(
+                f,
+                "found a partial set of our routes; {rounds} consecutive {} rounds finish the {} (last: {last})",
+                if *up { "up" } else { "down" },
+                if *up { "failback" } else { "failover" }
             ),
         }
     }
@@ -110,15 +125,31 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Step {
     pub transition: Option<Transition>,
+    /// Set when a partial start was settled on Backup (finishing the
+    /// failover); settling on Primary is a [`Transition`].
+    pub settled: Option<Reason>,
     /// `Some(true)` when flap damping started pinning Backup on this round,
     /// `Some(false)` when it stopped.
     pub pinned_changed: Option<bool>,
+}
+
+/// How far the state machine trusts its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The route tables have not been read yet: rounds count, nothing is decided.
+    Unadopted,
+    /// Started on a partial set of our routes: `fall` down rounds finish the
+    /// failover, `rise` up rounds the failback; nothing before.
+    Partial,
+    /// The path is decided and the usual rules apply.
+    Settled,
 }
 
 /// The hysteresis state machine.
 #[derive(Debug, Clone)]
 pub struct Fsm {
     policy: Policy,
+    phase: Phase,
     path: Via,
     down_streak: u32,
     up_streak: u32,
@@ -137,6 +168,7 @@ impl Fsm {
     pub fn new(policy: Policy, path: Via, now: Instant) -> Self {
         Self {
             policy,
+            phase: Phase::Settled,
             path,
             down_streak: 0,
             up_streak: 0,
@@ -147,8 +179,66 @@ impl Fsm {
         }
     }
 
+    /// Starts before the route tables have been read: rounds are counted
+    /// (they are evidence) but nothing is decided until [`Fsm::adopt`].
+    pub fn unadopted(policy: Policy) -> Self {
+        Self {
+            policy,
+            phase: Phase::Unadopted,
+            path: Via::Primary,
+            down_streak: 0,
+            up_streak: 0,
+            backup_since: None,
+            failovers: VecDeque::new(),
+            pinned: false,
+            operator_failback: false,
+        }
+    }
+
+    /// Takes the path the route tables show. Rounds seen before count: if
+    /// they already decide (say `fall` down rounds while EC2 was
+    /// unreachable), the returned step carries the decision, reasoned from
+    /// `last`, the latest round.
+    pub fn adopt(&mut self, adoption: Adoption, now: Instant, last: Option<&RoundSummary>) -> Step {
+        match adoption {
+            Adoption::Primary => {
+                self.phase = Phase::Settled;
+                self.path = Via::Primary;
+            }
+            Adoption::Backup => {
+                self.phase = Phase::Settled;
+                self.path = Via::Backup;
+                self.backup_since = Some(now);
+            }
+            Adoption::Partial { .. } => {
+                self.phase = Phase::Partial;
+                // Some traffic already rides the VPN.
+                self.path = Via::Backup;
+                self.backup_since = Some(now);
+            }
+        }
+        match last {
+            Some(round) => self.decide(now, round),
+            None => Step::default(),
+        }
+    }
+
+    /// The path the tables should show, once it is decided.
+    pub fn desired(&self) -> Option<Via> {
+        (self.phase == Phase::Settled).then_some(self.path)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
     pub fn path(&self) -> Via {
         self.path
+    }
+
+    /// Consecutive down rounds so far.
+    pub fn down_streak(&self) -> u32 {
+        self.down_streak
     }
 
     pub fn policy(&self) -> &Policy {
@@ -181,14 +271,51 @@ impl Fsm {
 
     /// Feeds one finished round, observed at `now`.
     pub fn observe(&mut self, now: Instant, round: &RoundSummary) -> Step {
-        let mut step = Step::default();
-        self.expire_failovers(now, &mut step);
         if round.up {
             self.down_streak = 0;
             self.up_streak = self.up_streak.saturating_add(1);
         } else {
             self.up_streak = 0;
             self.down_streak = self.down_streak.saturating_add(1);
+        }
+        self.decide(now, round)
+    }
+
+    /// Applies the rules to the streaks as they stand.
+    fn decide(&mut self, now: Instant, round: &RoundSummary) -> Step {
+        let mut step = Step::default();
+        self.expire_failovers(now, &mut step);
+        match self.phase {
+            Phase::Unadopted => return step,
+            Phase::Partial => {
+                if self.down_streak >= self.policy.fall {
+                    self.phase = Phase::Settled;
+                    step.settled = Some(Reason::Partial {
+                        rounds: self.down_streak,
+                        up: false,
+                        last: round.clone(),
+                    });
+                    self.down_streak = 0;
+                } else if self.up_streak >= self.policy.rise {
+                    self.phase = Phase::Settled;
+                    let rounds = self.up_streak;
+                    self.path = Via::Primary;
+                    self.backup_since = None;
+                    self.up_streak = 0;
+                    step.transition = Some(Transition {
+                        from: Via::Backup,
+                        to: Via::Primary,
+                        at: now,
+                        reason: Reason::Partial {
+                            rounds,
+                            up: true,
+                            last: round.clone(),
+                        },
+                    });
+                }
+                return step;
+            }
+            Phase::Settled => {}
         }
         match self.path {
             Via::Primary if self.down_streak >= self.policy.fall => {

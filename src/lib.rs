@@ -15,6 +15,7 @@
 //! - [`reconcile`]: the reconciler (plan → cloud), level-triggered, in its own task.
 //! - [`instance`]: region and own subnet from instance metadata (IMDSv2).
 //! - [`guard`]: the self-subnet guard (never manage the agent's own table).
+//! - [`state`]: the ownership ledger: routes we created or replaced, kept on disk.
 //! - [`lock`]: one agent per config on a host.
 //! - [`metrics`]: Prometheus metrics recorded from the agent's events.
 //! - [`systemd`]: READY / WATCHDOG / STATUS notifications.
@@ -39,4 +40,5 @@ pub mod plan;
 pub mod probe;
 pub mod reconcile;
 pub mod signals;
+pub mod state;
 pub mod systemd;

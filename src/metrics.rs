@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::events::{Event, Outcome, Sink};
 use crate::fsm::Via;
+use crate::model::Adoption;
 
 /// RTT buckets from loopback to a slow VPN, in seconds.
 const RTT_BUCKETS: &[f64] = &[
@@ -77,7 +78,11 @@ fn record(event: &Event) {
         return;
     }
     match event {
-        Event::Started { path, .. } => set_path(*path),
+        Event::Started { .. } => gauge!("route_failover_routes_converged").set(0.0),
+        Event::Adopted { adoption, .. } => set_path(match adoption {
+            Adoption::Primary => Via::Primary,
+            Adoption::Backup | Adoption::Partial { .. } => Via::Backup,
+        }),
         Event::Round {
             summary,
             targets,
@@ -132,6 +137,7 @@ fn record(event: &Event) {
                 .increment(1);
         }
         Event::Converged { .. } => gauge!("route_failover_routes_converged").set(1.0),
-        Event::Finding(_) | Event::Reloaded => {}
+        Event::Diverged { .. } => gauge!("route_failover_routes_converged").set(0.0),
+        Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
     }
 }

@@ -51,7 +51,7 @@ fn distinct<'a>(ids: impl Iterator<Item = &'a String>) -> Vec<String> {
 }
 
 /// Where a route sends traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     NetworkInterface(String),
     /// An internet or virtual private gateway (`igw-…`, `vgw-…`), or `local`.
@@ -62,10 +62,72 @@ pub enum Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// The kinds of target a route can name, by the prefix of their id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    NetworkInterface,
+    /// Internet, virtual private or `local` gateway (EC2's `GatewayId`).
+    Gateway,
+    TransitGateway,
+    NatGateway,
+    VpcPeering,
+    Instance,
+    EgressOnlyGateway,
+    LocalGateway,
+    CarrierGateway,
+    VpcEndpoint,
+    CoreNetwork,
+}
+
+impl Target {
+    /// The id or ARN the route names.
+    pub fn id(&self) -> &str {
         match self {
-            Target::NetworkInterface(id) | Target::Gateway(id) | Target::Other(id) => {
-                f.write_str(id)
-            }
+            Target::NetworkInterface(id) | Target::Gateway(id) | Target::Other(id) => id,
+        }
+    }
+
+    /// Which EC2 parameter names this target, from its id; `None` for
+    /// something this version does not know how to point a route at.
+    pub fn kind(&self) -> Option<TargetKind> {
+        let id = self.id();
+        let kind = match id.split_once('-').map_or(id, |(prefix, _)| prefix) {
+            "eni" => TargetKind::NetworkInterface,
+            "igw" | "vgw" | "local" => TargetKind::Gateway,
+            "tgw" => TargetKind::TransitGateway,
+            "nat" => TargetKind::NatGateway,
+            "pcx" => TargetKind::VpcPeering,
+            "i" => TargetKind::Instance,
+            "eigw" => TargetKind::EgressOnlyGateway,
+            "lgw" => TargetKind::LocalGateway,
+            "cagw" => TargetKind::CarrierGateway,
+            "vpce" => TargetKind::VpcEndpoint,
+            _ if id.starts_with("arn:") => TargetKind::CoreNetwork,
+            _ => return None,
+        };
+        Some(kind)
+    }
+}
+
+impl TargetKind {
+    /// The AWS CLI option that names a target of this kind.
+    pub fn cli_option(self) -> &'static str {
+        match self {
+            TargetKind::NetworkInterface => "--network-interface-id",
+            TargetKind::Gateway => "--gateway-id",
+            TargetKind::TransitGateway => "--transit-gateway-id",
+            TargetKind::NatGateway => "--nat-gateway-id",
+            TargetKind::VpcPeering => "--vpc-peering-connection-id",
+            TargetKind::Instance => "--instance-id",
+            TargetKind::EgressOnlyGateway => "--egress-only-internet-gateway-id",
+            TargetKind::LocalGateway => "--local-gateway-id",
+            TargetKind::CarrierGateway => "--carrier-gateway-id",
+            TargetKind::VpcEndpoint => "--vpc-endpoint-id",
+            TargetKind::CoreNetwork => "--core-network-arn",
         }
     }
 }
@@ -116,6 +178,28 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
 }
 
+/// What the route tables show at startup, for the agent to adopt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// None of our routes: Direct Connect carries the traffic.
+    Primary,
+    /// All of our routes: the VPN carries the traffic.
+    Backup,
+    /// Some of them: a failover or failback was interrupted. Which way to
+    /// finish is left to probe evidence.
+    Partial { ours: usize, of: usize },
+}
+
+impl fmt::Display for Adoption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Adoption::Primary => f.write_str("Primary"),
+            Adoption::Backup => f.write_str("Backup"),
+            Adoption::Partial { ours, of } => write!(f, "partial ({ours} of {of} routes)"),
+        }
+    }
+}
+
 /// One call to the route API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -125,13 +209,29 @@ pub enum Action {
         route: ManagedRoute,
         replacing: Target,
     },
+    /// Point our route, which still targets `from_eni` (a replaced VPN
+    /// appliance), at the ENI the config names now.
+    Retarget {
+        route: ManagedRoute,
+        from_eni: String,
+    },
+    /// Delete our route; `route.target_eni` is the ENI it points at.
     Delete(ManagedRoute),
+    /// Give a route we took over back to its original target.
+    Restore {
+        route: ManagedRoute,
+        original: Target,
+    },
 }
 
 impl Action {
     pub fn route(&self) -> &ManagedRoute {
         match self {
-            Action::Create(r) | Action::Delete(r) | Action::Replace { route: r, .. } => r,
+            Action::Create(r)
+            | Action::Delete(r)
+            | Action::Replace { route: r, .. }
+            | Action::Retarget { route: r, .. }
+            | Action::Restore { route: r, .. } => r,
         }
     }
 
@@ -139,9 +239,18 @@ impl Action {
     pub fn op(&self) -> &'static str {
         match self {
             Action::Create(_) => "CreateRoute",
-            Action::Replace { .. } => "ReplaceRoute",
+            Action::Replace { .. } | Action::Retarget { .. } | Action::Restore { .. } => {
+                "ReplaceRoute"
+            }
             Action::Delete(_) => "DeleteRoute",
         }
+    }
+
+    /// Whether the call takes a route of ours away from its table (and so
+    /// must be checked against a fresh read first: EC2's DeleteRoute and
+    /// ReplaceRoute name no target, and would act on whatever is there).
+    pub fn removes_ours(&self) -> bool {
+        matches!(self, Action::Delete(_) | Action::Restore { .. })
     }
 }
 
@@ -152,7 +261,15 @@ impl fmt::Display for Action {
             Action::Replace { route, replacing } => {
                 write!(f, "replace {route} (was -> {replacing})")
             }
+            Action::Retarget { route, from_eni } => {
+                write!(f, "retarget {route} (was -> {from_eni})")
+            }
             Action::Delete(r) => write!(f, "delete {r}"),
+            Action::Restore { route, original } => write!(
+                f,
+                "restore {} {} -> {original} (was -> {})",
+                route.route_table_id, route.destination, route.target_eni
+            ),
         }
     }
 }

@@ -1,14 +1,22 @@
 //! Desired path + observed route tables → the API calls that converge them.
 //!
-//! Pure and level-triggered: it looks only at what the tables hold now, so
-//! running it again after any failure, restart or hand edit is always safe.
+//! Pure and level-triggered: it looks only at what the tables hold now and
+//! at the ownership ledger, so running it again after any failure, restart
+//! or hand edit is always safe.
+//!
+//! A static route is *ours* when it points at the ENI the config names for
+//! it, or at the ENI the ledger says we created it with (a VPN appliance
+//! replaced since). Anything else is *foreign* and never touched, except
+//! with `takeover`, whose original target the ledger keeps so failback can
+//! give it back.
 
 use std::fmt;
 
 use ipnet::IpNet;
 
 use crate::fsm::Via;
-use crate::model::{Action, ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
+use crate::model::{Action, Adoption, ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
+use crate::state::Record;
 
 /// Something an operator should know that the agent will not act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +34,24 @@ pub enum Finding {
     },
     /// Our route exists but its ENI is gone: traffic to it is dropped.
     Blackhole { route: ManagedRoute },
+    /// Our route for a destination no longer in the config: deleted (or
+    /// given back to its original target).
+    Unmanaged { route: ManagedRoute },
+}
+
+impl Finding {
+    /// Whether this finding means the tables do not carry traffic the way
+    /// `desired` says, so the agent must not call itself converged.
+    pub fn blocks(&self, desired: Via) -> bool {
+        match self {
+            Finding::TableMissing { .. } => true,
+            // On Backup a foreign route keeps that traffic off the VPN.
+            Finding::Foreign { .. } => desired == Via::Backup,
+            Finding::Shadowed { .. } | Finding::Blackhole { .. } | Finding::Unmanaged { .. } => {
+                false
+            }
+        }
+    }
 }
 
 impl fmt::Display for Finding {
@@ -37,9 +63,11 @@ impl fmt::Display for Finding {
                  set failover.takeover = true to replace it on failover",
                 route.route_table_id, route.destination, route.target_eni
             ),
-            Finding::TableMissing { route_table_id } => {
-                write!(f, "route table {route_table_id} was not found")
-            }
+            Finding::TableMissing { route_table_id } => write!(
+                f,
+                "route table {route_table_id} was not found (deleted, or a wrong \
+                 routes[].route_table_id): its routes cannot be managed; the other tables still are"
+            ),
             Finding::Shadowed {
                 route,
                 more_specific,
@@ -55,6 +83,10 @@ impl fmt::Display for Finding {
                 "our route {route} is a blackhole: is {} still attached to the VPN appliance?",
                 route.target_eni
             ),
+            Finding::Unmanaged { route } => write!(
+                f,
+                "our route {route} is no longer in the config: removing it"
+            ),
         }
     }
 }
@@ -66,11 +98,24 @@ pub struct Plan {
     pub findings: Vec<Finding>,
 }
 
-/// What a managed destination currently holds in its table.
+impl Plan {
+    /// True when nothing is left to do and nothing keeps the tables from
+    /// carrying traffic the way `desired` says.
+    pub fn converged(&self, desired: Via) -> bool {
+        self.actions.is_empty() && !self.findings.iter().any(|f| f.blocks(desired))
+    }
+}
+
+/// What a route slot (a destination in a table) currently holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
-    /// Our static route to our ENI is there.
-    Ours { state: RouteState },
+    /// A static route of ours, pointing at `eni`. `stale` when that is not
+    /// the ENI the config names now.
+    Ours {
+        state: RouteState,
+        eni: String,
+        stale: bool,
+    },
     /// No static route for the destination (propagated ones do not count).
     Absent,
     /// A static route for the destination points somewhere else.
@@ -79,8 +124,8 @@ pub enum Status {
     TableMissing,
 }
 
-/// Classifies one managed route against the observed tables.
-pub fn status(route: &ManagedRoute, observed: &[RouteTable]) -> Status {
+/// Classifies one managed route's slot against the ledger and the tables.
+pub fn status(route: &ManagedRoute, ledger: &Record, observed: &[RouteTable]) -> Status {
     let Some(table) = observed.iter().find(|t| t.id == route.route_table_id) else {
         return Status::TableMissing;
     };
@@ -88,34 +133,50 @@ pub fn status(route: &ManagedRoute, observed: &[RouteTable]) -> Status {
         .routes
         .iter()
         .find(|r| r.is_static() && r.destination == route.destination);
-    match found {
-        None => Status::Absent,
-        Some(r) if r.target == Target::NetworkInterface(route.target_eni.clone()) => {
-            Status::Ours { state: r.state }
+    let Some(r) = found else {
+        return Status::Absent;
+    };
+    let created = ledger.created_eni(&route.route_table_id, route.destination);
+    match &r.target {
+        Target::NetworkInterface(eni)
+            if r.origin == Origin::CreateRoute
+                && (*eni == route.target_eni || created == Some(eni.as_str())) =>
+        {
+            Status::Ours {
+                state: r.state,
+                eni: eni.clone(),
+                stale: *eni != route.target_eni,
+            }
         }
-        Some(r) => Status::Foreign {
-            target: r.target.clone(),
+        target => Status::Foreign {
+            target: target.clone(),
             origin: r.origin,
         },
     }
 }
 
-/// The managed routes whose route (to our ENI) is in its table.
+/// The managed routes whose slot holds a route of ours.
 pub fn ours<'a>(
     managed: &'a [ManagedRoute],
+    ledger: &'a Record,
     observed: &'a [RouteTable],
 ) -> impl Iterator<Item = &'a ManagedRoute> {
     managed
         .iter()
-        .filter(move |r| matches!(status(r, observed), Status::Ours { .. }))
+        .filter(move |r| matches!(status(r, ledger, observed), Status::Ours { .. }))
 }
 
-/// The path the route tables show: Backup when any of our routes is present.
-pub fn adopt(managed: &[ManagedRoute], observed: &[RouteTable]) -> Via {
-    if ours(managed, observed).next().is_some() {
-        Via::Backup
-    } else {
-        Via::Primary
+/// The path the route tables show, counting only tables that exist.
+pub fn adopt(managed: &[ManagedRoute], ledger: &Record, observed: &[RouteTable]) -> Adoption {
+    let present = managed
+        .iter()
+        .filter(|r| status(r, ledger, observed) != Status::TableMissing);
+    let of = present.count();
+    let ours = ours(managed, ledger, observed).count();
+    match ours {
+        0 => Adoption::Primary,
+        n if n == of => Adoption::Backup,
+        n => Adoption::Partial { ours: n, of },
     }
 }
 
@@ -130,16 +191,38 @@ fn shadowing<'a>(route: &ManagedRoute, table: &'a RouteTable) -> impl Iterator<I
     })
 }
 
+/// What the planner works from, besides the desired path and the tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The routes the config manages.
+    pub managed: &'a [ManagedRoute],
+    /// What we created or replaced, as recorded.
+    pub ledger: &'a Record,
+    /// Replace foreign static routes on failover.
+    pub takeover: bool,
+}
+
+/// The call that removes our route from `slot`: a delete, or giving a
+/// route we took over back to its original target.
+fn remove(route: &ManagedRoute, eni: &str, ledger: &Record) -> Action {
+    let ours = ManagedRoute {
+        target_eni: eni.to_string(),
+        ..route.clone()
+    };
+    match ledger.replaced_target(&route.route_table_id, route.destination) {
+        Some(original) => Action::Restore {
+            route: ours,
+            original: original.clone(),
+        },
+        None => Action::Delete(ours),
+    }
+}
+
 /// Works out the calls that take `observed` to `desired`, touching only
 /// routes that are ours (or foreign ones, when `takeover` allows).
-pub fn plan(
-    desired: Via,
-    managed: &[ManagedRoute],
-    observed: &[RouteTable],
-    takeover: bool,
-) -> Plan {
+pub fn plan(desired: Via, inputs: Inputs<'_>, observed: &[RouteTable]) -> Plan {
     let mut plan = Plan::default();
-    for route in managed {
+    for route in inputs.managed {
         let Some(table) = observed.iter().find(|t| t.id == route.route_table_id) else {
             let missing = Finding::TableMissing {
                 route_table_id: route.route_table_id.clone(),
@@ -156,22 +239,33 @@ pub fn plan(
                 via: r.target.clone(),
             });
         }
-        match (status(route, observed), desired) {
+        match (status(route, inputs.ledger, observed), desired) {
             (Status::Absent, Via::Backup) => plan.actions.push(Action::Create(route.clone())),
-            (Status::Ours { state }, Via::Backup) => {
+            (
+                Status::Ours {
+                    stale: true, eni, ..
+                },
+                Via::Backup,
+            ) => {
+                plan.actions.push(Action::Retarget {
+                    route: route.clone(),
+                    from_eni: eni,
+                });
+            }
+            (Status::Ours { state, .. }, Via::Backup) => {
                 if state == RouteState::Blackhole {
                     plan.findings.push(Finding::Blackhole {
                         route: route.clone(),
                     });
                 }
             }
-            (Status::Ours { .. }, Via::Primary) => {
-                plan.actions.push(Action::Delete(route.clone()));
+            (Status::Ours { eni, .. }, Via::Primary) => {
+                plan.actions.push(remove(route, &eni, inputs.ledger));
             }
             (Status::Foreign { target, origin }, desired) => {
                 // The local route cannot be replaced, and on Primary a foreign
                 // route is somebody else's business: report it either way.
-                if takeover && desired == Via::Backup && origin == Origin::CreateRoute {
+                if inputs.takeover && desired == Via::Backup && origin == Origin::CreateRoute {
                     plan.actions.push(Action::Replace {
                         route: route.clone(),
                         replacing: target,
@@ -186,6 +280,30 @@ pub fn plan(
             (Status::Absent, Via::Primary) | (Status::TableMissing, _) => {}
         }
     }
+    // Slots we own that the config no longer manages: ours to clean up.
+    for (table_id, destination) in inputs.ledger.slots() {
+        let managed = inputs
+            .managed
+            .iter()
+            .any(|r| r.route_table_id == table_id && r.destination == destination);
+        let Some(eni) = inputs.ledger.created_eni(&table_id, destination) else {
+            continue;
+        };
+        if managed {
+            continue;
+        }
+        let route = ManagedRoute {
+            route_table_id: table_id,
+            destination,
+            target_eni: eni.to_string(),
+        };
+        if let Status::Ours { eni, .. } = status(&route, inputs.ledger, observed) {
+            plan.findings.push(Finding::Unmanaged {
+                route: route.clone(),
+            });
+            plan.actions.push(remove(&route, &eni, inputs.ledger));
+        }
+    }
     plan
 }
 
@@ -193,9 +311,22 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::model::RouteState::{Active, Blackhole};
+    use crate::state::Ledger;
 
     const ENI: &str = "eni-0123456789abcdef0";
     const VGW: &str = "vgw-0123456789abcdef0";
+
+    fn run(desired: Via, m: &[ManagedRoute], observed: &[RouteTable], takeover: bool) -> Plan {
+        plan(
+            desired,
+            Inputs {
+                managed: m,
+                ledger: &Record::default(),
+                takeover,
+            },
+            observed,
+        )
+    }
 
     fn managed(table: &str, dest: &str) -> ManagedRoute {
         ManagedRoute {
@@ -244,7 +375,7 @@ mod tests {
     fn backup_creates_missing_routes_even_over_propagated_ones() {
         let m = [managed("rtb-aaaaaaaa", "10.1.0.0/16")];
         let observed = [table("rtb-aaaaaaaa", vec![propagated("10.1.0.0/16")])];
-        let p = plan(Via::Backup, &m, &observed, false);
+        let p = run(Via::Backup, &m, &observed, false);
         assert_eq!(p.actions, vec![Action::Create(m[0].clone())]);
         assert!(p.findings.is_empty());
     }
@@ -256,9 +387,9 @@ mod tests {
             "rtb-aaaaaaaa",
             vec![propagated("10.1.0.0/16"), ours("10.1.0.0/16")],
         )];
-        assert_eq!(plan(Via::Backup, &m, &on_backup, false), Plan::default());
+        assert_eq!(run(Via::Backup, &m, &on_backup, false), Plan::default());
         let on_primary = [table("rtb-aaaaaaaa", vec![propagated("10.1.0.0/16")])];
-        assert_eq!(plan(Via::Primary, &m, &on_primary, false), Plan::default());
+        assert_eq!(run(Via::Primary, &m, &on_primary, false), Plan::default());
     }
 
     #[test]
@@ -281,7 +412,7 @@ mod tests {
                 ours("10.3.0.0/16"),
             ],
         )];
-        let p = plan(Via::Primary, &m, &observed, false);
+        let p = run(Via::Primary, &m, &observed, false);
         assert_eq!(p.actions, vec![Action::Delete(m[0].clone())]);
         assert_eq!(
             p.findings,
@@ -300,7 +431,7 @@ mod tests {
             "rtb-aaaaaaaa",
             vec![route("10.1.0.0/16", foreign.clone(), Origin::CreateRoute)],
         )];
-        let p = plan(Via::Backup, &m, &observed, false);
+        let p = run(Via::Backup, &m, &observed, false);
         assert!(p.actions.is_empty());
         assert_eq!(
             p.findings,
@@ -319,7 +450,7 @@ mod tests {
             "rtb-aaaaaaaa",
             vec![route("10.1.0.0/16", foreign.clone(), Origin::CreateRoute)],
         )];
-        let p = plan(Via::Backup, &m, &observed, true);
+        let p = run(Via::Backup, &m, &observed, true);
         assert_eq!(
             p.actions,
             vec![Action::Replace {
@@ -328,7 +459,7 @@ mod tests {
             }]
         );
         // On Primary even takeover leaves a foreign route alone: it was never ours.
-        let p = plan(Via::Primary, &m, &observed, true);
+        let p = run(Via::Primary, &m, &observed, true);
         assert!(p.actions.is_empty());
         assert_eq!(p.findings.len(), 1);
     }
@@ -337,7 +468,7 @@ mod tests {
     fn takeover_never_replaces_the_local_route() {
         let m = [managed("rtb-aaaaaaaa", "10.0.0.0/16")];
         let observed = [table("rtb-aaaaaaaa", vec![])];
-        let p = plan(Via::Backup, &m, &observed, true);
+        let p = run(Via::Backup, &m, &observed, true);
         assert!(p.actions.is_empty());
         assert!(matches!(p.findings[..], [Finding::Foreign { .. }]));
     }
@@ -347,18 +478,18 @@ mod tests {
         let m = [managed("rtb-aaaaaaaa", "fd00:1::/48")];
         let observed = [table("rtb-aaaaaaaa", vec![propagated("fd00:1::/48")])];
         assert_eq!(
-            plan(Via::Backup, &m, &observed, false).actions,
+            run(Via::Backup, &m, &observed, false).actions,
             vec![Action::Create(m[0].clone())]
         );
         let observed = [table("rtb-aaaaaaaa", vec![ours("fd00:1::/48")])];
         assert_eq!(
-            plan(Via::Primary, &m, &observed, false).actions,
+            run(Via::Primary, &m, &observed, false).actions,
             vec![Action::Delete(m[0].clone())]
         );
         // An IPv4 route is never confused with an IPv6 one.
         let observed = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
         assert_eq!(
-            plan(Via::Backup, &m, &observed, false).actions,
+            run(Via::Backup, &m, &observed, false).actions,
             vec![Action::Create(m[0].clone())]
         );
     }
@@ -383,12 +514,12 @@ mod tests {
                 table(t, routes)
             })
             .collect();
-        let p = plan(Via::Backup, &m, &observed, false);
+        let p = run(Via::Backup, &m, &observed, false);
         assert_eq!(p.actions.len(), 8);
         assert!(!p
             .actions
             .contains(&Action::Create(managed("rtb-bbbbbbbb", "10.2.0.0/16"))));
-        let p = plan(Via::Primary, &m, &observed, false);
+        let p = run(Via::Primary, &m, &observed, false);
         assert_eq!(
             p.actions,
             vec![Action::Delete(managed("rtb-bbbbbbbb", "10.2.0.0/16"))]
@@ -401,7 +532,7 @@ mod tests {
             managed("rtb-aaaaaaaa", "10.1.0.0/16"),
             managed("rtb-aaaaaaaa", "10.2.0.0/16"),
         ];
-        let p = plan(Via::Backup, &m, &[], false);
+        let p = run(Via::Backup, &m, &[], false);
         assert!(p.actions.is_empty());
         assert_eq!(
             p.findings,
@@ -422,7 +553,7 @@ mod tests {
                 propagated("10.2.1.0/24"),
             ],
         )];
-        let p = plan(Via::Primary, &m, &observed, false);
+        let p = run(Via::Primary, &m, &observed, false);
         assert_eq!(
             p.findings,
             vec![Finding::Shadowed {
@@ -440,7 +571,7 @@ mod tests {
         let mut r = ours("10.1.0.0/16");
         r.state = Blackhole;
         let observed = [table("rtb-aaaaaaaa", vec![r])];
-        let p = plan(Via::Backup, &m, &observed, false);
+        let p = run(Via::Backup, &m, &observed, false);
         assert!(p.actions.is_empty());
         assert_eq!(
             p.findings,
@@ -460,11 +591,298 @@ mod tests {
             table("rtb-aaaaaaaa", vec![propagated("10.1.0.0/16")]),
             table("rtb-bbbbbbbb", vec![]),
         ];
-        assert_eq!(adopt(&m, &none), Via::Primary);
+        assert_eq!(adopt(&m, &Record::default(), &none), Adoption::Primary);
         let partial = [
             table("rtb-aaaaaaaa", vec![]),
             table("rtb-bbbbbbbb", vec![ours("10.1.0.0/16")]),
         ];
-        assert_eq!(adopt(&m, &partial), Via::Backup);
+        assert_eq!(
+            adopt(&m, &Record::default(), &partial),
+            Adoption::Partial { ours: 1, of: 2 }
+        );
+    }
+
+    const OLD_ENI: &str = "eni-0fedcba9876543210";
+    const TGW: &str = "tgw-0123456789abcdef0";
+
+    fn to(dest: &str, eni: &str) -> Route {
+        route(
+            dest,
+            Target::NetworkInterface(eni.into()),
+            Origin::CreateRoute,
+        )
+    }
+
+    fn with_ledger<'a>(m: &'a [ManagedRoute], ledger: &'a Ledger, takeover: bool) -> Inputs<'a> {
+        Inputs {
+            managed: m,
+            ledger: ledger.record(),
+            takeover,
+        }
+    }
+
+    #[test]
+    fn our_route_to_a_replaced_eni_is_retargeted_on_backup_and_deleted_on_primary() {
+        let m = [managed("rtb-aaaaaaaa", "10.1.0.0/16")];
+        let mut ledger = Ledger::in_memory();
+        ledger
+            .will_create(&ManagedRoute {
+                target_eni: OLD_ENI.into(),
+                ..m[0].clone()
+            })
+            .unwrap();
+        let observed = [table("rtb-aaaaaaaa", vec![to("10.1.0.0/16", OLD_ENI)])];
+        let p = plan(Via::Backup, with_ledger(&m, &ledger, false), &observed);
+        assert_eq!(
+            p.actions,
+            vec![Action::Retarget {
+                route: m[0].clone(),
+                from_eni: OLD_ENI.into()
+            }]
+        );
+        let p = plan(Via::Primary, with_ledger(&m, &ledger, false), &observed);
+        assert_eq!(
+            p.actions,
+            vec![Action::Delete(ManagedRoute {
+                target_eni: OLD_ENI.into(),
+                ..m[0].clone()
+            })]
+        );
+        // Without the ledger's word the old ENI is somebody else's.
+        let p = run(Via::Primary, &m, &observed, false);
+        assert!(p.actions.is_empty());
+        assert!(matches!(p.findings[..], [Finding::Foreign { .. }]));
+    }
+
+    #[test]
+    fn a_taken_over_route_is_given_back_on_failback() {
+        let m = [managed("rtb-aaaaaaaa", "10.1.0.0/16")];
+        let mut ledger = Ledger::in_memory();
+        let original = Target::Other(TGW.into());
+        ledger.will_replace(&m[0], &original).unwrap();
+        let observed = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
+        assert_eq!(
+            plan(Via::Backup, with_ledger(&m, &ledger, true), &observed),
+            Plan::default()
+        );
+        let p = plan(Via::Primary, with_ledger(&m, &ledger, true), &observed);
+        assert_eq!(
+            p.actions,
+            vec![Action::Restore {
+                route: m[0].clone(),
+                original: original.clone()
+            }]
+        );
+        assert!(p.actions[0].removes_ours());
+        // Once given back it is foreign again, and left alone.
+        let given_back = [table(
+            "rtb-aaaaaaaa",
+            vec![route("10.1.0.0/16", original, Origin::CreateRoute)],
+        )];
+        let p = plan(Via::Primary, with_ledger(&m, &ledger, true), &given_back);
+        assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn a_route_of_ours_dropped_from_the_config_is_removed_on_either_path() {
+        let m = [managed("rtb-aaaaaaaa", "10.1.0.0/16")];
+        let dropped = managed("rtb-aaaaaaaa", "10.9.0.0/16");
+        let foreign_now = managed("rtb-aaaaaaaa", "10.8.0.0/16");
+        let mut ledger = Ledger::in_memory();
+        ledger.will_create(&dropped).unwrap();
+        ledger.will_create(&foreign_now).unwrap();
+        let observed = [table(
+            "rtb-aaaaaaaa",
+            vec![
+                ours("10.1.0.0/16"),
+                ours("10.9.0.0/16"),
+                route(
+                    "10.8.0.0/16",
+                    Target::Other(TGW.into()),
+                    Origin::CreateRoute,
+                ),
+            ],
+        )];
+        for desired in [Via::Backup, Via::Primary] {
+            let p = plan(desired, with_ledger(&m, &ledger, false), &observed);
+            assert!(
+                p.actions.contains(&Action::Delete(dropped.clone())),
+                "{p:?}"
+            );
+            assert!(p.findings.contains(&Finding::Unmanaged {
+                route: dropped.clone()
+            }));
+            // A slot that somebody else has taken since is not touched.
+            assert!(!p
+                .actions
+                .iter()
+                .any(|a| a.route().destination == foreign_now.destination));
+        }
+    }
+
+    #[test]
+    fn convergence_is_denied_while_a_table_is_missing_or_traffic_stays_off_the_vpn() {
+        let m = [
+            managed("rtb-aaaaaaaa", "10.1.0.0/16"),
+            managed("rtb-bbbbbbbb", "10.1.0.0/16"),
+        ];
+        let one = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
+        let p = run(Via::Backup, &m, &one, false);
+        assert!(p.actions.is_empty());
+        assert!(!p.converged(Via::Backup));
+        assert!(!run(Via::Primary, &m, &[], false).converged(Via::Primary));
+
+        let foreign = [
+            table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")]),
+            table(
+                "rtb-bbbbbbbb",
+                vec![route(
+                    "10.1.0.0/16",
+                    Target::Other(TGW.into()),
+                    Origin::CreateRoute,
+                )],
+            ),
+        ];
+        assert!(!run(Via::Backup, &m, &foreign, false).converged(Via::Backup));
+        // On Primary a foreign route is reported, but ours are all gone.
+        let p = run(Via::Primary, &m, &foreign, false);
+        assert_eq!(p.actions, vec![Action::Delete(m[0].clone())]);
+        let done = [table("rtb-aaaaaaaa", vec![]), foreign[1].clone()];
+        assert!(run(Via::Primary, &m, &done, false).converged(Via::Primary));
+    }
+
+    #[test]
+    fn adoption_counts_blackholes_as_ours_and_skips_missing_tables() {
+        let m = [
+            managed("rtb-aaaaaaaa", "10.1.0.0/16"),
+            managed("rtb-aaaaaaaa", "10.2.0.0/16"),
+            managed("rtb-bbbbbbbb", "10.1.0.0/16"),
+        ];
+        let mut hole = ours("10.2.0.0/16");
+        hole.state = Blackhole;
+        let observed = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16"), hole])];
+        assert_eq!(adopt(&m, &Record::default(), &observed), Adoption::Backup);
+        let observed = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
+        assert_eq!(
+            adopt(&m, &Record::default(), &observed),
+            Adoption::Partial { ours: 1, of: 2 }
+        );
+        assert_eq!(adopt(&m, &Record::default(), &[]), Adoption::Primary);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const TABLES: [&str; 2] = ["rtb-aaaaaaaa", "rtb-bbbbbbbb"];
+        const DESTS: [&str; 3] = ["10.1.0.0/16", "10.2.0.0/16", "fd00:1::/48"];
+
+        /// What one slot holds.
+        #[derive(Debug, Clone, Copy)]
+        enum Held {
+            Nothing,
+            Ours,
+            OldEni,
+            Foreign,
+            Local,
+        }
+
+        fn held() -> impl Strategy<Value = Held> {
+            prop_oneof![
+                Just(Held::Nothing),
+                Just(Held::Ours),
+                Just(Held::OldEni),
+                Just(Held::Foreign),
+                Just(Held::Local),
+            ]
+        }
+
+        /// Applies actions as EC2 would, to check where they lead.
+        fn apply(observed: &mut [RouteTable], actions: &[Action]) {
+            for a in actions {
+                let r = a.route();
+                let t = observed
+                    .iter_mut()
+                    .find(|t| t.id == r.route_table_id)
+                    .unwrap();
+                t.routes
+                    .retain(|x| !(x.is_static() && x.destination == r.destination));
+                match a {
+                    Action::Create(r)
+                    | Action::Replace { route: r, .. }
+                    | Action::Retarget { route: r, .. } => {
+                        t.routes.push(to(&r.destination.to_string(), &r.target_eni));
+                    }
+                    Action::Restore { route, original } => t.routes.push(super::route(
+                        &route.destination.to_string(),
+                        original.clone(),
+                        Origin::CreateRoute,
+                    )),
+                    Action::Delete(_) => {}
+                }
+            }
+        }
+
+        proptest! {
+            /// Whatever the tables and the ledger hold: foreign routes are
+            /// touched only by a takeover on Backup, the local route never,
+            /// and one round of actions converges (a second plan is empty).
+            #[test]
+            fn plans_touch_only_ours_and_converge_in_one_step(
+                slots in proptest::collection::vec((held(), any::<bool>()), TABLES.len() * DESTS.len()),
+                managed_mask in proptest::collection::vec(any::<bool>(), TABLES.len() * DESTS.len()),
+                backup in any::<bool>(),
+                takeover in any::<bool>(),
+            ) {
+                let desired = if backup { Via::Backup } else { Via::Primary };
+                let mut ledger = Ledger::in_memory();
+                let mut observed: Vec<RouteTable> = TABLES.iter().map(|t| table(t, vec![])).collect();
+                let mut m = Vec::new();
+                let mut foreign = Vec::new();
+                for (i, ((h, recorded), is_managed)) in slots.iter().zip(&managed_mask).enumerate() {
+                    let (t, d) = (TABLES[i / DESTS.len()], DESTS[i % DESTS.len()]);
+                    let slot = managed(t, d);
+                    if *is_managed { m.push(slot.clone()); }
+                    let routes = &mut observed[i / DESTS.len()].routes;
+                    match h {
+                        Held::Nothing => {}
+                        Held::Ours => routes.push(ours(d)),
+                        Held::OldEni => routes.push(to(d, OLD_ENI)),
+                        Held::Foreign => {
+                            routes.push(route(d, Target::Other(TGW.into()), Origin::CreateRoute));
+                            foreign.push((t, d));
+                        }
+                        Held::Local => routes.push(route(d, Target::Gateway("local".into()), Origin::CreateRouteTable)),
+                    }
+                    if *recorded {
+                        let eni = if matches!(h, Held::OldEni) { OLD_ENI } else { ENI };
+                        ledger.will_create(&ManagedRoute { target_eni: eni.into(), ..slot }).unwrap();
+                    }
+                }
+                let p = plan(desired, with_ledger(&m, &ledger, takeover), &observed);
+                for a in &p.actions {
+                    let r = a.route();
+                    let slot = (r.route_table_id.as_str(), r.destination.to_string());
+                    let is_foreign = foreign.iter().any(|(t, d)| (*t, d.to_string()) == slot);
+                    if is_foreign {
+                        prop_assert!(takeover && desired == Via::Backup && matches!(a, Action::Replace { .. }), "{a}");
+                    }
+                    prop_assert!(r.destination.to_string() != "10.0.0.0/16");
+                }
+                // Apply, with the ledger updated as the reconciler does.
+                for a in &p.actions {
+                    match a {
+                        Action::Create(r) | Action::Retarget { route: r, .. } => ledger.will_create(r).unwrap(),
+                        Action::Replace { route, replacing } => ledger.will_replace(route, replacing).unwrap(),
+                        Action::Delete(r) | Action::Restore { route: r, .. } => {
+                            ledger.forget(&r.route_table_id, r.destination).unwrap();
+                        }
+                    }
+                }
+                apply(&mut observed, &p.actions);
+                let again = plan(desired, with_ledger(&m, &ledger, takeover), &observed);
+                prop_assert!(again.actions.is_empty(), "{:?} then {:?}", p.actions, again.actions);
+            }
+        }
     }
 }

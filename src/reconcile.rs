@@ -1,15 +1,27 @@
 //! The reconciler: compares the desired path with the route tables and
-//! makes the calls needed, level-triggered. It re-reads after each change
-//! and every `resync_interval`, retries failures with capped, jittered
-//! backoff, and keeps the desired path until the tables match it. It runs
-//! in a task of its own, so a slow or failing API never delays probing.
+//! makes the calls needed, level-triggered. It runs in a task of its own,
+//! so a slow or failing API never delays probing.
+//!
+//! - At startup it reads the tables (retrying for as long as it takes) and
+//!   tells the probe loop what it found, to adopt; until then, and until the
+//!   probe loop has evidence, it changes nothing.
+//! - Each pass reads every table it may touch in one call (missing tables
+//!   are reported, the others still converged), plans, records in the
+//!   ownership ledger what it is about to create, and acts. Before removing
+//!   a route of ours it re-reads that table, since EC2's DeleteRoute names
+//!   no target and would delete whatever sits there.
+//! - Between passes, and right before acting, it checks whether the desired
+//!   path changed: it never finishes converging a path that is no longer
+//!   wanted, and announces convergence only for the path wanted now.
+//! - It starts no call once stopped; calls in flight finish (or are
+//!   abandoned by the agent after its grace period).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -19,21 +31,54 @@ use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
 use crate::events::{Event, Events, Outcome};
 use crate::fsm::Via;
-use crate::model::Action;
-use crate::model::{table_ids, ManagedRoute};
-use crate::plan::{self, Finding};
+use crate::model::{table_ids, Action, Adoption, ManagedRoute, RouteTable};
+use crate::plan::{self, Finding, Inputs, Plan, Status};
+use crate::state::Ledger;
 
 /// Route calls in flight at once during one reconcile pass. Enough to switch
 /// many tables quickly, well under EC2's mutating-call burst.
 const CONCURRENT_CALLS: usize = 8;
 /// Passes (read, act, read again) per reconcile before waiting for a tick.
 const MAX_PASSES: usize = 4;
+/// Longest wait between startup reads of the tables.
+const STARTUP_RETRY_CAP: Duration = Duration::from_secs(30);
+/// Credentials that are refused do not fix themselves in seconds: retry
+/// slowly, starting about a minute apart, up to five minutes.
+const AUTH_RETRY_CAP: Duration = Duration::from_secs(300);
+const AUTH_RETRY_SKIP: u32 = 6;
+
+/// The path the probe loop wants, with the instant of the transition that
+/// asked for it; `None` until there is probe evidence and an adopted path.
+pub(crate) type Desired = Option<(Via, Option<Instant>)>;
+
+/// Why a startup check did not pass.
+#[derive(Debug, Clone)]
+pub enum CheckFailure {
+    /// May pass later (the API is unreachable, throttled, …): retried
+    /// while probing goes on.
+    Retry { kind: ErrorKind, message: String },
+    /// Will not pass without an operator (say, the agent's own subnet uses
+    /// a managed table): the agent stops.
+    Refuse(String),
+}
+
+/// A check the reconciler runs before it first reads the tables; no route
+/// is touched until it passes.
+pub type StartupCheck =
+    Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), CheckFailure>> + Send + Sync>;
+
+/// What the tables showed at startup.
+#[derive(Debug, Clone)]
+pub(crate) struct Adopted {
+    pub(crate) adoption: Adoption,
+    pub(crate) ours: Vec<ManagedRoute>,
+}
 
 /// What the reconciler manages; replaced whole on reload.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Spec {
     pub(crate) routes: Vec<ManagedRoute>,
-    pub(crate) table_ids: Vec<String>,
+    pub(crate) table_ids: BTreeSet<String>,
     pub(crate) settings: ReconcileConfig,
 }
 
@@ -41,9 +86,42 @@ impl Spec {
     pub(crate) fn of(config: &Config) -> Self {
         Self {
             routes: config.routes.clone(),
-            table_ids: table_ids(&config.routes),
+            table_ids: table_ids(&config.routes).into_iter().collect(),
             settings: config.reconcile.clone(),
         }
+    }
+
+    /// The ENI the config names for a slot, if it is managed.
+    fn current_eni(&self, table: &str, destination: ipnet::IpNet) -> Option<String> {
+        self.routes
+            .iter()
+            .find(|r| r.route_table_id == table && r.destination == destination)
+            .map(|r| r.target_eni.clone())
+    }
+}
+
+/// How one reconcile ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pass {
+    /// The tables carry traffic the way the path says.
+    Converged,
+    /// Nothing the agent may do would converge them (a missing table, a
+    /// foreign route): reported, retried at the next resync.
+    Blocked(String),
+    /// A call failed; retry after a backoff.
+    Failed { kind: ErrorKind, why: String },
+    /// The desired path changed meanwhile: start over at once.
+    Superseded,
+    /// Shutdown: no further call.
+    Stopped,
+}
+
+/// Delay before retrying after a failure of `kind`.
+fn retry_delay(kind: ErrorKind, failures: u32, cap: Duration) -> Duration {
+    if kind == ErrorKind::Auth {
+        backoff(failures + AUTH_RETRY_SKIP, AUTH_RETRY_CAP)
+    } else {
+        backoff(failures, cap)
     }
 }
 
@@ -51,6 +129,9 @@ pub(crate) struct Reconciler {
     api: Arc<dyn RouteApi>,
     spec: watch::Receiver<Spec>,
     events: Events,
+    ledger: Ledger,
+    stop: CancellationToken,
+    startup_check: Option<StartupCheck>,
     /// Findings already reported, so each is logged once while it lasts.
     reported: HashSet<String>,
     /// When the transition now being converged happened.
@@ -58,37 +139,73 @@ pub(crate) struct Reconciler {
 }
 
 impl Reconciler {
-    pub(crate) fn new(api: Arc<dyn RouteApi>, spec: watch::Receiver<Spec>, events: Events) -> Self {
+    pub(crate) fn new(
+        api: Arc<dyn RouteApi>,
+        spec: watch::Receiver<Spec>,
+        events: Events,
+        ledger: Ledger,
+        stop: CancellationToken,
+        startup_check: Option<StartupCheck>,
+    ) -> Self {
         Self {
             api,
             spec,
             events,
+            ledger,
+            stop,
+            startup_check,
             reported: HashSet::new(),
             transition_at: None,
         }
     }
 
-    /// Converges the tables on the desired path until `stop`.
+    /// Passes the startup check and reads the tables, retrying until it
+    /// can; reports what it found (or why it must stop) on `adopted`, then
+    /// converges the tables on the desired path until stopped.
     pub(crate) async fn run(
         mut self,
-        mut desired: watch::Receiver<Option<(Via, Option<Instant>)>>,
-        stop: CancellationToken,
+        mut desired: watch::Receiver<Desired>,
+        adopted: oneshot::Sender<Result<Adopted, String>>,
     ) {
+        match self.pass_startup_check().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(refusal) => {
+                let _ = adopted.send(Err(refusal));
+                return;
+            }
+        }
+        let Some(observed) = self.read_until_ok().await else {
+            return;
+        };
+        let spec = self.spec.borrow().clone();
+        self.tidy_ledger(&spec, &observed);
+        let record = self.ledger.record();
+        let found = Adopted {
+            adoption: plan::adopt(&spec.routes, record, &observed),
+            ours: plan::ours(&spec.routes, record, &observed)
+                .cloned()
+                .collect(),
+        };
+        if adopted.send(Ok(found)).is_err() {
+            return;
+        }
+
         let mut failures = 0u32;
         let mut converged_on = None;
         loop {
             let wanted = *desired.borrow_and_update();
             let resync = self.spec.borrow_and_update().settings.resync_interval;
             let wait = match wanted {
-                // No round yet: no route changes without probe evidence.
+                // No evidence yet: no route changes.
                 None => resync,
                 Some((path, at)) => {
                     if at != self.transition_at {
                         self.transition_at = at;
                         converged_on = None;
                     }
-                    match self.reconcile(path).await {
-                        Ok(()) => {
+                    match self.reconcile(path, &desired).await {
+                        Pass::Converged => {
                             failures = 0;
                             if converged_on != Some(path) {
                                 converged_on = Some(path);
@@ -96,19 +213,139 @@ impl Reconciler {
                             }
                             resync
                         }
-                        Err(()) => {
-                            failures += 1;
-                            backoff(failures, resync)
+                        Pass::Blocked(why) => {
+                            failures = 0;
+                            converged_on = None;
+                            self.events.emit(Event::Diverged { path, why });
+                            resync
                         }
+                        Pass::Failed { kind, why } => {
+                            failures += 1;
+                            converged_on = None;
+                            self.events.emit(Event::Diverged { path, why });
+                            retry_delay(kind, failures, resync)
+                        }
+                        Pass::Superseded => {
+                            converged_on = None;
+                            Duration::ZERO
+                        }
+                        Pass::Stopped => return,
                     }
                 }
             };
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = self.stop.cancelled() => return,
                 changed = desired.changed() => if changed.is_err() { return },
-                changed = self.spec.changed() => if changed.is_err() { return },
+                changed = self.spec.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // New routes to converge: say so again once they are.
+                    converged_on = None;
+                }
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Every table a pass may touch: the configured ones and any the
+    /// ledger still has routes of ours in.
+    fn tables_to_read(&self, spec: &Spec) -> Vec<String> {
+        let mut ids = spec.table_ids.clone();
+        ids.extend(self.ledger.record().table_ids());
+        ids.into_iter().collect()
+    }
+
+    /// Runs the startup check until it passes (`Ok(true)`), the agent stops
+    /// (`Ok(false)`) or it refuses (`Err`).
+    async fn pass_startup_check(&mut self) -> Result<bool, String> {
+        let Some(check) = self.startup_check.take() else {
+            return Ok(true);
+        };
+        let mut failures = 0;
+        loop {
+            if self.stop.is_cancelled() {
+                return Ok(false);
+            }
+            let kind = match check().await {
+                Ok(()) => return Ok(true),
+                Err(CheckFailure::Refuse(why)) => return Err(why),
+                Err(CheckFailure::Retry { kind, message }) => {
+                    failures += 1;
+                    warn!(error = %message, "startup check cannot run yet; retrying, probing goes on");
+                    kind
+                }
+            };
+            tokio::select! {
+                () = self.stop.cancelled() => return Ok(false),
+                () = tokio::time::sleep(retry_delay(kind, failures, STARTUP_RETRY_CAP)) => {}
+            }
+        }
+    }
+
+    /// Reads the tables at startup, retrying what may pass; `None` if
+    /// stopped first. Probing runs meanwhile.
+    async fn read_until_ok(&mut self) -> Option<Vec<RouteTable>> {
+        let mut failures = 0;
+        loop {
+            if self.stop.is_cancelled() {
+                return None;
+            }
+            let ids = self.tables_to_read(&self.spec.borrow().clone());
+            let kind = match self.api.describe_route_tables(&ids).await {
+                Ok(tables) => return Some(tables),
+                Err(e) => {
+                    failures += 1;
+                    if e.kind == ErrorKind::Auth {
+                        error!(error = %e, "not authorized to read the route tables: fix the instance role or credentials (see iam-policy.example.json); retrying slowly, probing goes on");
+                    } else {
+                        warn!(error = %e, "cannot read the route tables yet; retrying, probing goes on");
+                    }
+                    let kind = e.kind;
+                    self.events.emit(Event::ApiError {
+                        op: "DescribeRouteTables",
+                        error: e,
+                    });
+                    kind
+                }
+            };
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                () = tokio::time::sleep(retry_delay(kind, failures, STARTUP_RETRY_CAP)) => {}
+            }
+        }
+    }
+
+    /// Brings the ledger in line with the tables: forgets what they no
+    /// longer bear out, and claims routes that are ours by the config's
+    /// ENI but not yet recorded (say, made by an older version), so that a
+    /// later config change still knows them.
+    fn tidy_ledger(&mut self, spec: &Spec, observed: &[RouteTable]) {
+        let stale = self
+            .ledger
+            .record()
+            .stale(observed, &spec.table_ids, |t, d| spec.current_eni(t, d));
+        let claim: Vec<ManagedRoute> = spec
+            .routes
+            .iter()
+            .filter(|r| {
+                matches!(
+                    plan::status(r, self.ledger.record(), observed),
+                    Status::Ours { stale: false, .. }
+                ) && self
+                    .ledger
+                    .record()
+                    .created_eni(&r.route_table_id, r.destination)
+                    .is_none()
+            })
+            .cloned()
+            .collect();
+        let result = self
+            .ledger
+            .forget_all(&stale)
+            .and_then(|()| claim.iter().try_for_each(|r| self.ledger.will_create(r)));
+        if let Err(e) = result {
+            error!(error = %e, "cannot update the ownership ledger");
         }
     }
 
@@ -130,64 +367,188 @@ impl Reconciler {
         });
     }
 
-    /// Reads, plans and acts until the tables match `path`. `Err` means a
-    /// call failed and the caller should retry after a backoff.
-    async fn reconcile(&mut self, path: Via) -> Result<(), ()> {
+    /// Reads, plans and acts until the tables match `path`, the path
+    /// changes, or a call fails.
+    async fn reconcile(&mut self, path: Via, desired: &watch::Receiver<Desired>) -> Pass {
         let spec = self.spec.borrow().clone();
+        let superseded = || desired.has_changed().unwrap_or(true);
         for _ in 0..MAX_PASSES {
-            let observed = match self.api.describe_route_tables(&spec.table_ids).await {
+            if self.stop.is_cancelled() {
+                return Pass::Stopped;
+            }
+            if superseded() {
+                return Pass::Superseded;
+            }
+            let ids = self.tables_to_read(&spec);
+            let observed = match self.api.describe_route_tables(&ids).await {
                 Ok(t) => t,
-                Err(e) => {
-                    warn!(error = %e, "DescribeRouteTables failed; will retry");
-                    self.events.emit(Event::ApiError {
-                        op: "DescribeRouteTables",
-                        error: e,
-                    });
-                    return Err(());
-                }
+                Err(e) => return self.read_failed(e),
             };
-            let plan = plan::plan(path, &spec.routes, &observed, spec.settings.takeover);
+            self.tidy_ledger(&spec, &observed);
+            let plan = plan::plan(
+                path,
+                Inputs {
+                    managed: &spec.routes,
+                    ledger: self.ledger.record(),
+                    takeover: spec.settings.takeover,
+                },
+                &observed,
+            );
             self.report(&plan.findings);
             if plan.actions.is_empty() {
-                return Ok(());
+                return if plan.converged(path) {
+                    Pass::Converged
+                } else {
+                    Pass::Blocked(blocking(&plan, path))
+                };
             }
-            let api = &self.api;
-            let results: Vec<(Action, Result<Outcome, CloudError>, Duration)> =
-                stream::iter(plan.actions)
-                    .map(|action| async move {
-                        let started = Instant::now();
-                        let result = execute(api.as_ref(), &action).await;
-                        (action, result, started.elapsed())
-                    })
-                    .buffer_unordered(CONCURRENT_CALLS)
-                    .collect()
-                    .await;
-            let mut failed = false;
-            for (action, result, latency) in results {
-                match &result {
-                    Ok(outcome) => info!(
+            if superseded() {
+                return Pass::Superseded;
+            }
+            if let Err(pass) = self.act(plan.actions).await {
+                return pass;
+            }
+        }
+        Pass::Failed {
+            kind: ErrorKind::Other,
+            why: format!("not converged after {MAX_PASSES} passes"),
+        }
+    }
+
+    fn read_failed(&self, e: CloudError) -> Pass {
+        if e.kind == ErrorKind::Auth {
+            error!(error = %e, "not authorized to read the route tables: fix the instance role or credentials; retrying slowly");
+        } else {
+            warn!(error = %e, "DescribeRouteTables failed; will retry");
+        }
+        let pass = Pass::Failed {
+            kind: e.kind,
+            why: format!("DescribeRouteTables failed: {e}"),
+        };
+        self.events.emit(Event::ApiError {
+            op: "DescribeRouteTables",
+            error: e,
+        });
+        pass
+    }
+
+    /// Makes the calls: records what it is about to create, re-checks what
+    /// it is about to remove, then calls, a few at a time, starting none
+    /// once stopped. `Err` carries how the pass ends.
+    async fn act(&mut self, actions: Vec<Action>) -> Result<(), Pass> {
+        let mut failed: Option<(ErrorKind, String)> = None;
+        let mut ready = Vec::with_capacity(actions.len());
+        let recheck = self.recheck_removals(&actions).await?;
+        for action in actions {
+            if action.removes_ours() && !recheck.contains(&action) {
+                continue;
+            }
+            let recorded = match &action {
+                Action::Create(r) | Action::Retarget { route: r, .. } => self.ledger.will_create(r),
+                Action::Replace { route, replacing } => self.ledger.will_replace(route, replacing),
+                Action::Delete(_) | Action::Restore { .. } => Ok(()),
+            };
+            match recorded {
+                Ok(()) => ready.push(action),
+                Err(e) => {
+                    // Never make a route we could not remember making.
+                    error!(error = %e, action = %action, "not calling: cannot record ownership first");
+                    failed.get_or_insert((ErrorKind::Other, e.to_string()));
+                }
+            }
+        }
+        let api = &self.api;
+        let stop = &self.stop;
+        let results: Vec<(Action, Result<Outcome, CloudError>, Duration)> = stream::iter(ready)
+            // Checked as each call is about to start: none starts once stopped.
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
+            .map(|action| async move {
+                let started = Instant::now();
+                let result = execute(api.as_ref(), &action).await;
+                (action, result, started.elapsed())
+            })
+            .buffer_unordered(CONCURRENT_CALLS)
+            .collect()
+            .await;
+        for (action, result, latency) in results {
+            match &result {
+                Ok(outcome) => {
+                    info!(
                         op = action.op(),
-                        route = %action.route(),
+                        action = %action,
                         ?outcome,
                         latency_ms = latency.as_millis(),
                         "route changed"
-                    ),
-                    Err(e) => {
-                        failed = true;
-                        error!(op = action.op(), route = %action.route(), error = %e, "route change failed; will retry");
+                    );
+                    if action.removes_ours() {
+                        let r = action.route();
+                        if let Err(e) = self.ledger.forget(&r.route_table_id, r.destination) {
+                            error!(error = %e, "cannot update the ownership ledger");
+                        }
                     }
                 }
-                self.events.emit(Event::RouteChange {
-                    action,
-                    result,
-                    latency,
-                });
+                Err(e) => {
+                    error!(op = action.op(), action = %action, error = %e, "route change failed; will retry");
+                    failed.get_or_insert((e.kind, format!("{} failed: {e}", action.op())));
+                }
             }
-            if failed {
-                return Err(());
+            self.events.emit(Event::RouteChange {
+                action,
+                result,
+                latency,
+            });
+        }
+        if self.stop.is_cancelled() {
+            return Err(Pass::Stopped);
+        }
+        match failed {
+            Some((kind, why)) => Err(Pass::Failed { kind, why }),
+            None => Ok(()),
+        }
+    }
+
+    /// Re-reads each table we are about to remove a route of ours from and
+    /// keeps the removals whose slot still holds that very route. What is
+    /// left is the window between this read and the call itself (one round
+    /// trip to EC2), which its API cannot close.
+    async fn recheck_removals(&self, actions: &[Action]) -> Result<Vec<Action>, Pass> {
+        let removals: Vec<&Action> = actions.iter().filter(|a| a.removes_ours()).collect();
+        let mut tables: Vec<String> = removals
+            .iter()
+            .map(|a| a.route().route_table_id.clone())
+            .collect();
+        tables.sort();
+        tables.dedup();
+        let mut confirmed = Vec::with_capacity(removals.len());
+        for table in tables {
+            if self.stop.is_cancelled() {
+                return Err(Pass::Stopped);
+            }
+            let fresh = match self
+                .api
+                .describe_route_tables(std::slice::from_ref(&table))
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => return Err(self.read_failed(e)),
+            };
+            for action in removals
+                .iter()
+                .filter(|a| a.route().route_table_id == table)
+            {
+                let route = action.route();
+                let still_ours = matches!(
+                    plan::status(route, self.ledger.record(), &fresh),
+                    Status::Ours { eni, .. } if eni == route.target_eni
+                );
+                if still_ours {
+                    confirmed.push((*action).clone());
+                } else {
+                    warn!(action = %action, "the route changed since it was read: left alone");
+                }
             }
         }
-        Err(())
+        Ok(confirmed)
     }
 
     fn report(&mut self, findings: &[Finding]) {
@@ -203,11 +564,27 @@ impl Reconciler {
     }
 }
 
+/// Why a plan with nothing to do is not converged, in one line.
+fn blocking(plan: &Plan, path: Via) -> String {
+    plan.findings
+        .iter()
+        .filter(|f| f.blocks(path))
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Makes one call; "already there" and "already gone" count as converged.
 async fn execute(api: &dyn RouteApi, action: &Action) -> Result<Outcome, CloudError> {
     let result = match action {
         Action::Create(r) => api.create_route(r).await,
-        Action::Replace { route, .. } => api.replace_route(route).await,
+        Action::Replace { route, .. } | Action::Retarget { route, .. } => {
+            api.replace_route(route).await
+        }
+        Action::Restore { route, original } => {
+            api.restore_route(&route.route_table_id, route.destination, original)
+                .await
+        }
         Action::Delete(r) => api.delete_route(&r.route_table_id, r.destination).await,
     };
     match (action, result) {

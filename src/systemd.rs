@@ -1,5 +1,5 @@
-//! systemd notifications (`Type=notify`): READY once the agent has adopted
-//! the route tables, WATCHDOG on every probe round (a stuck probe loop gets
+//! systemd notifications (`Type=notify`): READY as soon as probing runs
+//! (the route tables are read whenever the API answers), WATCHDOG on every probe round (a stuck probe loop gets
 //! restarted), STATUS with the path and the last round. Without
 //! `NOTIFY_SOCKET` (not under systemd) each call does nothing.
 
@@ -37,12 +37,22 @@ fn record(event: &Event) {
         return;
     }
     match event {
-        Event::Started { path, adopted, .. } => {
+        // Ready as soon as probing runs: reading the tables may take as
+        // long as the EC2 API is unreachable, and probing must not wait.
+        Event::Started { .. } => notify(&[
+            NotifyState::Ready,
+            NotifyState::Status("probing; waiting for the EC2 API to read the route tables"),
+        ]),
+        Event::Adopted { adoption, ours } => {
             let status = format!(
-                "path {path}, adopted {} routes; waiting for the first round",
-                adopted.len()
+                "route tables read: {adoption}, {} of our routes found",
+                ours.len()
             );
-            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            notify(&[NotifyState::Status(&status)]);
+        }
+        Event::Diverged { path, why } => {
+            let status = format!("path {path}, NOT converged: {why}");
+            notify(&[NotifyState::Status(&status)]);
         }
         Event::Round {
             number,

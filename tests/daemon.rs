@@ -162,15 +162,15 @@ async fn systemd_hears_ready_watchdog_status_and_stopping() {
         .position(|m| m.contains("WATCHDOG=1"))
         .expect("WATCHDOG=1");
     assert!(ready < watchdog, "{messages:?}");
+    // Ready as soon as probing runs, before the tables are read.
     assert!(
-        messages[ready].contains("STATUS=path Primary"),
+        messages[ready].contains("STATUS=probing; waiting for the EC2 API"),
         "{messages:?}"
     );
     assert!(
         messages[watchdog].contains("STATUS=path Primary; round"),
         "{messages:?}"
     );
-    // READY came only after adoption: the log says so first.
     assert!(!agent.lines("started").is_empty());
 
     assert!(agent.terminate().success());

@@ -299,9 +299,9 @@ async fn e2e_killed_on_backup_it_adopts_on_restart_and_fails_back_later() {
     s.hold_routes(s.all(), Duration::from_millis(500)).await;
 
     let second = Agent::start(s.config.path());
-    let started = second.wait_log("started", Duration::from_secs(20)).await;
-    assert_eq!(started["path"], "Backup", "{started}");
-    assert_eq!(started["adopted"], s.all() as u64, "{started}");
+    let adopted = second.wait_log("adopted", Duration::from_secs(20)).await;
+    assert_eq!(adopted["adoption"], "Backup", "{adopted}");
+    assert_eq!(adopted["ours"], s.all() as u64, "{adopted}");
     s.hold_routes(s.all(), Duration::from_secs(2)).await;
     assert!(
         second.lines("route changed").is_empty(),

@@ -16,7 +16,7 @@ use route_failover::cloud::{CloudError, ErrorKind, NetworkInterface, RouteApi};
 use route_failover::events::Event;
 use route_failover::fsm::Via;
 use route_failover::model::Action;
-use route_failover::model::{ManagedRoute, RouteTable};
+use route_failover::model::{ManagedRoute, RouteTable, Target};
 use route_failover::probe::scripted::Reply;
 
 mock! {
@@ -27,6 +27,7 @@ mock! {
         async fn describe_network_interfaces(&self, ids: &[String]) -> Result<Vec<NetworkInterface>, CloudError>;
         async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError>;
         async fn replace_route(&self, route: &ManagedRoute) -> Result<(), CloudError>;
+        async fn restore_route(&self, route_table_id: &str, destination: IpNet, target: &Target) -> Result<(), CloudError>;
         async fn delete_route(&self, route_table_id: &str, destination: IpNet) -> Result<(), CloudError>;
         async fn subnet_route_table(&self, subnet_id: &str) -> Result<String, CloudError>;
         async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError>;
@@ -220,6 +221,9 @@ impl RouteApi for HungWrites {
     async fn replace_route(&self, _: &ManagedRoute) -> Result<(), CloudError> {
         futures::future::pending().await
     }
+    async fn restore_route(&self, _: &str, _: IpNet, _: &Target) -> Result<(), CloudError> {
+        futures::future::pending().await
+    }
     async fn delete_route(&self, _: &str, _: IpNet) -> Result<(), CloudError> {
         futures::future::pending().await
     }
@@ -235,7 +239,8 @@ impl RouteApi for HungWrites {
 async fn shutdown_abandons_a_hung_call_within_its_bound_and_probing_went_on() {
     let config = config();
     let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
-    let mut h = Harness::start(&config, Arc::new(HungWrites(world.clone())), Reply::None);
+    let api: Arc<dyn RouteApi> = Arc::new(HungWrites(world.clone()));
+    let mut h = Harness::start(&config, Arc::clone(&api), Reply::None);
     h.transition(Via::Backup, secs(10)).await;
     // The reconciler is stuck in CreateRoute; rounds keep coming.
     let before = h.rounds();
@@ -251,4 +256,8 @@ async fn shutdown_abandons_a_hung_call_within_its_bound_and_probing_went_on() {
     let took = stopping.elapsed();
     assert!(took <= secs(11), "shutdown took {took:?}");
     assert!(our_routes(&world.tables()).is_empty());
+    // The reconciler task was aborted, not left running detached: nothing
+    // holds the API any more.
+    tokio::task::yield_now().await;
+    assert_eq!(Arc::strong_count(&api), 1, "the hung reconciler still runs");
 }

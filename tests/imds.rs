@@ -99,6 +99,7 @@ fn route_failover(args: &[&str], imds: &str, dir: &tempfile::TempDir) -> Output 
         .env_remove("AWS_REGION")
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
         .env("RUNTIME_DIRECTORY", dir.path())
+        .env("STATE_DIRECTORY", dir.path())
         .output()
         .unwrap()
 }
@@ -291,6 +292,7 @@ async fn off_ec2_own_subnet_id_drives_the_guard() {
     let out = Command::new(BIN)
         .args(["run", "--config", path.to_str().unwrap()])
         .env("RUNTIME_DIRECTORY", dir.path())
+        .env("STATE_DIRECTORY", dir.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

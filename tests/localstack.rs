@@ -4,6 +4,10 @@
 //! asserted against the in-memory backend instead, and the difference is
 //! written down next to the test.
 
+/// Nothing recorded in the ownership ledger: ownership by the config's ENI only.
+static NONE: std::sync::LazyLock<route_failover::state::Record> =
+    std::sync::LazyLock::new(route_failover::state::Record::default);
+
 #[path = "common/localstack.rs"]
 mod localstack;
 
@@ -52,9 +56,11 @@ async fn describe_create_replace_delete_round_trip() {
     let tables = api.describe_route_tables(&ids).await.unwrap();
     for r in [&v4, &v6] {
         assert_eq!(
-            status(r, &tables),
+            status(r, &NONE, &tables),
             Status::Ours {
-                state: route_failover::model::RouteState::Active
+                state: route_failover::model::RouteState::Active,
+                eni: w.enis[0].clone(),
+                stale: false,
             },
             "{r}"
         );
@@ -64,7 +70,7 @@ async fn describe_create_replace_delete_round_trip() {
     let other = managed(table, "10.1.0.0/16", &w.enis[1]);
     api.replace_route(&other).await.expect("ReplaceRoute");
     let tables = api.describe_route_tables(&ids).await.unwrap();
-    match status(&v4, &tables) {
+    match status(&v4, &NONE, &tables) {
         Status::Foreign { target, origin } => {
             assert_eq!(target, Target::NetworkInterface(w.enis[1].clone()));
             assert_eq!(origin, Origin::CreateRoute);
@@ -79,8 +85,8 @@ async fn describe_create_replace_delete_round_trip() {
         .await
         .expect("DeleteRoute v6");
     let tables = api.describe_route_tables(&ids).await.unwrap();
-    assert_eq!(status(&v4, &tables), Status::Absent);
-    assert_eq!(status(&v6, &tables), Status::Absent);
+    assert_eq!(status(&v4, &NONE, &tables), Status::Absent);
+    assert_eq!(status(&v6, &NONE, &tables), Status::Absent);
 
     // A missing route: EC2's code, which the agent treats as converged.
     let e = api.delete_route(table, v4.destination).await.unwrap_err();

@@ -13,15 +13,17 @@ use ipnet::IpNet;
 
 use super::{CloudError, NetworkInterface, RouteApi};
 use crate::model::Action;
-use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
+use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target, TargetKind};
 
 /// The AWS CLI command equivalent to `action`, as the dry run prints it.
 pub fn aws_cli(action: &Action, region: Option<&str>) -> String {
     let route = action.route();
+    let eni = Target::NetworkInterface(route.target_eni.clone());
     let (verb, target) = match action {
-        Action::Create(_) => ("create-route", true),
-        Action::Replace { .. } => ("replace-route", true),
-        Action::Delete(_) => ("delete-route", false),
+        Action::Create(_) => ("create-route", Some(&eni)),
+        Action::Replace { .. } | Action::Retarget { .. } => ("replace-route", Some(&eni)),
+        Action::Restore { original, .. } => ("replace-route", Some(original)),
+        Action::Delete(_) => ("delete-route", None),
     };
     let family = match route.destination {
         IpNet::V4(_) => "--destination-cidr-block",
@@ -31,8 +33,9 @@ pub fn aws_cli(action: &Action, region: Option<&str>) -> String {
         "aws ec2 {verb} --route-table-id {} {family} {}",
         route.route_table_id, route.destination
     );
-    if target {
-        line.push_str(&format!(" --network-interface-id {}", route.target_eni));
+    if let Some(target) = target {
+        let option = target.kind().map_or("--gateway-id", TargetKind::cli_option);
+        line.push_str(&format!(" {option} {target}"));
     }
     if let Some(region) = region {
         line.push_str(&format!(" --region {region}"));
@@ -47,9 +50,9 @@ pub struct DryRun {
     inner: Arc<dyn RouteApi>,
     region: Option<String>,
     out: Writer,
-    /// (table, destination) → the ENI our pretend static route points at,
-    /// or `None` for a pretend delete.
-    overlay: Mutex<BTreeMap<(String, IpNet), Option<String>>>,
+    /// (table, destination) → the target our pretend static route points
+    /// at, or `None` for a pretend delete.
+    overlay: Mutex<BTreeMap<(String, IpNet), Option<Target>>>,
     printed: Mutex<Vec<String>>,
 }
 
@@ -91,7 +94,8 @@ impl DryRun {
             .push(line);
         let value = match action {
             Action::Delete(_) => None,
-            _ => Some(route.target_eni.clone()),
+            Action::Restore { original, .. } => Some(original.clone()),
+            _ => Some(Target::NetworkInterface(route.target_eni.clone())),
         };
         self.overlay
             .lock()
@@ -106,17 +110,17 @@ impl RouteApi for DryRun {
         let mut tables = self.inner.describe_route_tables(ids).await?;
         let overlay = self.overlay.lock().unwrap_or_else(PoisonError::into_inner);
         for table in &mut tables {
-            for ((id, destination), eni) in overlay.iter() {
+            for ((id, destination), target) in overlay.iter() {
                 if *id != table.id {
                     continue;
                 }
                 table
                     .routes
                     .retain(|r| !(r.is_static() && r.destination == *destination));
-                if let Some(eni) = eni {
+                if let Some(target) = target {
                     table.routes.push(Route {
                         destination: *destination,
-                        target: Target::NetworkInterface(eni.clone()),
+                        target: target.clone(),
                         origin: Origin::CreateRoute,
                         state: RouteState::Active,
                     });
@@ -142,6 +146,20 @@ impl RouteApi for DryRun {
         self.pretend(&Action::Replace {
             route: route.clone(),
             replacing: Target::Other("(dry run)".into()),
+        });
+        Ok(())
+    }
+
+    async fn restore_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+        target: &Target,
+    ) -> Result<(), CloudError> {
+        let route = ManagedRoute::destination_only(route_table_id, destination);
+        self.pretend(&Action::Restore {
+            route,
+            original: target.clone(),
         });
         Ok(())
     }
@@ -201,20 +219,29 @@ mod tests {
         );
         let ids = [r.route_table_id.clone()];
         let seen = dry.describe_route_tables(&ids).await.unwrap();
+        let none = crate::state::Record::default();
         assert_eq!(
-            crate::plan::status(&r, &seen),
+            crate::plan::status(&r, &none, &seen),
             crate::plan::Status::Ours {
-                state: RouteState::Active
+                state: RouteState::Active,
+                eni: r.target_eni.clone(),
+                stale: false,
             }
         );
         let real = inner.describe_route_tables(&ids).await.unwrap();
-        assert_eq!(crate::plan::status(&r, &real), crate::plan::Status::Absent);
+        assert_eq!(
+            crate::plan::status(&r, &none, &real),
+            crate::plan::Status::Absent
+        );
 
         dry.delete_route(&r.route_table_id, r.destination)
             .await
             .unwrap();
         let seen = dry.describe_route_tables(&ids).await.unwrap();
-        assert_eq!(crate::plan::status(&r, &seen), crate::plan::Status::Absent);
+        assert_eq!(
+            crate::plan::status(&r, &none, &seen),
+            crate::plan::Status::Absent
+        );
 
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 2);

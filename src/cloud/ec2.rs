@@ -23,7 +23,7 @@ use super::{CloudError, ErrorKind, NetworkInterface, RouteApi};
 use crate::config::AwsConfig;
 use crate::instance::{self, Instance};
 use crate::model::Action;
-use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
+use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target, TargetKind};
 
 /// The EC2 backend.
 #[derive(Debug, Clone)]
@@ -365,6 +365,48 @@ impl RouteApi for Ec2RouteApi {
         self.route_call(Op::Replace, route, false).await
     }
 
+    async fn restore_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+        target: &Target,
+    ) -> Result<(), CloudError> {
+        let text = destination.to_string();
+        let (v4, v6) = match destination {
+            IpNet::V4(_) => (Some(text), None),
+            IpNet::V6(_) => (None, Some(text)),
+        };
+        let call = self
+            .client
+            .replace_route()
+            .route_table_id(route_table_id)
+            .set_destination_cidr_block(v4)
+            .set_destination_ipv6_cidr_block(v6);
+        let id = target.id();
+        let call = match target.kind() {
+            Some(TargetKind::NetworkInterface) => call.network_interface_id(id),
+            Some(TargetKind::Gateway) => call.gateway_id(id),
+            Some(TargetKind::TransitGateway) => call.transit_gateway_id(id),
+            Some(TargetKind::NatGateway) => call.nat_gateway_id(id),
+            Some(TargetKind::VpcPeering) => call.vpc_peering_connection_id(id),
+            Some(TargetKind::Instance) => call.instance_id(id),
+            Some(TargetKind::EgressOnlyGateway) => call.egress_only_internet_gateway_id(id),
+            Some(TargetKind::LocalGateway) => call.local_gateway_id(id),
+            Some(TargetKind::CarrierGateway) => call.carrier_gateway_id(id),
+            Some(TargetKind::VpcEndpoint) => call.vpc_endpoint_id(id),
+            Some(TargetKind::CoreNetwork) => call.core_network_arn(id),
+            None => {
+                return Err(CloudError::new(
+                    ErrorKind::Other,
+                    None,
+                    format!("cannot point {route_table_id} {destination} back at {target}: unknown kind of target"),
+                ))
+            }
+        };
+        call.send().await.map_err(classify)?;
+        Ok(())
+    }
+
     async fn delete_route(
         &self,
         route_table_id: &str,
@@ -437,7 +479,9 @@ impl RouteApi for Ec2RouteApi {
         }
         let op = match action {
             Action::Create(_) => Op::Create,
-            Action::Replace { .. } => Op::Replace,
+            Action::Replace { .. } | Action::Retarget { .. } | Action::Restore { .. } => {
+                Op::Replace
+            }
             Action::Delete(_) => Op::Delete,
         };
         let result = self.route_call(op, route, true).await;

@@ -228,6 +228,18 @@ fn local_route_error(id: &str, destination: IpNet) -> CloudError {
     )
 }
 
+/// EC2 answers InvalidParameterValue here, not InvalidRoute.NotFound.
+fn no_route_to_replace(destination: IpNet) -> CloudError {
+    CloudError::new(
+        ErrorKind::Other,
+        Some("InvalidParameterValue"),
+        format!(
+            "There is no route defined for '{destination}' in the route table. \
+             Use CreateRoute instead."
+        ),
+    )
+}
+
 fn subject(route_table_id: &str, destination: IpNet) -> String {
     format!("{route_table_id} {destination}")
 }
@@ -235,16 +247,12 @@ fn subject(route_table_id: &str, destination: IpNet) -> String {
 #[async_trait]
 impl RouteApi for MemoryRouteApi {
     async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError> {
+        // As EC2's route-table-id filter: what exists, no error for the rest.
         self.call("DescribeRouteTables", ids.join(","), |state| {
-            ids.iter()
-                .map(|id| {
-                    state
-                        .tables
-                        .get(id)
-                        .cloned()
-                        .ok_or_else(|| table_not_found(id))
-                })
-                .collect()
+            Ok(ids
+                .iter()
+                .filter_map(|id| state.tables.get(id).cloned())
+                .collect())
         })
     }
 
@@ -297,23 +305,43 @@ impl RouteApi for MemoryRouteApi {
                 .routes
                 .iter_mut()
                 .find(|r| r.is_static() && r.destination == route.destination)
-                .ok_or_else(|| {
-                    CloudError::new(
-                        ErrorKind::Other,
-                        Some("InvalidParameterValue"),
-                        format!(
-                            "There is no route defined for '{}' in the route table. \
-                             Use CreateRoute instead.",
-                            route.destination
-                        ),
-                    )
-                })?;
+                .ok_or_else(|| no_route_to_replace(route.destination))?;
             if existing.origin == Origin::CreateRouteTable {
                 return Err(local_route_error(id, route.destination));
             }
             *existing = our_route(route);
             Ok(())
         })
+    }
+
+    async fn restore_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+        target: &Target,
+    ) -> Result<(), CloudError> {
+        self.call(
+            "ReplaceRoute",
+            subject(route_table_id, destination),
+            |state| {
+                if let Target::NetworkInterface(eni) = target {
+                    check_eni(state, eni)?;
+                }
+                let table = table_mut(state, route_table_id)?;
+                let existing = table
+                    .routes
+                    .iter_mut()
+                    .find(|r| r.is_static() && r.destination == destination)
+                    .ok_or_else(|| no_route_to_replace(destination))?;
+                if existing.origin == Origin::CreateRouteTable {
+                    return Err(local_route_error(route_table_id, destination));
+                }
+                existing.target = target.clone();
+                existing.origin = Origin::CreateRoute;
+                existing.state = RouteState::Active;
+                Ok(())
+            },
+        )
     }
 
     async fn delete_route(
@@ -442,11 +470,13 @@ mod tests {
             api.create_route(&bad_table).await.unwrap_err().kind,
             ErrorKind::TableNotFound
         );
-        let e = api
+        // Like EC2's route-table-id filter: one unknown id hides nothing.
+        let found = api
             .describe_route_tables(&[r.route_table_id.clone(), "rtb-ffffffff".into()])
             .await
-            .unwrap_err();
-        assert_eq!(e.code.as_deref(), Some("InvalidRouteTableID.NotFound"));
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, r.route_table_id);
         let bad_eni = ManagedRoute {
             target_eni: "eni-ffffffff".into(),
             ..r.clone()

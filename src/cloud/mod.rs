@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::model::Action;
-use crate::model::{ManagedRoute, RouteTable};
+use crate::model::{ManagedRoute, RouteTable, Target};
 
 /// What kind of failure an API call had, by EC2 error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,6 +131,15 @@ pub trait RouteApi: Send + Sync {
     async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError>;
 
     async fn replace_route(&self, route: &ManagedRoute) -> Result<(), CloudError>;
+
+    /// Points the static route for `destination` back at `target` (any
+    /// kind: a transit gateway, NAT gateway, peering, …), undoing a takeover.
+    async fn restore_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+        target: &Target,
+    ) -> Result<(), CloudError>;
 
     async fn delete_route(
         &self,

@@ -101,7 +101,12 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         }
     }
     if let Ok(observed) = api.describe_route_tables(&tables).await {
-        for finding in plan::plan(Via::Primary, &config.routes, &observed, false).findings {
+        let ledger = super::ledger(config);
+        let inputs = plan::Inputs {
+            takeover: false,
+            ..super::inputs(config, &ledger)
+        };
+        for finding in plan::plan(Via::Primary, inputs, &observed).findings {
             println!("! {finding}");
         }
     }

@@ -19,7 +19,11 @@ use crate::cloud::memory::MemoryRouteApi;
 use crate::cloud::RouteApi;
 use crate::config::{Backend, Config};
 use crate::instance::{self, Instance};
+use tracing::warn;
+
 use crate::model::{table_ids, RouteTable};
+use crate::plan::Inputs;
+use crate::state::{Ledger, Record};
 
 /// The backend the config asks for, and what instance metadata told us.
 pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn RouteApi>, Instance)> {
@@ -47,10 +51,36 @@ pub fn own_subnet<'a>(config: &'a Config, instance: &'a Instance) -> Option<&'a 
         .or(instance.subnet_id.as_deref())
 }
 
-/// Connects and reads every managed route table in one call.
-pub async fn read_tables(config: &Config) -> anyhow::Result<Vec<RouteTable>> {
+/// What the running agent has recorded as ours (read only; an agent that
+/// never ran, or runs elsewhere, has recorded nothing here).
+pub fn ledger(config: &Config) -> Record {
+    match Ledger::peek_for_config(&config.source) {
+        Ok(record) => record,
+        Err(e) => {
+            warn!(error = %e, "ignoring the ownership ledger");
+            Record::default()
+        }
+    }
+}
+
+/// Connects and reads, in one call, every managed route table and every
+/// table the ledger has routes of ours in.
+pub async fn read_tables(config: &Config, ledger: &Record) -> anyhow::Result<Vec<RouteTable>> {
     let (api, _) = connect(config).await?;
-    api.describe_route_tables(&table_ids(&config.routes))
+    let mut ids = table_ids(&config.routes);
+    ids.extend(ledger.table_ids());
+    ids.sort();
+    ids.dedup();
+    api.describe_route_tables(&ids)
         .await
         .context("cannot read the route tables")
+}
+
+/// The planner's inputs for `config` and `ledger`.
+pub fn inputs<'a>(config: &'a Config, ledger: &'a Record) -> Inputs<'a> {
+    Inputs {
+        managed: &config.routes,
+        ledger,
+        takeover: config.reconcile.takeover,
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::read_tables;
+use super::{inputs, ledger, read_tables};
 use crate::cloud::dry_run::aws_cli;
 use crate::config::Config;
 use crate::fsm::Via;
@@ -10,8 +10,9 @@ use crate::plan;
 
 /// Prints the calls a switch to `path` would make now, without making them.
 pub async fn plan_switch(config: &Config, path: Via) -> anyhow::Result<ExitCode> {
-    let observed = read_tables(config).await?;
-    let plan = plan::plan(path, &config.routes, &observed, config.reconcile.takeover);
+    let ledger = ledger(config);
+    let observed = read_tables(config, &ledger).await?;
+    let plan = plan::plan(path, inputs(config, &ledger), &observed);
     if plan.actions.is_empty() {
         println!("# nothing to do: the route tables already match {path}");
     }

@@ -10,19 +10,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{connect, own_subnet};
-use crate::agent::{Agent, Control};
+use crate::agent::{Agent, AgentError, Control};
 use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
-use crate::config::Config;
-use crate::guard::{self, Verdict};
+use crate::config::{Config, EXIT_CONFIG};
+use crate::guard::{self, GuardError, Verdict};
 use crate::instance::Instance;
 use crate::metrics::{self, MetricsSink};
 use crate::probe::icmp::IcmpProber;
 use crate::probe::Prober;
+use crate::reconcile::{CheckFailure, StartupCheck};
+use crate::state::Ledger;
 use crate::systemd::SystemdSink;
 use crate::{lock, signals};
 
-async fn run_guard(config: &Config, api: &dyn RouteApi, instance: &Instance) -> anyhow::Result<()> {
+async fn run_guard(
+    config: &Config,
+    api: &dyn RouteApi,
+    instance: &Instance,
+) -> Result<(), GuardError> {
     let subnet = own_subnet(config, instance);
     match guard::check(api, subnet, &config.routes, config.aws.allow_self_subnet).await? {
         Verdict::Clear { subnet, table } => info!(%subnet, %table, "self-subnet guard: own table is not managed"),
@@ -37,6 +43,28 @@ async fn run_guard(config: &Config, api: &dyn RouteApi, instance: &Instance) -> 
     Ok(())
 }
 
+/// The self-subnet guard as the agent's startup check: run before the
+/// tables are first read, retried while the API cannot answer, and a
+/// refusal when the own subnet's table is managed.
+fn guard_check(config: &Config, api: &Arc<dyn RouteApi>, instance: &Instance) -> StartupCheck {
+    let (config, api, instance) = (config.clone(), Arc::clone(api), instance.clone());
+    Box::new(move || {
+        let (config, api, instance) = (config.clone(), Arc::clone(&api), instance.clone());
+        Box::pin(async move {
+            match run_guard(&config, api.as_ref(), &instance).await {
+                Ok(()) => Ok(()),
+                Err(GuardError::Api { error, .. }) if error.kind.is_retryable() => {
+                    Err(CheckFailure::Retry {
+                        kind: error.kind,
+                        message: format!("self-subnet guard: {error}"),
+                    })
+                }
+                Err(e) => Err(CheckFailure::Refuse(e.to_string())),
+            }
+        })
+    })
+}
+
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let _lock = lock::acquire(&config.source)?;
@@ -45,12 +73,22 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         info!(%listen, "serving Prometheus metrics on /metrics");
     }
     let (mut api, instance) = connect(&config).await?;
-    run_guard(&config, api.as_ref(), &instance).await?;
-    if dry_run {
+    let check = guard_check(&config, &api, &instance);
+    // A dry run records nothing: it creates nothing.
+    let ledger = if dry_run {
         api = Arc::new(DryRun::new(api, config.aws.region.clone()));
-    }
+        Ledger::in_memory()
+    } else {
+        let ledger = Ledger::for_config(&config.source)?;
+        if let Some(path) = ledger.path() {
+            info!(ledger = %path.display(), "ownership ledger");
+        }
+        ledger
+    };
     let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
     let agent = Agent::new(config.clone(), Box::new(prober), Arc::clone(&api))
+        .with_ledger(ledger)
+        .with_startup_check(check)
         .with_sink(Arc::new(MetricsSink))
         .with_sink(Arc::new(SystemdSink));
     let shutdown = CancellationToken::new();
@@ -69,8 +107,16 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    agent.run(shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    match agent.run(shutdown).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The agent's setup contradicts the config (say, it manages its
+        // own subnet's table): restarting will not help.
+        Err(AgentError::Refused(why)) => {
+            eprintln!("error: {why}");
+            Ok(ExitCode::from(EXIT_CONFIG as u8))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads the config again and hands it to the agent, or explains why not.

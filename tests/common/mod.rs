@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod apis;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,13 +99,24 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(config: &Config, api: Arc<dyn RouteApi>, reply: Reply) -> Self {
+        Self::start_with(config, api, reply, |agent| agent)
+    }
+
+    /// As [`Harness::start`], with the agent adjusted by `build` first
+    /// (a ledger, a startup check).
+    pub fn start_with(
+        config: &Config,
+        api: Arc<dyn RouteApi>,
+        reply: Reply,
+        build: impl FnOnce(Agent) -> Agent,
+    ) -> Self {
         let (prober, script) = ScriptedProber::new(
             config.probe.targets.clone(),
             config.probe.count,
             vec![Phase::new("initial", 1, reply)],
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        let agent = Agent::new(config.clone(), Box::new(prober), api).with_events(tx);
+        let agent = build(Agent::new(config.clone(), Box::new(prober), api).with_events(tx));
         let control = agent.control();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.run(shutdown.clone()));
@@ -191,6 +204,24 @@ impl Harness {
             .filter(|(_, e)| matches!(e, Event::Round { .. }))
             .count()
     }
+}
+
+/// Our static routes present in `tables`, pointing at `eni`.
+pub fn routes_to(tables: &[route_failover::model::RouteTable], eni: &str) -> Vec<String> {
+    let mut out: Vec<String> = tables
+        .iter()
+        .flat_map(|t| {
+            t.routes
+                .iter()
+                .filter(|r| {
+                    r.origin == Origin::CreateRoute
+                        && r.target == Target::NetworkInterface(eni.into())
+                })
+                .map(move |r| format!("{} {}", t.id, r.destination))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Our static routes present in `tables`, as (table, destination) strings.

@@ -26,10 +26,13 @@ impl Agent {
 
     /// `debug` also logs every round; `env` is added to the agent's environment.
     pub fn start_with(config: &Path, level: &str, env: &[(&str, &str)]) -> Self {
+        // The ownership ledger beside the test's config, not in /var/lib.
+        let state = config.parent().expect("the config is in a directory");
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", level)
+            .env("STATE_DIRECTORY", state)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

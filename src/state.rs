@@ -1,0 +1,489 @@
+//! The ownership ledger: a durable record of the routes the agent created,
+//! and of the foreign routes it replaced (with `takeover`), so that they are
+//! recognised as ours after the config changes (a new `target_eni`, a route
+//! dropped from `[[routes]]`) or the agent restarts.
+//!
+//! Each entry is written (and synced) *before* the call that makes it true,
+//! so a crash between the two leaves an entry for a route that may not
+//! exist, never a route of ours that the ledger does not know. Entries that
+//! the route tables no longer bear out are pruned after each read.
+//!
+//! The file lives in systemd's `StateDirectory` (`$STATE_DIRECTORY`), else
+//! in `/var/lib/route-failover`, one file per configuration path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ManagedRoute, RouteTable, Target};
+
+/// The ledger's on-disk format version.
+const VERSION: u32 = 1;
+
+/// Where state lives when systemd does not say.
+const DEFAULT_DIR: &str = "/var/lib/route-failover";
+
+/// A route slot: one destination in one table.
+pub type Slot = (String, IpNet);
+
+/// What the ledger holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    version: u32,
+    /// Static routes we created: (table, destination) -> the ENI they point at.
+    created: BTreeMap<String, BTreeMap<IpNet, String>>,
+    /// Foreign routes we replaced: (table, destination) -> their original target.
+    replaced: BTreeMap<String, BTreeMap<IpNet, Target>>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            version: VERSION,
+            created: BTreeMap::new(),
+            replaced: BTreeMap::new(),
+        }
+    }
+}
+
+impl Record {
+    /// The ENI our route at `slot` was created with, if we created one.
+    pub fn created_eni(&self, table: &str, destination: IpNet) -> Option<&str> {
+        self.created
+            .get(table)
+            .and_then(|m| m.get(&destination))
+            .map(String::as_str)
+    }
+
+    /// The original target of the foreign route we replaced at `slot`.
+    pub fn replaced_target(&self, table: &str, destination: IpNet) -> Option<&Target> {
+        self.replaced.get(table).and_then(|m| m.get(&destination))
+    }
+
+    /// Every slot the ledger knows, sorted.
+    pub fn slots(&self) -> BTreeSet<Slot> {
+        let created = self
+            .created
+            .iter()
+            .flat_map(|(t, m)| m.keys().map(move |d| (t.clone(), *d)));
+        let replaced = self
+            .replaced
+            .iter()
+            .flat_map(|(t, m)| m.keys().map(move |d| (t.clone(), *d)));
+        created.chain(replaced).collect()
+    }
+
+    /// The tables the ledger has entries in.
+    pub fn table_ids(&self) -> BTreeSet<String> {
+        self.slots().into_iter().map(|(t, _)| t).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.replaced.is_empty()
+    }
+
+    fn insert_created(&mut self, route: &ManagedRoute) {
+        self.created
+            .entry(route.route_table_id.clone())
+            .or_default()
+            .insert(route.destination, route.target_eni.clone());
+    }
+
+    fn insert_replaced(&mut self, route: &ManagedRoute, original: &Target) {
+        self.replaced
+            .entry(route.route_table_id.clone())
+            .or_default()
+            .insert(route.destination, original.clone());
+    }
+
+    fn remove(&mut self, table: &str, destination: IpNet) {
+        remove_slot(&mut self.created, table, destination);
+        remove_slot(&mut self.replaced, table, destination);
+    }
+
+    /// The entries the observed tables no longer bear out: the slot holds no
+    /// static route to an ENI we put there, or its table is gone and no
+    /// longer configured (`configured_tables`). A configured table that is
+    /// missing keeps its entries: it is reported, not forgotten.
+    pub fn stale(
+        &self,
+        observed: &[RouteTable],
+        configured_tables: &BTreeSet<String>,
+        current_eni: impl Fn(&str, IpNet) -> Option<String>,
+    ) -> Vec<Slot> {
+        let mut stale = Vec::new();
+        for (table_id, destination) in self.slots() {
+            let Some(table) = observed.iter().find(|t| t.id == table_id) else {
+                if !configured_tables.contains(&table_id) {
+                    stale.push((table_id, destination));
+                }
+                continue;
+            };
+            let ours = table
+                .routes
+                .iter()
+                .find(|r| r.is_static() && r.destination == destination)
+                .is_some_and(|r| match &r.target {
+                    Target::NetworkInterface(eni) => {
+                        self.created_eni(&table_id, destination) == Some(eni.as_str())
+                            || current_eni(&table_id, destination).as_deref() == Some(eni.as_str())
+                    }
+                    _ => false,
+                });
+            if !ours {
+                stale.push((table_id, destination));
+            }
+        }
+        stale
+    }
+}
+
+fn remove_slot<V>(map: &mut BTreeMap<String, BTreeMap<IpNet, V>>, table: &str, destination: IpNet) {
+    if let Some(m) = map.get_mut(table) {
+        m.remove(&destination);
+        if m.is_empty() {
+            map.remove(table);
+        }
+    }
+}
+
+/// Why the ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the ownership ledger {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "the ownership ledger {path} is corrupt ({error}); move it aside to start afresh \
+         (routes of ours that point at a target_eni no longer in the config would then count as foreign)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error(
+        "the ownership ledger {path} has format version {version}, newer than this \
+         route-failover understands ({VERSION}): run the newer version, or move the file aside"
+    )]
+    Newer { path: PathBuf, version: u32 },
+    #[error("cannot write the ownership ledger {path}: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// The ledger and where it is kept (nowhere, for the demo and tests).
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    path: Option<PathBuf>,
+    record: Record,
+}
+
+impl Ledger {
+    /// A ledger that lives only in memory.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// The ledger for `config` in the state directory: systemd's
+    /// `$STATE_DIRECTORY`, else /var/lib/route-failover.
+    pub fn for_config(config: &Path) -> Result<Self, StateError> {
+        Self::open(&state_dir().join(file_name(config)))
+    }
+
+    /// Reads the ledger for `config` without writing anything (for `status`
+    /// and `plan`); nothing recorded yet is an empty record.
+    pub fn peek_for_config(config: &Path) -> Result<Record, StateError> {
+        read(&state_dir().join(file_name(config)))
+    }
+
+    /// Opens (or starts) the ledger kept at `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let record = read(path)?;
+        let ledger = Self {
+            path: Some(path.to_path_buf()),
+            record,
+        };
+        // Prove now, not at the first failover, that it can be written.
+        ledger.save()?;
+        Ok(ledger)
+    }
+
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Records that we are about to create (or retarget) `route`.
+    pub fn will_create(&mut self, route: &ManagedRoute) -> Result<(), StateError> {
+        self.update(|r| r.insert_created(route))
+    }
+
+    /// Records that we are about to replace a foreign route whose target is `original`.
+    pub fn will_replace(
+        &mut self,
+        route: &ManagedRoute,
+        original: &Target,
+    ) -> Result<(), StateError> {
+        self.update(|r| {
+            r.insert_replaced(route, original);
+            r.insert_created(route);
+        })
+    }
+
+    /// Forgets the slot: our route there is gone (deleted, or restored to its owner).
+    pub fn forget(&mut self, table: &str, destination: IpNet) -> Result<(), StateError> {
+        self.update(|r| r.remove(table, destination))
+    }
+
+    /// Forgets several slots at once.
+    pub fn forget_all(&mut self, slots: &[Slot]) -> Result<(), StateError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        self.update(|r| {
+            for (t, d) in slots {
+                r.remove(t, *d);
+            }
+        })
+    }
+
+    fn update(&mut self, f: impl FnOnce(&mut Record)) -> Result<(), StateError> {
+        let before = self.record.clone();
+        f(&mut self.record);
+        if self.record == before {
+            return Ok(());
+        }
+        if let Err(e) = self.save() {
+            // What is on disk is what counts: do not pretend otherwise.
+            self.record = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes the ledger atomically: a synced temporary file renamed over the old one.
+    fn save(&self) -> Result<(), StateError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let write = |error| StateError::Write {
+            path: path.clone(),
+            error,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(write)?;
+        }
+        let bytes = serde_json::to_vec_pretty(&self.record).expect("the ledger serializes");
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(write)?;
+        file.write_all(&bytes).map_err(write)?;
+        file.sync_all().map_err(write)?;
+        std::fs::rename(&tmp, path).map_err(write)?;
+        if let Some(dir) = path.parent() {
+            // The rename is durable once the directory is synced.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<Record, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let record: Record =
+                serde_json::from_slice(&bytes).map_err(|error| StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+            if record.version > VERSION {
+                return Err(StateError::Newer {
+                    path: path.to_path_buf(),
+                    version: record.version,
+                });
+            }
+            Ok(record)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+        Err(error) => Err(StateError::Read {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(|dirs| {
+            // systemd may list several, separated by colons; the first is ours.
+            let dirs = dirs.to_string_lossy().to_string();
+            PathBuf::from(dirs.split(':').next().unwrap_or_default())
+        })
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// `routes-<config path, escaped>.json`: one ledger per configuration.
+fn file_name(config: &Path) -> String {
+    let absolute = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let name: String = absolute
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("routes-{name}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Origin, Route, RouteState};
+
+    fn route(table: &str, dest: &str, eni: &str) -> ManagedRoute {
+        ManagedRoute {
+            route_table_id: table.into(),
+            destination: dest.parse().unwrap(),
+            target_eni: eni.into(),
+        }
+    }
+
+    fn table(id: &str, routes: &[(&str, Target)]) -> RouteTable {
+        RouteTable {
+            id: id.into(),
+            routes: routes
+                .iter()
+                .map(|(d, t)| Route {
+                    destination: d.parse().unwrap(),
+                    target: t.clone(),
+                    origin: Origin::CreateRoute,
+                    state: RouteState::Active,
+                })
+                .collect(),
+            ..RouteTable::default()
+        }
+    }
+
+    #[test]
+    fn survives_a_reopen_and_forgets_what_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.json");
+        let mut ledger = Ledger::open(&path).unwrap();
+        let a = route("rtb-aaaaaaaa", "10.1.0.0/16", "eni-11111111");
+        let b = route("rtb-aaaaaaaa", "10.2.0.0/16", "eni-11111111");
+        ledger.will_create(&a).unwrap();
+        ledger
+            .will_replace(&b, &Target::Other("tgw-22222222".into()))
+            .unwrap();
+        let reopened = Ledger::open(&path).unwrap();
+        assert_eq!(reopened.record(), ledger.record());
+        assert_eq!(
+            reopened.record().created_eni("rtb-aaaaaaaa", a.destination),
+            Some("eni-11111111")
+        );
+        assert_eq!(
+            reopened
+                .record()
+                .replaced_target("rtb-aaaaaaaa", b.destination),
+            Some(&Target::Other("tgw-22222222".into()))
+        );
+        ledger.forget("rtb-aaaaaaaa", b.destination).unwrap();
+        let reopened = Ledger::open(&path).unwrap();
+        assert_eq!(
+            reopened
+                .record()
+                .replaced_target("rtb-aaaaaaaa", b.destination),
+            None
+        );
+        assert_eq!(
+            reopened.record().created_eni("rtb-aaaaaaaa", b.destination),
+            None
+        );
+        assert_eq!(reopened.record().slots().len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_ledger_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        std::fs::write(&path, "{ not json").unwrap();
+        let e = Ledger::open(&path).unwrap_err();
+        assert!(e.to_string().contains("move it aside"), "{e}");
+    }
+
+    #[test]
+    fn an_unwritable_ledger_keeps_memory_and_disk_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.json");
+        let mut ledger = Ledger::open(&path).unwrap();
+        // Make the directory unwritable by replacing it with a file.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path(), "").unwrap();
+        let r = route("rtb-aaaaaaaa", "10.1.0.0/16", "eni-11111111");
+        assert!(ledger.will_create(&r).is_err());
+        assert!(ledger.record().is_empty(), "recorded what was not saved");
+        let _ = std::fs::remove_file(dir.path());
+    }
+
+    #[test]
+    fn stale_entries_are_those_the_tables_do_not_bear_out() {
+        let mut record = Record::default();
+        let a = route("rtb-aaaaaaaa", "10.1.0.0/16", "eni-11111111");
+        let b = route("rtb-aaaaaaaa", "10.2.0.0/16", "eni-11111111");
+        let c = route("rtb-aaaaaaaa", "10.3.0.0/16", "eni-11111111");
+        let gone = route("rtb-bbbbbbbb", "10.1.0.0/16", "eni-11111111");
+        let kept = route("rtb-cccccccc", "10.1.0.0/16", "eni-11111111");
+        for r in [&a, &b, &c, &gone, &kept] {
+            record.insert_created(r);
+        }
+        let observed = [table(
+            "rtb-aaaaaaaa",
+            &[
+                // Still ours.
+                (
+                    "10.1.0.0/16",
+                    Target::NetworkInterface("eni-11111111".into()),
+                ),
+                // Somebody pointed it elsewhere: no longer ours.
+                ("10.2.0.0/16", Target::Other("tgw-22222222".into())),
+                // 10.3.0.0/16 is absent.
+            ],
+        )];
+        // rtb-b is gone and no longer configured; rtb-c is configured but missing.
+        let configured: BTreeSet<String> = ["rtb-aaaaaaaa".into(), "rtb-cccccccc".into()].into();
+        let stale = record.stale(&observed, &configured, |_, _| None);
+        assert_eq!(
+            stale,
+            vec![
+                ("rtb-aaaaaaaa".to_string(), b.destination),
+                ("rtb-aaaaaaaa".to_string(), c.destination),
+                ("rtb-bbbbbbbb".to_string(), gone.destination),
+            ]
+        );
+    }
+
+    #[test]
+    fn file_names_follow_the_config_path() {
+        assert_eq!(
+            file_name(Path::new("/etc/route-failover/config.toml")),
+            "routes-etc-route-failover-config.toml.json"
+        );
+    }
+}
