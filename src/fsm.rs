@@ -671,69 +671,155 @@ mod tests {
     }
 
     proptest! {
-        /// No failover without `fall` consecutive down rounds, no failback
-        /// without `rise` consecutive up rounds and hold-down, never in manual
-        /// mode, and never two transitions on one round.
-        #[test]
-        fn transitions_respect_hysteresis(
-            policy in arb_policy(),
-            start_backup in any::<bool>(),
-            rounds in proptest::collection::vec(any::<bool>(), 0..400),
-        ) {
-            let t0 = Instant::now();
-            let start = if start_backup { Via::Backup } else { Via::Primary };
-            let mut fsm = Fsm::new(policy.clone(), start, t0);
-            let mut path = start;
-            let mut backup_since = start_backup.then_some(t0);
-            let (mut downs, mut ups) = (0u32, 0u32);
-            for (i, &up) in rounds.iter().enumerate() {
-                let now = t0 + Duration::from_secs(i as u64 + 1);
-                if up { ups += 1; downs = 0; } else { downs += 1; ups = 0; }
-                let step = fsm.observe(now, &round(up));
-                if let Some(t) = step.transition {
-                    prop_assert_eq!(t.from, path);
-                    prop_assert_ne!(t.from, t.to);
-                    match t.to {
-                        Via::Backup => {
-                            prop_assert!(!up);
-                            prop_assert!(downs >= policy.fall);
-                            backup_since = Some(now);
+            /// No failover without `fall` consecutive down rounds, no failback
+            /// without `rise` consecutive up rounds and hold-down, never in manual
+            /// mode, and never two transitions on one round.
+            #[test]
+            fn transitions_respect_hysteresis(
+                policy in arb_policy(),
+                start_backup in any::<bool>(),
+                rounds in proptest::collection::vec(any::<bool>(), 0..400),
+            ) {
+                let t0 = Instant::now();
+                let start = if start_backup { Via::Backup } else { Via::Primary };
+                let mut fsm = Fsm::new(policy.clone(), start, t0);
+                let mut path = start;
+                let mut backup_since = start_backup.then_some(t0);
+                let (mut downs, mut ups) = (0u32, 0u32);
+                for (i, &up) in rounds.iter().enumerate() {
+                    let now = t0 + Duration::from_secs(i as u64 + 1);
+                    if up { ups += 1; downs = 0; } else { downs += 1; ups = 0; }
+                    let step = fsm.observe(now, &round(up));
+                    if let Some(t) = step.transition {
+                        prop_assert_eq!(t.from, path);
+                        prop_assert_ne!(t.from, t.to);
+                        match t.to {
+                            Via::Backup => {
+                                prop_assert!(!up);
+                                prop_assert!(downs >= policy.fall);
+                                backup_since = Some(now);
+                            }
+                            Via::Primary => {
+                                prop_assert!(up);
+                                prop_assert!(ups >= policy.rise);
+                                prop_assert_eq!(policy.failback, Failback::Auto);
+                                let since = backup_since.expect("was on backup");
+                                prop_assert!(now - since >= policy.hold_down);
+                            }
                         }
-                        Via::Primary => {
-                            prop_assert!(up);
-                            prop_assert!(ups >= policy.rise);
-                            prop_assert_eq!(policy.failback, Failback::Auto);
-                            let since = backup_since.expect("was on backup");
-                            prop_assert!(now - since >= policy.hold_down);
+                        path = t.to;
+                        downs = 0;
+                        ups = 0;
+                    }
+                    prop_assert_eq!(fsm.path(), path);
+                }
+            }
+
+            /// With auto failback, a primary that stays up eventually wins back
+            /// traffic once flap damping and hold-down allow: the agent never
+            /// sticks on Backup for good.
+            #[test]
+            fn auto_failback_is_live(policy in arb_policy(), prefix in proptest::collection::vec(any::<bool>(), 0..100)) {
+                let policy = Policy { failback: Failback::Auto, ..policy };
+                let t0 = Instant::now();
+                let mut fsm = Fsm::new(policy.clone(), Via::Primary, t0);
+                let mut s = 0u64;
+                for &up in &prefix {
+                    s += 1;
+                    fsm.observe(t0 + Duration::from_secs(s), &round(up));
+                }
+                let bound = policy.rise as u64 + policy.hold_down.as_secs() + policy.flap_window.as_secs() + 2;
+                for _ in 0..bound {
+                    s += 1;
+                    fsm.observe(t0 + Duration::from_secs(s), &round(true));
+                }
+                prop_assert_eq!(fsm.path(), Via::Primary);
+            }
+
+            /// Flap damping against a model: pinned exactly while more than
+            /// `max_failovers` failovers lie within `flap_window`, set at the
+            /// failover that exceeds it, cleared when the window lets them go;
+            /// while pinned, automatic failback never happens.
+            #[test]
+            fn flap_damping_pins_exactly_when_the_window_is_over_full(
+                policy in arb_policy(),
+                rounds in proptest::collection::vec(any::<bool>(), 0..400),
+            ) {
+                let policy = Policy { failback: Failback::Auto, hold_down: Duration::ZERO, ..policy };
+                let t0 = Instant::now();
+                let mut fsm = Fsm::new(policy.clone(), Via::Primary, t0);
+                let mut failovers: Vec<Instant> = Vec::new();
+                let mut pinned = false;
+                for (i, &up) in rounds.iter().enumerate() {
+                    let now = t0 + Duration::from_secs(i as u64 + 1);
+                    failovers.retain(|&t| now - t < policy.flap_window);
+                    let was_pinned = pinned;
+                    if pinned && failovers.len() <= policy.max_failovers as usize {
+                        pinned = false;
+                    }
+                    let step = fsm.observe(now, &round(up));
+                    if let Some(t) = &step.transition {
+                        if t.to == Via::Backup {
+                            failovers.push(now);
+                            if failovers.len() > policy.max_failovers as usize {
+                                pinned = true;
+                            }
+                        } else {
+                            prop_assert!(!pinned, "failed back while pinned");
                         }
                     }
-                    path = t.to;
-                    downs = 0;
-                    ups = 0;
+                    prop_assert_eq!(fsm.pinned(), pinned, "round {}", i);
+                    if was_pinned != pinned {
+                        prop_assert_eq!(step.pinned_changed, Some(pinned));
+                    }
                 }
-                prop_assert_eq!(fsm.path(), path);
             }
-        }
 
-        /// With auto failback, a primary that stays up eventually wins back
-        /// traffic once flap damping and hold-down allow: the agent never
-        /// sticks on Backup for good.
-        #[test]
-        fn auto_failback_is_live(policy in arb_policy(), prefix in proptest::collection::vec(any::<bool>(), 0..100)) {
-            let policy = Policy { failback: Failback::Auto, ..policy };
-            let t0 = Instant::now();
-            let mut fsm = Fsm::new(policy.clone(), Via::Primary, t0);
-            let mut s = 0u64;
-            for &up in &prefix {
-                s += 1;
-                fsm.observe(t0 + Duration::from_secs(s), &round(up));
+            /// A partial start decides nothing until `fall` consecutive down or
+            /// `rise` consecutive up rounds, and then decides by whichever came
+            /// first; an unadopted machine decides nothing at all.
+            #[test]
+            fn a_partial_start_waits_for_evidence(
+                policy in arb_policy(),
+                before in proptest::collection::vec(any::<bool>(), 0..20),
+                rounds in proptest::collection::vec(any::<bool>(), 0..60),
+            ) {
+                let t0 = Instant::now();
+                let mut fsm = Fsm::unadopted(policy.clone());
+                let (mut downs, mut ups) = (0u32, 0u32);
+                let mut s = 0u64;
+                let mut last = None;
+                for &up in &before {
+                    s += 1;
+                    if up { ups += 1; downs = 0; } else { downs += 1; ups = 0; }
+                    let step = fsm.observe(t0 + Duration::from_secs(s), &round(up));
+                    prop_assert_eq!(&step, &Step::default());
+                    prop_assert_eq!(fsm.desired(), None);
+                    last = Some(round(up));
+                }
+                let mut step = fsm.adopt(Adoption::Partial { ours: 1, of: 2 }, t0 + Duration::from_secs(s), last.as_ref());
+                let mut settled = None;
+                for &up in &rounds {
+                    if let Some(t) = &step.transition {
+                        prop_assert!(ups >= policy.rise);
+                        prop_assert_eq!(t.to, Via::Primary);
+                        settled = Some(Via::Primary);
+                        break;
+                    }
+                    if step.settled.is_some() {
+                        prop_assert!(downs >= policy.fall);
+                        settled = Some(Via::Backup);
+                        break;
+                    }
+                    prop_assert!(downs < policy.fall && ups < policy.rise);
+                    prop_assert_eq!(fsm.desired(), None);
+                    s += 1;
+                    if up { ups += 1; downs = 0; } else { downs += 1; ups = 0; }
+                    step = fsm.observe(t0 + Duration::from_secs(s), &round(up));
+                }
+                if let Some(path) = settled {
+                    prop_assert_eq!(fsm.desired(), Some(path));
+                }
             }
-            let bound = policy.rise as u64 + policy.hold_down.as_secs() + policy.flap_window.as_secs() + 2;
-            for _ in 0..bound {
-                s += 1;
-                fsm.observe(t0 + Duration::from_secs(s), &round(true));
-            }
-            prop_assert_eq!(fsm.path(), Via::Primary);
-        }
     }
 }

@@ -5,11 +5,13 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
 use ipnet::IpNet;
 use mockall::mock;
+use route_failover::backoff::backoff_range;
 use route_failover::cloud::dry_run::DryRun;
 use route_failover::cloud::memory::MemoryRouteApi;
 use route_failover::cloud::{CloudError, ErrorKind, NetworkInterface, RouteApi};
@@ -119,10 +121,30 @@ async fn a_long_api_outage_keeps_the_decision_and_probing_goes_on() {
         .iter()
         .filter(|(_, e)| matches!(e, Event::RouteChange { result: Err(_), .. }))
         .count();
-    // Retried with capped backoff (resync 30 s): not hammering, not giving up.
+    // Retried with capped backoff (resync 30 s): each failed pass tries the
+    // four routes once, then waits backoff(n). The fewest passes 600 s can
+    // hold is when every wait is its longest, the most when every wait is
+    // its shortest (plus the reads and calls themselves, which take no time
+    // on this clock).
+    let passes = |pick: fn((Duration, Duration)) -> Duration| {
+        let (mut n, mut t) = (0u32, Duration::ZERO);
+        while t <= secs(600) {
+            n += 1;
+            t += pick(backoff_range(n, secs(30)));
+        }
+        n as usize
+    };
+    let (fewest, most) = (passes(|r| r.1), passes(|r| r.0));
+    assert_eq!(
+        failures % 4,
+        0,
+        "{failures} failed calls: a pass tried only some routes"
+    );
     assert!(
-        (4 * 15..=4 * 600).contains(&failures),
-        "{failures} failed calls"
+        (4 * (fewest - 1)..=4 * (most + 1)).contains(&failures),
+        "{failures} failed calls, expected {} to {}",
+        4 * (fewest - 1),
+        4 * (most + 1)
     );
 
     *healthy.lock().unwrap() = true;

@@ -143,11 +143,18 @@ async fn the_guard_refuses_to_manage_the_agents_own_table() {
         "{stdout}"
     );
 
+    // Probing starts at once, but the guard runs before the tables are
+    // read: it refuses, nothing is adopted or changed, and the exit status
+    // (78) tells systemd not to restart into the same refusal.
     let out = route_failover(&["run", "--config", cfg], &imds, &dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("allow_self_subnet"), "{stderr}");
-    assert!(!stderr.contains("started"), "it started anyway: {stderr}");
+    assert!(stderr.contains("refusing to manage the routes"), "{stderr}");
+    assert!(
+        !stderr.contains("adopted") && !stderr.contains("route changed"),
+        "it touched the tables anyway: {stderr}"
+    );
 
     // Every metadata read carried the session token: IMDSv2 only.
     let seen = seen.lock().unwrap();
@@ -296,7 +303,7 @@ async fn off_ec2_own_subnet_id_drives_the_guard() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains(&format!("own subnet {}", w.subnet))
             && stderr.contains("allow_self_subnet"),
