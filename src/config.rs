@@ -133,6 +133,8 @@ struct RawFailover {
     max_failovers: u32,
     #[serde(default = "default_flap_window", with = "humantime_serde")]
     flap_window: Duration,
+    #[serde(default = "default_true")]
+    failback_requires_dx_route: bool,
 }
 
 impl Default for RawFailover {
@@ -146,10 +148,14 @@ impl Default for RawFailover {
             takeover: false,
             max_failovers: default_max_failovers(),
             flap_window: default_flap_window(),
+            failback_requires_dx_route: true,
         }
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_fall() -> u32 {
     3
 }
@@ -219,6 +225,8 @@ impl ProbeConfig {
 pub struct ReconcileConfig {
     pub resync_interval: Duration,
     pub takeover: bool,
+    /// Delete our route only while a DX route covers its destination.
+    pub failback_requires_dx_route: bool,
 }
 
 /// A configuration that has passed every check.
@@ -473,6 +481,7 @@ fn validate_failover(raw: RawFailover) -> Result<(Policy, ReconcileConfig), Inva
         ReconcileConfig {
             resync_interval: raw.resync_interval,
             takeover: raw.takeover,
+            failback_requires_dx_route: raw.failback_requires_dx_route,
         },
     ))
 }

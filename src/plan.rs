@@ -37,6 +37,9 @@ pub enum Finding {
     /// Our route for a destination no longer in the config: deleted (or
     /// given back to its original target).
     Unmanaged { route: ManagedRoute },
+    /// Deleting our route would leave the destination with no route over
+    /// Direct Connect (no propagated or `vgw-` route covers it): kept.
+    FailbackHeld { route: ManagedRoute },
 }
 
 impl Finding {
@@ -47,6 +50,8 @@ impl Finding {
             Finding::TableMissing { .. } => true,
             // On Backup a foreign route keeps that traffic off the VPN.
             Finding::Foreign { .. } => desired == Via::Backup,
+            // A held failback leaves traffic on the VPN.
+            Finding::FailbackHeld { .. } => desired == Via::Primary,
             Finding::Shadowed { .. } | Finding::Blackhole { .. } | Finding::Unmanaged { .. } => {
                 false
             }
@@ -86,6 +91,13 @@ impl fmt::Display for Finding {
             Finding::Unmanaged { route } => write!(
                 f,
                 "our route {route} is no longer in the config: removing it"
+            ),
+            Finding::FailbackHeld { route } => write!(
+                f,
+                "failback would blackhole {} in {}: no DX route (propagated from the VGW, or \
+                 static to a vgw-) covers it there; keeping our route to {} and checking again \
+                 every resync. Is BGP up, route propagation enabled on the table, the VGW attached?",
+                route.destination, route.route_table_id, route.target_eni
             ),
         }
     }
@@ -200,21 +212,52 @@ pub struct Inputs<'a> {
     pub ledger: &'a Record,
     /// Replace foreign static routes on failover.
     pub takeover: bool,
+    /// Delete our route only while a route over Direct Connect covers its
+    /// destination in the same table (`failover.failback_requires_dx_route`).
+    pub failback_requires_dx_route: bool,
 }
 
-/// The call that removes our route from `slot`: a delete, or giving a
-/// route we took over back to its original target.
-fn remove(route: &ManagedRoute, eni: &str, ledger: &Record) -> Action {
+/// Whether `table` holds an active route over Direct Connect for
+/// `destination` or a prefix covering it: propagated from the virtual
+/// private gateway, or static to a `vgw-`.
+pub fn has_dx_route(table: &RouteTable, destination: IpNet) -> bool {
+    table.routes.iter().any(|r| {
+        let via_vgw = match &r.target {
+            Target::Gateway(id) => id.starts_with("vgw-"),
+            _ => false,
+        };
+        r.state == RouteState::Active
+            && (r.origin == Origin::Propagated || via_vgw)
+            && r.destination.contains(&destination)
+    })
+}
+
+/// The call that removes our route from its slot: a delete, or giving a
+/// route we took over back to its original target. A delete that would
+/// leave no route over DX is held instead, when the guard is on.
+fn remove(
+    plan: &mut Plan,
+    route: &ManagedRoute,
+    eni: &str,
+    inputs: Inputs<'_>,
+    table: &RouteTable,
+) {
     let ours = ManagedRoute {
         target_eni: eni.to_string(),
         ..route.clone()
     };
-    match ledger.replaced_target(&route.route_table_id, route.destination) {
-        Some(original) => Action::Restore {
+    match inputs
+        .ledger
+        .replaced_target(&route.route_table_id, route.destination)
+    {
+        Some(original) => plan.actions.push(Action::Restore {
             route: ours,
             original: original.clone(),
-        },
-        None => Action::Delete(ours),
+        }),
+        None if inputs.failback_requires_dx_route && !has_dx_route(table, route.destination) => {
+            plan.findings.push(Finding::FailbackHeld { route: ours });
+        }
+        None => plan.actions.push(Action::Delete(ours)),
     }
 }
 
@@ -260,7 +303,7 @@ pub fn plan(desired: Via, inputs: Inputs<'_>, observed: &[RouteTable]) -> Plan {
                 }
             }
             (Status::Ours { eni, .. }, Via::Primary) => {
-                plan.actions.push(remove(route, &eni, inputs.ledger));
+                remove(&mut plan, route, &eni, inputs, table);
             }
             (Status::Foreign { target, origin }, desired) => {
                 // The local route cannot be replaced, and on Primary a foreign
@@ -301,7 +344,11 @@ pub fn plan(desired: Via, inputs: Inputs<'_>, observed: &[RouteTable]) -> Plan {
             plan.findings.push(Finding::Unmanaged {
                 route: route.clone(),
             });
-            plan.actions.push(remove(&route, &eni, inputs.ledger));
+            let table = observed
+                .iter()
+                .find(|t| t.id == route.route_table_id)
+                .expect("status found the table");
+            remove(&mut plan, &route, &eni, inputs, table);
         }
     }
     plan
@@ -323,6 +370,7 @@ mod tests {
                 managed: m,
                 ledger: &Record::default(),
                 takeover,
+                failback_requires_dx_route: false,
             },
             observed,
         )
@@ -618,6 +666,7 @@ mod tests {
             managed: m,
             ledger: ledger.record(),
             takeover,
+            failback_requires_dx_route: false,
         }
     }
 
@@ -770,6 +819,79 @@ mod tests {
         assert_eq!(adopt(&m, &Record::default(), &[]), Adoption::Primary);
     }
 
+    fn guarded<'a>(m: &'a [ManagedRoute], ledger: &'a Ledger) -> Inputs<'a> {
+        Inputs {
+            failback_requires_dx_route: true,
+            ..with_ledger(m, ledger, false)
+        }
+    }
+
+    #[test]
+    fn failback_keeps_our_route_while_no_dx_route_covers_it() {
+        let m = [managed("rtb-aaaaaaaa", "10.1.0.0/16")];
+        let ledger = Ledger::in_memory();
+        // BGP withdrew the prefix: deleting ours would leave no route at all.
+        let bare = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
+        let p = plan(Via::Primary, guarded(&m, &ledger), &bare);
+        assert!(p.actions.is_empty());
+        assert_eq!(
+            p.findings,
+            vec![Finding::FailbackHeld {
+                route: m[0].clone()
+            }]
+        );
+        assert!(!p.converged(Via::Primary));
+        assert!(p.findings[0]
+            .to_string()
+            .contains("failback would blackhole 10.1.0.0/16 in rtb-aaaaaaaa"));
+        // The same prefix propagated, a covering one, or a static route to a
+        // VGW (what LocalStack can show) each carry it over DX: delete.
+        for dx in [
+            propagated("10.1.0.0/16"),
+            propagated("10.0.0.0/8"),
+            route(
+                "10.0.0.0/8",
+                Target::Gateway(VGW.into()),
+                Origin::CreateRoute,
+            ),
+        ] {
+            let t = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16"), dx.clone()])];
+            let p = plan(Via::Primary, guarded(&m, &ledger), &t);
+            assert_eq!(p.actions, vec![Action::Delete(m[0].clone())], "{dx:?}");
+        }
+        // A more specific route, a blackholed VGW route or an internet
+        // gateway does not count.
+        let mut dead = route(
+            "10.0.0.0/8",
+            Target::Gateway(VGW.into()),
+            Origin::CreateRoute,
+        );
+        dead.state = Blackhole;
+        for not_dx in [
+            propagated("10.1.1.0/24"),
+            dead,
+            route(
+                "10.0.0.0/8",
+                Target::Gateway("igw-0123456789abcdef0".into()),
+                Origin::CreateRoute,
+            ),
+        ] {
+            let t = [table(
+                "rtb-aaaaaaaa",
+                vec![ours("10.1.0.0/16"), not_dx.clone()],
+            )];
+            let p = plan(Via::Primary, guarded(&m, &ledger), &t);
+            assert!(p.actions.is_empty(), "{not_dx:?}");
+        }
+        // A taken-over route goes back to its owner: the guard is not needed.
+        let mut ledger = Ledger::in_memory();
+        ledger
+            .will_replace(&m[0], &Target::Other(TGW.into()))
+            .unwrap();
+        let p = plan(Via::Primary, guarded(&m, &ledger), &bare);
+        assert!(matches!(p.actions[..], [Action::Restore { .. }]));
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -831,6 +953,7 @@ mod tests {
             fn plans_touch_only_ours_and_converge_in_one_step(
                 slots in proptest::collection::vec((held(), any::<bool>()), TABLES.len() * DESTS.len()),
                 managed_mask in proptest::collection::vec(any::<bool>(), TABLES.len() * DESTS.len()),
+                dx_mask in proptest::collection::vec(any::<bool>(), TABLES.len() * DESTS.len()),
                 backup in any::<bool>(),
                 takeover in any::<bool>(),
             ) {
@@ -844,6 +967,7 @@ mod tests {
                     let slot = managed(t, d);
                     if *is_managed { m.push(slot.clone()); }
                     let routes = &mut observed[i / DESTS.len()].routes;
+                    if dx_mask[i] { routes.push(propagated(d)); }
                     match h {
                         Held::Nothing => {}
                         Held::Ours => routes.push(ours(d)),
@@ -860,6 +984,14 @@ mod tests {
                     }
                 }
                 let p = plan(desired, with_ledger(&m, &ledger, takeover), &observed);
+                // With the guard on, no delete leaves a slot without a DX route.
+                let guarded = Inputs { failback_requires_dx_route: true, ..with_ledger(&m, &ledger, takeover) };
+                for a in &plan(desired, guarded, &observed).actions {
+                    if let Action::Delete(r) = a {
+                        let t = observed.iter().find(|t| t.id == r.route_table_id).unwrap();
+                        prop_assert!(has_dx_route(t, r.destination), "{a}");
+                    }
+                }
                 for a in &p.actions {
                     let r = a.route();
                     let slot = (r.route_table_id.as_str(), r.destination.to_string());

@@ -391,6 +391,7 @@ impl Reconciler {
                     managed: &spec.routes,
                     ledger: self.ledger.record(),
                     takeover: spec.settings.takeover,
+                    failback_requires_dx_route: spec.settings.failback_requires_dx_route,
                 },
                 &observed,
             );

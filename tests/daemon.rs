@@ -171,7 +171,7 @@ async fn systemd_hears_ready_watchdog_status_and_stopping() {
         messages[watchdog].contains("STATUS=path Primary; round"),
         "{messages:?}"
     );
-    assert!(!agent.lines("started").is_empty());
+    agent.wait_log("started", Duration::from_secs(5)).await;
 
     assert!(agent.terminate().success());
     let mut rest = Vec::new();

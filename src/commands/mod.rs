@@ -82,5 +82,6 @@ pub fn inputs<'a>(config: &'a Config, ledger: &'a Record) -> Inputs<'a> {
         managed: &config.routes,
         ledger,
         takeover: config.reconcile.takeover,
+        failback_requires_dx_route: config.reconcile.failback_requires_dx_route,
     }
 }

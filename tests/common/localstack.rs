@@ -58,13 +58,21 @@ pub fn client(endpoint: &str) -> Client {
     Client::from_conf(config)
 }
 
-/// A VPC with a subnet, `tables` route tables and `enis` network interfaces.
+/// A VPC with a subnet, `tables` route tables and `enis` network interfaces,
+/// and a virtual private gateway that every table routes 10.0.0.0/8 and
+/// fd00::/8 to: the Direct Connect routes (LocalStack does not propagate
+/// routes, so static ones to the VGW stand in for them, which is what the
+/// failback guard accepts too).
 pub struct World {
     pub vpc: String,
     pub subnet: String,
     pub tables: Vec<String>,
     pub enis: Vec<String>,
+    pub vgw: String,
 }
+
+/// The covering prefixes every world's tables send to the VGW.
+pub const DX_PREFIXES: [&str; 2] = ["10.0.0.0/8", "fd00::/8"];
 
 fn tagged(kind: ResourceType, test: &str) -> TagSpecification {
     TagSpecification::builder()
@@ -113,6 +121,33 @@ pub async fn world(client: &Client, test: &str, tables: usize, enis: usize) -> W
             .expect("route table id");
         table_ids.push(id);
     }
+    let vgw = client
+        .create_vpn_gateway()
+        .r#type(aws_sdk_ec2::types::GatewayType::Ipsec1)
+        .send()
+        .await
+        .expect("CreateVpnGateway")
+        .vpn_gateway
+        .and_then(|g| g.vpn_gateway_id)
+        .expect("vgw id");
+    client
+        .attach_vpn_gateway()
+        .vpc_id(&vpc)
+        .vpn_gateway_id(&vgw)
+        .send()
+        .await
+        .expect("AttachVpnGateway");
+    for table in &table_ids {
+        for prefix in DX_PREFIXES {
+            let call = client.create_route().route_table_id(table).gateway_id(&vgw);
+            let call = if prefix.contains(':') {
+                call.destination_ipv6_cidr_block(prefix)
+            } else {
+                call.destination_cidr_block(prefix)
+            };
+            call.send().await.expect("CreateRoute to the VGW");
+        }
+    }
     let mut eni_ids = Vec::new();
     for _ in 0..enis {
         let id = client
@@ -131,5 +166,6 @@ pub async fn world(client: &Client, test: &str, tables: usize, enis: usize) -> W
         subnet,
         tables: table_ids,
         enis: eni_ids,
+        vgw,
     }
 }
