@@ -6,6 +6,8 @@
 //! - [`config`]: TOML schema, defaults and validation into a typed [`config::Config`].
 //! - [`probe`]: the [`probe::Prober`] trait, round/quorum rule, ICMP and scripted probers.
 //! - [`fsm`]: the pure hysteresis state machine (`fall`, `rise`, hold-down, flap damping).
+//! - [`decide`]: pure: the state machine's verdict + backup health → the path to converge on.
+//! - [`backup`]: pure: the backup path's health from its probes, the appliance ENIs and blackholes.
 //! - [`model`]: route tables and routes as the planner sees them.
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
 //! - [`cloud`]: the [`cloud::RouteApi`] trait; EC2, in-memory and dry-run backends.
@@ -25,9 +27,11 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod backup;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod decide;
 pub mod demo;
 pub mod events;
 pub mod fsm;

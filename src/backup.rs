@@ -1,0 +1,207 @@
+//! The backup path's health: its own probe rounds (over the VPN, with their
+//! own `fall` and `rise`), the VPN appliance's ENIs as EC2 reports them, and
+//! our routes turned blackhole. Pure: fed rounds and check results, asked
+//! for a [`Backup`] verdict.
+
+use std::fmt;
+
+use crate::decide::BackupState;
+
+/// What the appliance check found for one ENI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EniProblem {
+    Missing,
+    /// Its status is not `in-use` (say `available`: detached).
+    NotInUse {
+        status: String,
+    },
+    NotAttached,
+    /// Source/destination check on: the appliance would drop what it forwards.
+    SourceDestCheck,
+}
+
+impl fmt::Display for EniProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EniProblem::Missing => f.write_str("does not exist"),
+            EniProblem::NotInUse { status } => write!(f, "is {status}, not in-use"),
+            EniProblem::NotAttached => f.write_str("is not attached to an instance"),
+            EniProblem::SourceDestCheck => {
+                f.write_str("has source/destination check on, so the appliance cannot forward")
+            }
+        }
+    }
+}
+
+/// The latest appliance check, ENI by ENI.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Appliance {
+    /// Not checked yet (or the API could not be asked).
+    #[default]
+    Unknown,
+    Ok,
+    Failed(Vec<(String, EniProblem)>),
+}
+
+/// Backup health, as the agent tracks it.
+#[derive(Debug, Clone)]
+pub struct BackupHealth {
+    fall: u32,
+    rise: u32,
+    /// Whether backup targets are probed at all.
+    probed: bool,
+    down_streak: u32,
+    up_streak: u32,
+    /// The probes' verdict with hysteresis; `None` until `fall` or `rise` rounds.
+    probes: Option<bool>,
+    appliance: Appliance,
+    /// Routes of ours EC2 shows as blackhole (their ENI is gone).
+    blackholes: usize,
+}
+
+impl BackupHealth {
+    /// `probed` is false when `[backup]` has no targets: the appliance
+    /// check alone then decides.
+    pub fn new(fall: u32, rise: u32, probed: bool) -> Self {
+        Self {
+            fall,
+            rise,
+            probed,
+            down_streak: 0,
+            up_streak: 0,
+            probes: None,
+            appliance: Appliance::Unknown,
+            blackholes: 0,
+        }
+    }
+
+    /// Feeds one backup probe round.
+    pub fn observe(&mut self, up: bool) {
+        if up {
+            self.down_streak = 0;
+            self.up_streak = self.up_streak.saturating_add(1);
+            if self.up_streak >= self.rise {
+                self.probes = Some(true);
+            }
+        } else {
+            self.up_streak = 0;
+            self.down_streak = self.down_streak.saturating_add(1);
+            if self.down_streak >= self.fall {
+                self.probes = Some(false);
+            }
+        }
+    }
+
+    pub fn set_appliance(&mut self, appliance: Appliance) {
+        self.appliance = appliance;
+    }
+
+    pub fn set_blackholes(&mut self, n: usize) {
+        self.blackholes = n;
+    }
+
+    pub fn appliance(&self) -> &Appliance {
+        &self.appliance
+    }
+
+    /// The verdict: down on any known failure, up only when every check
+    /// that runs has passed.
+    pub fn verdict(&self) -> BackupState {
+        let appliance_failed = matches!(self.appliance, Appliance::Failed(_));
+        if appliance_failed || self.blackholes > 0 || self.probes == Some(false) {
+            return BackupState::Down;
+        }
+        let probes_ok = !self.probed || self.probes == Some(true);
+        if probes_ok && self.appliance == Appliance::Ok {
+            BackupState::Up
+        } else {
+            BackupState::Unknown
+        }
+    }
+
+    /// Why the backup is down, for logs and findings.
+    pub fn why_down(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.probes == Some(false) {
+            why.push(format!(
+                "{} consecutive backup probe rounds down",
+                self.down_streak
+            ));
+        }
+        if let Appliance::Failed(problems) = &self.appliance {
+            why.extend(problems.iter().map(|(eni, p)| format!("{eni} {p}")));
+        }
+        if self.blackholes > 0 {
+            why.push(format!("{} of our routes are blackholes", self.blackholes));
+        }
+        why
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn up_needs_rise_rounds_and_a_passed_appliance_check() {
+        let mut h = BackupHealth::new(3, 2, true);
+        assert_eq!(h.verdict(), BackupState::Unknown);
+        h.observe(true);
+        h.set_appliance(Appliance::Ok);
+        assert_eq!(h.verdict(), BackupState::Unknown);
+        h.observe(true);
+        assert_eq!(h.verdict(), BackupState::Up);
+        h.observe(false);
+        h.observe(false);
+        assert_eq!(h.verdict(), BackupState::Up, "fewer than fall rounds");
+        h.observe(false);
+        assert_eq!(h.verdict(), BackupState::Down);
+        assert!(h.why_down()[0].contains("3 consecutive"));
+    }
+
+    #[test]
+    fn any_appliance_problem_or_blackhole_is_down_at_once() {
+        let mut h = BackupHealth::new(3, 1, false);
+        h.set_appliance(Appliance::Ok);
+        assert_eq!(
+            h.verdict(),
+            BackupState::Up,
+            "no targets: the check alone decides"
+        );
+        h.set_appliance(Appliance::Failed(vec![(
+            "eni-0123456789abcdef0".into(),
+            EniProblem::NotInUse {
+                status: "available".into(),
+            },
+        )]));
+        assert_eq!(h.verdict(), BackupState::Down);
+        assert_eq!(
+            h.why_down(),
+            ["eni-0123456789abcdef0 is available, not in-use"]
+        );
+        h.set_appliance(Appliance::Ok);
+        h.set_blackholes(2);
+        assert_eq!(h.verdict(), BackupState::Down);
+        h.set_blackholes(0);
+        assert_eq!(h.verdict(), BackupState::Up);
+    }
+
+    proptest! {
+        /// The probes' verdict follows fall/rise hysteresis exactly.
+        #[test]
+        fn probe_hysteresis(fall in 1u32..5, rise in 1u32..5, rounds in proptest::collection::vec(any::<bool>(), 0..100)) {
+            let mut h = BackupHealth::new(fall, rise, true);
+            h.set_appliance(Appliance::Ok);
+            let (mut ups, mut downs) = (0, 0);
+            let mut expected = BackupState::Unknown;
+            for up in rounds {
+                h.observe(up);
+                if up { ups += 1; downs = 0 } else { downs += 1; ups = 0 }
+                if ups >= rise { expected = BackupState::Up }
+                if downs >= fall { expected = BackupState::Down }
+                prop_assert_eq!(h.verdict(), expected);
+            }
+        }
+    }
+}
