@@ -248,7 +248,10 @@ impl Agent {
                         Ok(report) => report,
                         Err(_) => {
                             self.events.emit(Event::Overran);
-                            overran(&probe.targets, probe.count)
+                            // Judged by the replies it did get, like any round.
+                            self.prober
+                                .salvage()
+                                .unwrap_or_else(|| overran(&probe.targets, probe.count))
                         }
                     };
                     let now = Instant::now();
@@ -322,7 +325,8 @@ impl Agent {
     }
 }
 
-/// A round that did not finish in its interval: nothing answered in time.
+/// A round that did not finish in its interval and whose prober kept
+/// nothing of it: no reply is known to have come.
 fn overran(targets: &[std::net::IpAddr], count: u32) -> RoundReport {
     RoundReport {
         targets: targets

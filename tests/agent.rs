@@ -409,3 +409,30 @@ async fn steady_state_reads_all_tables_in_one_call_per_resync() {
     }
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overrun_round_is_judged_by_the_replies_it_got() {
+    let config = config();
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start(&config, api.clone(), Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    // Every round answers one echo per target, then hangs past its interval.
+    h.script.set("stuck after one reply", Reply::Overrun(1));
+    h.run_for(secs(20)).await;
+    let overruns = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Overran))
+        .count();
+    assert!(overruns >= 5, "only {overruns} rounds overran");
+    assert!(
+        !h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Round { summary, .. } if !summary.up)),
+        "an overrun round with replies counted as down"
+    );
+    // Silent and overrunning is down, as any silent round.
+    h.script.set("stuck, silent", Reply::Overrun(0));
+    h.transition(Via::Backup, secs(15)).await;
+    h.stop().await;
+}

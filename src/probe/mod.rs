@@ -63,6 +63,14 @@ pub trait Prober: Send {
     /// interval; the agent also bounds it.
     async fn round(&mut self) -> RoundReport;
 
+    /// What a round that was given up on (it overran its interval) had
+    /// gathered: the echoes sent and the replies that came back in time.
+    /// The agent judges such a round by these, with the usual
+    /// `min_replies` and `quorum`; `None` when nothing was kept.
+    fn salvage(&mut self) -> Option<RoundReport> {
+        None
+    }
+
     /// A short label for logs: "icmp" or "scripted: …".
     fn describe(&self) -> String;
 }

@@ -24,6 +24,9 @@ pub enum Reply {
     Targets(Vec<bool>),
     /// Every target answers this many echoes of each round (partial loss).
     Echoes(u32),
+    /// Every target answers this many echoes, then the round hangs past
+    /// its interval (a starved or stuck prober).
+    Overrun(u32),
 }
 
 /// A labelled stretch of the script.
@@ -67,6 +70,8 @@ pub struct ScriptedProber {
     count: u32,
     phases: Arc<Mutex<VecDeque<Phase>>>,
     rounds_in_phase: u32,
+    /// What an overrunning round had gathered before it hung.
+    gathered: Option<RoundReport>,
 }
 
 impl ScriptedProber {
@@ -81,6 +86,7 @@ impl ScriptedProber {
             count,
             phases,
             rounds_in_phase: 0,
+            gathered: None,
         };
         (prober, handle)
     }
@@ -120,7 +126,7 @@ impl Prober for ScriptedProber {
                             0
                         }
                     }
-                    Reply::Echoes(n) => (*n).min(self.count),
+                    Reply::Echoes(n) | Reply::Overrun(n) => (*n).min(self.count),
                 };
                 let base = 1500 + 250 * u64::try_from(i).unwrap_or(0);
                 TargetReport {
@@ -133,10 +139,19 @@ impl Prober for ScriptedProber {
                 }
             })
             .collect();
-        RoundReport {
+        let report = RoundReport {
             targets,
             label: Some(phase.label),
+        };
+        if matches!(phase.reply, Reply::Overrun(_)) {
+            self.gathered = Some(report);
+            return std::future::pending().await;
         }
+        report
+    }
+
+    fn salvage(&mut self) -> Option<RoundReport> {
+        self.gathered.take()
     }
 
     fn describe(&self) -> String {
