@@ -233,3 +233,37 @@ async fn metrics_are_served_on_loopback_when_asked() {
     assert!(agent.terminate().success());
     assert!(Path::new(&f.config()).exists());
 }
+
+#[tokio::test]
+async fn a_reloaded_fall_takes_effect_on_the_running_agent() {
+    if skip_unless_root("a_reloaded_fall_takes_effect_on_the_running_agent") {
+        return;
+    }
+    let net = netns::TargetNet::create(211);
+    let text = |fall: u32| {
+        config_text(fall, "hold_down = \"0s\"").replace(
+            "targets = [\"127.0.0.1\", \"::1\"]",
+            &format!("targets = [\"{}\"]", net.target_v4),
+        )
+    };
+    let f = Fixture::new(&text(100));
+    let mut agent = f.start(&[]);
+    agent
+        .wait_log("route tables converged", Duration::from_secs(10))
+        .await;
+    // A silent target: 100 rounds of 100 ms before fall = 100 fails over.
+    net.blackhole(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        agent.lines("transition").is_empty(),
+        "failed over before the reload"
+    );
+    f.write(&text(2));
+    agent.signal("HUP");
+    agent
+        .wait_log("configuration reloaded", Duration::from_secs(5))
+        .await;
+    let t = agent.wait_log("transition", Duration::from_secs(2)).await;
+    assert_eq!(t["to"], "Backup", "{t}");
+    assert!(agent.terminate().success());
+}
