@@ -247,7 +247,7 @@ async fn a_reloaded_fall_takes_effect_on_the_running_agent() {
         )
     };
     let f = Fixture::new(&text(100));
-    let mut agent = f.start(&[]);
+    let agent = f.start(&[]);
     agent
         .wait_log("route tables converged", Duration::from_secs(10))
         .await;
