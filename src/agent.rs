@@ -19,11 +19,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::cloud::RouteApi;
 use crate::config::Config;
+use crate::decide::{Alarms, Operator};
 use crate::events::{Event, Events, Sink};
-use crate::fsm::{Fsm, Step};
+use crate::fsm::Via;
+use crate::judge::{Judge, Verdict};
 use crate::probe::{summarize, Prober, RoundReport, RoundSummary, TargetReport};
 use crate::reconcile::{Adopted, Desired, Reconciler, Spec, StartupCheck};
-use crate::state::Ledger;
+use crate::state::{Ledger, OperatorRecord, OperatorStore, StateError};
 
 /// How long shutdown waits for an in-flight API call to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -38,10 +40,34 @@ pub enum AgentError {
     Reconciler(String),
 }
 
-/// Requests an operator can make of a running agent.
+/// What an operator can ask of a running agent (`route-failover ctl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperatorAction {
+    /// Move to Backup now and stay there until released (planned DX maintenance).
+    FailoverHold,
+    /// Stay on the current path whatever the probes say.
+    Hold,
+    /// Back to automatic.
+    Release,
+    /// As SIGUSR1: fail back once `rise` good rounds are in hand.
+    Failback,
+    /// Make no route call at all (probing, deciding and reporting go on).
+    Pause,
+    Resume,
+}
+
+/// Requests to a running agent.
 pub enum Request {
     /// Allow failback to Primary once `rise` good rounds are in hand.
     Failback,
+    /// An operator's action; `uid` is the caller's (SO_PEERCRED), the
+    /// answer says what it did.
+    Operate {
+        action: OperatorAction,
+        uid: Option<u32>,
+        reply: oneshot::Sender<String>,
+    },
     /// Switch to a new, already validated configuration. `prober` is set
     /// when the probe settings changed and new sockets were opened.
     Reload {
@@ -58,6 +84,14 @@ impl Control {
     pub fn request_failback(&self) {
         // The agent may have stopped; then there is nothing to fail back.
         let _ = self.0.send(Request::Failback);
+    }
+
+    /// Asks the agent to carry out an operator's action; the answer says
+    /// what it did (`None` if the agent has stopped).
+    pub async fn operate(&self, action: OperatorAction, uid: Option<u32>) -> Option<String> {
+        let (reply, answer) = oneshot::channel();
+        self.0.send(Request::Operate { action, uid, reply }).ok()?;
+        answer.await.ok()
     }
 
     /// Hands a new configuration to the agent (see [`Request::Reload`]).
@@ -77,6 +111,11 @@ pub struct Agent {
     events: Events,
     ledger: Ledger,
     startup_check: Option<StartupCheck>,
+    /// The operator's hold, as restored at startup and set since.
+    operator: Operator,
+    /// No route calls while set (`ctl pause`).
+    paused: watch::Sender<bool>,
+    operator_store: OperatorStore,
     requests: mpsc::UnboundedReceiver<Request>,
     control: Control,
 }
@@ -91,6 +130,9 @@ impl Agent {
             events: Events::none(),
             ledger: Ledger::in_memory(),
             startup_check: None,
+            operator: Operator::Auto,
+            paused: watch::channel(false).0,
+            operator_store: OperatorStore::in_memory(),
             requests: rx,
             control: Control(tx),
         }
@@ -108,6 +150,19 @@ impl Agent {
     pub fn with_startup_check(mut self, check: StartupCheck) -> Self {
         self.startup_check = Some(check);
         self
+    }
+
+    /// Keeps the operator's hold and pause in `store`, and starts with what
+    /// it holds (they survive a restart).
+    pub fn with_operator_store(mut self, store: OperatorStore) -> Result<Self, StateError> {
+        let record = store.load()?;
+        self.operator = record.operator;
+        self.paused.send_replace(record.paused);
+        if record != OperatorRecord::default() {
+            warn!(operator = ?record.operator, paused = record.paused, "restored an operator's hold or pause: `route-failover ctl release` / `ctl resume` to undo");
+        }
+        self.operator_store = store;
+        Ok(self)
     }
 
     /// Sends every [`Event`] to `tx` as well.
@@ -144,6 +199,7 @@ impl Agent {
             std::mem::take(&mut self.ledger),
             stop_reconciler.clone(),
             self.startup_check.take(),
+            self.paused.subscribe(),
         );
         let mut reconciler = tokio::spawn(reconciler.run(desired_rx, adopted_tx));
 
@@ -178,7 +234,7 @@ impl Agent {
         spec: &watch::Sender<Spec>,
         shutdown: &CancellationToken,
     ) -> Option<String> {
-        let mut fsm = Fsm::unadopted(self.config.policy.clone());
+        let mut judge = Judge::new(self.config.policy.clone(), None, self.operator);
         let ticker_for = |interval| {
             let mut ticker = tokio::time::interval(interval);
             // A late round skips ticks rather than bunching rounds up.
@@ -211,17 +267,22 @@ impl Agent {
                         ours = found.ours.len(),
                         "adopted the path the route tables show"
                     );
-                    let step = fsm.adopt(found.adoption, now, last_summary.as_ref());
+                    let verdict = judge.adopt(found.adoption, now, last_summary.as_ref());
                     self.events.emit(Event::Adopted {
                         adoption: found.adoption,
                         ours: found.ours,
                     });
-                    self.after_step(&fsm, step, desired, number > 0);
+                    self.after(&judge, verdict, desired, number > 0);
                 }
                 Some(request) = self.requests.recv() => match request {
                     Request::Failback => {
                         info!("operator asked for failback");
-                        fsm.request_failback();
+                        judge.request_failback();
+                    }
+                    Request::Operate { action, uid, reply } => {
+                        let (verdict, answer) = self.operate(&mut judge, action, uid);
+                        let _ = reply.send(answer);
+                        self.after(&judge, verdict, desired, number > 0);
                     }
                     Request::Reload { config, prober } => {
                         if let Some(prober) = prober {
@@ -230,7 +291,7 @@ impl Agent {
                         if config.probe.interval != self.config.probe.interval {
                             ticker = ticker_for(config.probe.interval);
                         }
-                        fsm.set_policy(config.policy.clone());
+                        judge.set_policy(config.policy.clone());
                         let new_spec = Spec::of(&config);
                         for gone in spec.borrow().routes.iter().filter(|r| !new_spec.routes.contains(r)) {
                             warn!(route = %gone, "no longer managed: removed from its table if it is ours (ownership ledger), else left alone");
@@ -267,7 +328,7 @@ impl Agent {
                         last_error = error;
                     }
                     let summary = summarize(&report, probe.round);
-                    let step = fsm.observe(now, &summary);
+                    let verdict = judge.observe(now, &summary, None);
                     debug!(round = number, up = summary.up, %summary, "round");
                     self.events.emit(Event::Round {
                         number,
@@ -276,23 +337,97 @@ impl Agent {
                         targets: report.targets,
                         policy: probe.round,
                         label: report.label,
-                        path: fsm.path(),
+                        path: judge.path(),
                     });
                     last_summary = Some(summary);
-                    self.after_step(&fsm, step, desired, true);
+                    self.after(&judge, verdict, desired, true);
                 }
             }
         }
     }
 
-    /// Reports what a step of the state machine changed and publishes the
-    /// desired path: only once it is decided and some round has been seen,
-    /// so no route changes without probe evidence.
-    fn after_step(&self, fsm: &Fsm, step: Step, desired: &watch::Sender<Desired>, evidence: bool) {
-        if let Some(pinned) = step.pinned_changed {
+    /// Carries out an operator's action; returns what changed and the answer.
+    fn operate(
+        &mut self,
+        judge: &mut Judge,
+        action: OperatorAction,
+        uid: Option<u32>,
+    ) -> (Verdict, String) {
+        let now = Instant::now();
+        let who = uid.map_or_else(|| "an operator".to_string(), |u| format!("uid {u}"));
+        let (verdict, answer) = match action {
+            OperatorAction::FailoverHold => (
+                judge.set_operator(now, Operator::Hold(Via::Backup)),
+                "holding Backup until `ctl release`".to_string(),
+            ),
+            OperatorAction::Hold => {
+                let path = judge.path();
+                (
+                    judge.set_operator(now, Operator::Hold(path)),
+                    format!("holding {path} until `ctl release`"),
+                )
+            }
+            OperatorAction::Release => (
+                judge.set_operator(now, Operator::Auto),
+                "released: the probes decide".to_string(),
+            ),
+            OperatorAction::Failback => {
+                judge.request_failback();
+                (
+                    Verdict::default(),
+                    format!(
+                        "failback allowed once {} consecutive up rounds are in hand",
+                        judge.fsm().policy().rise
+                    ),
+                )
+            }
+            OperatorAction::Pause | OperatorAction::Resume => {
+                let paused = action == OperatorAction::Pause;
+                self.paused.send_replace(paused);
+                let answer = if paused {
+                    "paused: no route call until `ctl resume`; what would be done is logged"
+                } else {
+                    "resumed: route calls allowed"
+                };
+                (Verdict::default(), answer.to_string())
+            }
+        };
+        self.operator = judge.operator();
+        let record = OperatorRecord {
+            operator: self.operator,
+            paused: *self.paused.borrow(),
+        };
+        let answer = match self.operator_store.save(record) {
+            Ok(()) => answer,
+            Err(e) => {
+                error!(error = %e, "cannot record the operator's action: it will not survive a restart");
+                format!("{answer} (NOT recorded, will not survive a restart: {e})")
+            }
+        };
+        warn!(?action, by = %who, answer = %answer, "operator action");
+        self.events.emit(Event::Operator {
+            action,
+            uid,
+            operator: self.operator,
+            paused: *self.paused.borrow(),
+        });
+        (verdict, answer)
+    }
+
+    /// Reports what a verdict changed and publishes the desired path: only
+    /// once it is decided and some round has been seen, so no route
+    /// changes without probe evidence.
+    fn after(
+        &self,
+        judge: &Judge,
+        verdict: Verdict,
+        desired: &watch::Sender<Desired>,
+        evidence: bool,
+    ) {
+        if let Some(pinned) = verdict.pinned_changed {
             if pinned {
                 error!(
-                    max_failovers = fsm.policy().max_failovers,
+                    max_failovers = judge.fsm().policy().max_failovers,
                     "flapping: pinned on Backup until the flap window clears or an operator asks for failback"
                 );
             } else {
@@ -300,11 +435,18 @@ impl Agent {
             }
             self.events.emit(Event::Pinned(pinned));
         }
-        if let Some(reason) = step.settled {
+        if let Some(reason) = verdict.settled {
             warn!(%reason, "settled on Backup: completing the failover");
             self.events.emit(Event::Settled { reason });
         }
-        let at = match step.transition {
+        if let Some(alarms) = verdict.alarms_changed {
+            report_alarms(alarms, judge);
+            self.events.emit(Event::Alarms(alarms));
+        }
+        if let Some((t, why)) = &verdict.overruled {
+            warn!(from = %t.from, to = %t.to, reason = %t.reason, %why, "the state machine's verdict is overruled");
+        }
+        let at = match verdict.transition {
             Some(t) => {
                 warn!(from = %t.from, to = %t.to, reason = %t.reason, "transition");
                 let at = t.at;
@@ -316,12 +458,27 @@ impl Agent {
         if !evidence {
             return;
         }
-        let new = fsm.desired().map(|path| (path, at));
+        let new = judge.desired().map(|path| (path, at));
         desired.send_if_modified(|d| {
             let changed = *d != new;
             *d = new;
             changed
         });
+    }
+}
+
+/// Logs the alarms as they are raised and cleared.
+fn report_alarms(alarms: Alarms, judge: &Judge) {
+    let why = judge
+        .backup_health()
+        .map(|h| h.why_down().join("; "))
+        .unwrap_or_default();
+    if alarms.both_down {
+        error!(backup = %why, "both paths down: DX is down and so is the backup; staying put, failing over as soon as the backup is up");
+    } else if alarms.no_redundancy {
+        warn!(backup = %why, "no redundancy: the backup path is down while DX carries the traffic");
+    } else {
+        info!("the backup path is healthy again");
     }
 }
 

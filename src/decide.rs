@@ -12,7 +12,9 @@
 //! - already on the backup when it dies, primary still down: nothing better
 //!   exists, stay and alarm;
 //! - on the primary with the backup down: "no redundancy";
-//! - `backup.required = false`: the same alarms, but never holds a failover.
+//! - `backup.required = false`: the same alarms, but never holds a failover;
+//! - an operator's hold (`ctl hold`, `ctl failover --hold`) overrides all of
+//!   the above until released; the alarms still sound.
 
 use std::fmt;
 
@@ -40,6 +42,19 @@ impl fmt::Display for BackupState {
     }
 }
 
+/// What an operator has asked of the decision.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase", tag = "mode", content = "path")]
+pub enum Operator {
+    /// The probes decide.
+    #[default]
+    Auto,
+    /// Stay on this path whatever the probes say, until released.
+    Hold(Via),
+}
+
 /// Everything the decision is made from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inputs {
@@ -50,6 +65,7 @@ pub struct Inputs {
     pub backup_required: bool,
     /// The path decided last time.
     pub current: Via,
+    pub operator: Operator,
 }
 
 /// Why the path is what it is.
@@ -61,6 +77,8 @@ pub enum Why {
     HeldBothDown,
     /// On the backup, which went down too: nothing better to go to.
     StayingBothDown,
+    /// An operator holds this path.
+    OperatorHold,
 }
 
 /// Conditions an operator must hear about while they last.
@@ -91,6 +109,7 @@ impl fmt::Display for Why {
             Why::StayingBothDown => {
                 "on the backup, which is down too while the primary still is: nothing better to go to"
             }
+            Why::OperatorHold => "an operator holds this path until released",
         })
     }
 }
@@ -103,12 +122,17 @@ pub fn decide(inputs: Inputs) -> Decision {
         both_down: primary_down && backup_down,
         no_redundancy: !primary_down && backup_down,
     };
-    let (path, why) = match (inputs.local, backup_down && inputs.backup_required) {
-        (Via::Backup, true) => match inputs.current {
+    let (path, why) = match (
+        inputs.operator,
+        inputs.local,
+        backup_down && inputs.backup_required,
+    ) {
+        (Operator::Hold(path), _, _) => (path, Why::OperatorHold),
+        (Operator::Auto, Via::Backup, true) => match inputs.current {
             Via::Primary => (Via::Primary, Why::HeldBothDown),
             Via::Backup => (Via::Backup, Why::StayingBothDown),
         },
-        (local, _) => (local, Why::Local),
+        (Operator::Auto, local, _) => (local, Why::Local),
     };
     Decision { path, why, alarms }
 }
@@ -124,6 +148,7 @@ mod tests {
             backup,
             backup_required: true,
             current,
+            operator: Operator::Auto,
         }
     }
 
@@ -174,6 +199,20 @@ mod tests {
         assert!(d.alarms.both_down);
     }
 
+    #[test]
+    fn an_operator_hold_wins_and_the_alarms_still_sound() {
+        for hold in [Via::Primary, Via::Backup] {
+            for local in [Via::Primary, Via::Backup] {
+                let d = decide(Inputs {
+                    operator: Operator::Hold(hold),
+                    ..inputs(local, BackupState::Down, Via::Primary)
+                });
+                assert_eq!((d.path, d.why), (hold, Why::OperatorHold));
+                assert_eq!(d.alarms.both_down, local == Via::Backup);
+            }
+        }
+    }
+
     fn via() -> impl Strategy<Value = Via> {
         prop_oneof![Just(Via::Primary), Just(Via::Backup)]
     }
@@ -193,7 +232,7 @@ mod tests {
         /// down; fail over the moment the backup is not known down.
         #[test]
         fn the_gate(local in via(), backup in backup(), current in via(), required in any::<bool>()) {
-            let d = decide(Inputs { local, backup, backup_required: required, current });
+            let d = decide(Inputs { local, backup, backup_required: required, current, operator: Operator::Auto });
             if current == Via::Primary && d.path == Via::Backup {
                 prop_assert_eq!(local, Via::Backup);
                 prop_assert!(!(required && backup == BackupState::Down));

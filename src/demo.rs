@@ -211,6 +211,24 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
             }
             Event::Overran => writeln!(out, "{}  round overran its interval", stamp(now))?,
             Event::Reloaded => writeln!(out, "{}  configuration reloaded", stamp(now))?,
+            Event::Alarms(alarms) => {
+                let text = if alarms.both_down {
+                    "ALARM both paths down: DX is down and so is the VPN; staying put"
+                } else if alarms.no_redundancy {
+                    "ALARM no redundancy: the VPN path is down"
+                } else {
+                    "alarm cleared: the VPN path is up"
+                };
+                writeln!(out, "{}  {text}", stamp(now))?;
+            }
+            Event::Operator { action, .. } => {
+                writeln!(out, "{}  operator  {action:?}", stamp(now))?;
+            }
+            Event::Intended { actions, .. } => {
+                for action in actions {
+                    writeln!(out, "{}      would {}", stamp(now), aws_cli(&action, None))?;
+                }
+            }
         }
     };
     shutdown.cancel();

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::agent::OperatorAction;
 use crate::cloud::CloudError;
+use crate::decide::{Alarms, Operator};
 use crate::fsm::{Reason, Transition, Via};
 use crate::model::{Action, Adoption, ManagedRoute};
 use crate::plan::Finding;
@@ -79,6 +81,20 @@ pub enum Event {
     ApiError {
         op: &'static str,
         error: CloudError,
+    },
+    /// The backup-path alarms changed (raised or cleared).
+    Alarms(Alarms),
+    /// An operator acted (`ctl`): what, who, and the resulting mode.
+    Operator {
+        action: OperatorAction,
+        uid: Option<u32>,
+        operator: Operator,
+        paused: bool,
+    },
+    /// Paused or dry run: the calls a pass would make, none made.
+    Intended {
+        path: Via,
+        actions: Vec<Action>,
     },
     /// A new configuration (SIGHUP) is in effect.
     Reloaded,

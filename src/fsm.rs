@@ -15,7 +15,7 @@ use crate::model::Adoption;
 use crate::probe::RoundSummary;
 
 /// The path production traffic should take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Via {
     /// Direct Connect: no managed static routes, propagated routes win.
     Primary,
@@ -77,6 +77,12 @@ pub enum Reason {
         up: bool,
         last: RoundSummary,
     },
+    /// An operator holds `path` (`ctl hold`, `ctl failover --hold`).
+    OperatorHold { path: Via },
+    /// An operator released a hold: the probes decide again.
+    Released,
+    /// The backup path came up while the primary is still down.
+    BackupReturned,
 }
 
 impl fmt::Display for Reason {
@@ -98,6 +104,11 @@ impl fmt::Display for Reason {
                 f,
                 "operator asked for failback, {rounds} consecutive up rounds (last: {last})"
             ),
+            Reason::OperatorHold { path } => write!(f, "an operator holds {path}"),
+            Reason::Released => f.write_str("an operator released the hold: the probes decide"),
+            Reason::BackupReturned => {
+                f.write_str("the backup path is up again while the primary is still down")
+            }
             Reason::Partial { rounds, up, last } => write!(
                 f,
                 "found a partial set of our routes; {rounds} consecutive {} rounds finish the {} (last: {last})",

@@ -7,6 +7,7 @@
 //! - [`probe`]: the [`probe::Prober`] trait, round/quorum rule, ICMP and scripted probers.
 //! - [`fsm`]: the pure hysteresis state machine (`fall`, `rise`, hold-down, flap damping).
 //! - [`decide`]: pure: the state machine's verdict + backup health → the path to converge on.
+//! - [`judge`]: owns the state machine, backup health and operator mode; reports decided transitions.
 //! - [`backup`]: pure: the backup path's health from its probes, the appliance ENIs and blackholes.
 //! - [`model`]: route tables and routes as the planner sees them.
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
@@ -37,6 +38,7 @@ pub mod events;
 pub mod fsm;
 pub mod guard;
 pub mod instance;
+pub mod judge;
 pub mod lock;
 pub mod metrics;
 pub mod model;

@@ -9,9 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+use crate::decide::Operator;
 use crate::events::{Event, Outcome, Sink};
 use crate::fsm::Via;
 use crate::model::Adoption;
+use crate::plan::Finding;
 
 /// RTT buckets from loopback to a slow VPN, in seconds.
 const RTT_BUCKETS: &[f64] = &[
@@ -136,8 +138,39 @@ fn record(event: &Event) {
             counter!("route_failover_route_api_calls_total", "op" => *op, "result" => result)
                 .increment(1);
         }
-        Event::Converged { .. } => gauge!("route_failover_routes_converged").set(1.0),
-        Event::Diverged { .. } => gauge!("route_failover_routes_converged").set(0.0),
+        Event::Converged { .. } => {
+            gauge!("route_failover_routes_converged").set(1.0);
+            gauge!("route_failover_failback_held").set(0.0);
+        }
+        Event::Diverged { .. } | Event::Intended { .. } => {
+            gauge!("route_failover_routes_converged").set(0.0);
+        }
+        Event::Finding(Finding::FailbackHeld { .. }) => {
+            gauge!("route_failover_failback_held").set(1.0);
+            counter!("route_failover_failback_holds_total").increment(1);
+        }
+        Event::Alarms(alarms) => {
+            gauge!("route_failover_both_paths_down").set(f64::from(u8::from(alarms.both_down)));
+            gauge!("route_failover_no_redundancy").set(f64::from(u8::from(alarms.no_redundancy)));
+        }
+        Event::Operator {
+            action,
+            operator,
+            paused,
+            ..
+        } => {
+            let action = serde_json::to_value(action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            counter!("route_failover_operator_actions_total", "action" => action).increment(1);
+            for p in [Via::Primary, Via::Backup] {
+                let held = *operator == Operator::Hold(p);
+                gauge!("route_failover_operator_hold", "path" => path_label(p))
+                    .set(f64::from(u8::from(held)));
+            }
+            gauge!("route_failover_paused").set(f64::from(u8::from(*paused)));
+        }
         Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
     }
 }

@@ -112,6 +112,8 @@ enum Pass {
     Failed { kind: ErrorKind, why: String },
     /// The desired path changed meanwhile: start over at once.
     Superseded,
+    /// Paused by an operator: nothing called, what would be is reported.
+    Paused,
     /// Shutdown: no further call.
     Stopped,
 }
@@ -132,6 +134,10 @@ pub(crate) struct Reconciler {
     ledger: Ledger,
     stop: CancellationToken,
     startup_check: Option<StartupCheck>,
+    /// No route calls while set (`ctl pause`).
+    paused: watch::Receiver<bool>,
+    /// The plan last reported as intended (paused or dry run), so each is logged once.
+    intended: Vec<Action>,
     /// Findings already reported, so each is logged once while it lasts.
     reported: HashSet<String>,
     /// When the transition now being converged happened.
@@ -146,6 +152,7 @@ impl Reconciler {
         ledger: Ledger,
         stop: CancellationToken,
         startup_check: Option<StartupCheck>,
+        paused: watch::Receiver<bool>,
     ) -> Self {
         Self {
             api,
@@ -154,6 +161,8 @@ impl Reconciler {
             ledger,
             stop,
             startup_check,
+            paused,
+            intended: Vec::new(),
             reported: HashSet::new(),
             transition_at: None,
         }
@@ -213,6 +222,14 @@ impl Reconciler {
                             }
                             resync
                         }
+                        Pass::Paused => {
+                            converged_on = None;
+                            self.events.emit(Event::Diverged {
+                                path,
+                                why: "paused by an operator: no route calls".to_string(),
+                            });
+                            resync
+                        }
                         Pass::Blocked(why) => {
                             failures = 0;
                             converged_on = None;
@@ -241,6 +258,12 @@ impl Reconciler {
                         return;
                     }
                     // New routes to converge: say so again once they are.
+                    converged_on = None;
+                }
+                changed = self.paused.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                     converged_on = None;
                 }
                 () = tokio::time::sleep(wait) => {}
@@ -350,8 +373,13 @@ impl Reconciler {
     }
 
     /// Logs and emits that the tables match `path`, with the time since the
-    /// transition that asked for it.
+    /// transition that asked for it. A dry run only says nothing more would
+    /// change: it has changed nothing.
     fn announce_converged(&self, path: Via) {
+        if self.api.is_dry_run() {
+            info!(%path, "dry run: nothing more would change (no route was changed)");
+            return;
+        }
         let since = self.transition_at.map(|t| t.elapsed());
         match since {
             Some(d) => info!(
@@ -396,6 +424,10 @@ impl Reconciler {
                 &observed,
             );
             self.report(&plan.findings);
+            if *self.paused.borrow() {
+                self.intend(path, &plan.actions, "paused");
+                return Pass::Paused;
+            }
             if plan.actions.is_empty() {
                 return if plan.converged(path) {
                     Pass::Converged
@@ -406,7 +438,7 @@ impl Reconciler {
             if superseded() {
                 return Pass::Superseded;
             }
-            if let Err(pass) = self.act(plan.actions).await {
+            if let Err(pass) = self.act(path, plan.actions).await {
                 return pass;
             }
         }
@@ -414,6 +446,22 @@ impl Reconciler {
             kind: ErrorKind::Other,
             why: format!("not converged after {MAX_PASSES} passes"),
         }
+    }
+
+    /// Reports the calls a pass would make without making them (paused,
+    /// or a dry run), each distinct plan once.
+    fn intend(&mut self, path: Via, actions: &[Action], mode: &str) {
+        if actions == self.intended.as_slice() {
+            return;
+        }
+        self.intended = actions.to_vec();
+        for action in actions {
+            info!(%mode, action = %action, "would {action}");
+        }
+        self.events.emit(Event::Intended {
+            path,
+            actions: actions.to_vec(),
+        });
     }
 
     fn read_failed(&self, e: CloudError) -> Pass {
@@ -436,7 +484,7 @@ impl Reconciler {
     /// Makes the calls: records what it is about to create, re-checks what
     /// it is about to remove, then calls, a few at a time, starting none
     /// once stopped. `Err` carries how the pass ends.
-    async fn act(&mut self, actions: Vec<Action>) -> Result<(), Pass> {
+    async fn act(&mut self, path: Via, actions: Vec<Action>) -> Result<(), Pass> {
         let mut failed: Option<(ErrorKind, String)> = None;
         let mut ready = Vec::with_capacity(actions.len());
         let recheck = self.recheck_removals(&actions).await?;
@@ -471,6 +519,13 @@ impl Reconciler {
             .buffer_unordered(CONCURRENT_CALLS)
             .collect()
             .await;
+        let dry_run = self.api.is_dry_run();
+        if dry_run {
+            let actions: Vec<Action> = results.iter().map(|(a, _, _)| a.clone()).collect();
+            // Say "would", never "changed": nothing was.
+            self.intend(path, &actions, "dry run");
+            return Ok(());
+        }
         for (action, result, latency) in results {
             match &result {
                 Ok(outcome) => {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::decide::Operator;
 use crate::model::{ManagedRoute, RouteTable, Target};
 
 /// The ledger's on-disk format version.
@@ -276,26 +277,99 @@ impl Ledger {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let write = |error| StateError::Write {
+        let bytes = serde_json::to_vec_pretty(&self.record).expect("the ledger serializes");
+        write_atomically(path, &bytes).map_err(|error| StateError::Write {
             path: path.clone(),
             error,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new
+/// one, never half of either: a synced temporary file renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // The rename is durable once the directory is synced.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// An operator's hold and pause, kept across restarts (`ctl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub operator: Operator,
+    pub paused: bool,
+}
+
+/// Where the operator's hold and pause are kept: beside the ledger, as
+/// `operator-<config path>.json`; nowhere for the demo and tests.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorStore {
+    path: Option<PathBuf>,
+}
+
+impl OperatorStore {
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    pub fn for_config(config: &Path) -> Self {
+        Self::at(&state_dir().join(format!(
+            "operator-{}",
+            &file_name(config)["routes-".len()..]
+        )))
+    }
+
+    pub fn at(path: &Path) -> Self {
+        Self {
+            path: Some(path.to_path_buf()),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// What was recorded; nothing recorded is automatic and not paused.
+    pub fn load(&self) -> Result<OperatorRecord, StateError> {
+        let Some(path) = &self.path else {
+            return Ok(OperatorRecord::default());
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(write)?;
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| StateError::Corrupt {
+                path: path.clone(),
+                error,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(OperatorRecord::default()),
+            Err(error) => Err(StateError::Read {
+                path: path.clone(),
+                error,
+            }),
         }
-        let bytes = serde_json::to_vec_pretty(&self.record).expect("the ledger serializes");
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(write)?;
-        file.write_all(&bytes).map_err(write)?;
-        file.sync_all().map_err(write)?;
-        std::fs::rename(&tmp, path).map_err(write)?;
-        if let Some(dir) = path.parent() {
-            // The rename is durable once the directory is synced.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+    }
+
+    pub fn save(&self, record: OperatorRecord) -> Result<(), StateError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec_pretty(&record).expect("the record serializes");
+        write_atomically(path, &bytes).map_err(|error| StateError::Write {
+            path: path.clone(),
+            error,
+        })
     }
 }
 

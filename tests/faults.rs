@@ -200,12 +200,30 @@ async fn dry_run_makes_no_mutating_call() {
         out.clone(),
     ));
     let mut h = Harness::start(&config, dry.clone(), Reply::None);
-    h.converged(Via::Backup, secs(10)).await;
+    h.wait_for(
+        "intended creates",
+        secs(10),
+        |e| matches!(e, Event::Intended { path: Via::Backup, actions } if actions.len() == 4),
+    )
+    .await;
     // A resync later the overlay still says the routes exist: nothing printed twice.
     h.run_for(secs(65)).await;
     h.script.set("DX restored", Reply::All);
-    h.converged(Via::Primary, secs(60)).await;
-    h.stop().await;
+    h.wait_for(
+        "intended deletes",
+        secs(60),
+        |e| matches!(e, Event::Intended { path: Via::Primary, actions } if actions.len() == 4),
+    )
+    .await;
+    h.run_for(secs(35)).await;
+    let events = h.stop().await;
+    // Nothing changed, so nothing says it did.
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Converged { .. } | Event::RouteChange { .. })),
+        "a dry run reported a change or a convergence"
+    );
 
     let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();

@@ -182,6 +182,10 @@ impl RouteApi for DryRun {
         // EC2's own DryRun: nothing changes, so the real backend may answer.
         self.inner.is_permitted(action).await
     }
+
+    fn is_dry_run(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

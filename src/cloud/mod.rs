@@ -156,4 +156,10 @@ pub trait RouteApi: Send + Sync {
     /// `Some(false)` for `UnauthorizedOperation`, `None` when the endpoint
     /// ignores DryRun (LocalStack does) and so cannot be asked safely.
     async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError>;
+
+    /// True for the dry-run wrapper: its writes are printed, not made, so
+    /// the agent says "would", never "changed" or "converged".
+    fn is_dry_run(&self) -> bool {
+        false
+    }
 }

@@ -20,7 +20,7 @@ use crate::metrics::{self, MetricsSink};
 use crate::probe::icmp::IcmpProber;
 use crate::probe::Prober;
 use crate::reconcile::{CheckFailure, StartupCheck};
-use crate::state::Ledger;
+use crate::state::{Ledger, OperatorStore};
 use crate::systemd::SystemdSink;
 use crate::{lock, signals};
 
@@ -75,19 +75,20 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let (mut api, instance) = connect(&config).await?;
     let check = guard_check(&config, &api, &instance);
     // A dry run records nothing: it creates nothing.
-    let ledger = if dry_run {
+    let (ledger, operator) = if dry_run {
         api = Arc::new(DryRun::new(api, config.aws.region.clone()));
-        Ledger::in_memory()
+        (Ledger::in_memory(), OperatorStore::in_memory())
     } else {
         let ledger = Ledger::for_config(&config.source)?;
         if let Some(path) = ledger.path() {
             info!(ledger = %path.display(), "ownership ledger");
         }
-        ledger
+        (ledger, OperatorStore::for_config(&config.source))
     };
     let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
     let agent = Agent::new(config.clone(), Box::new(prober), Arc::clone(&api))
         .with_ledger(ledger)
+        .with_operator_store(operator)?
         .with_startup_check(check)
         .with_sink(Arc::new(MetricsSink))
         .with_sink(Arc::new(SystemdSink));
