@@ -338,6 +338,7 @@ impl Agent {
                         policy: probe.round,
                         label: report.label,
                         path: judge.path(),
+                        standing: judge.standing(now),
                     });
                     last_summary = Some(summary);
                     self.after(&judge, verdict, desired, true);

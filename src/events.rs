@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use crate::agent::OperatorAction;
 use crate::cloud::CloudError;
-use crate::decide::{Alarms, Operator};
-use crate::fsm::{Reason, Transition, Via};
+use crate::decide::{Alarms, BackupState, Operator};
+use crate::fsm::{Phase, Reason, Transition, Via};
 use crate::model::{Action, Adoption, ManagedRoute};
 use crate::plan::Finding;
 use crate::probe::{RoundPolicy, RoundSummary, TargetReport};
@@ -53,7 +53,9 @@ pub enum Event {
         /// The rule the round was judged by.
         policy: RoundPolicy,
         label: Option<String>,
+        /// The decided path.
         path: Via,
+        standing: Standing,
     },
     /// A round did not finish within its interval; it counted as down.
     Overran,
@@ -98,6 +100,22 @@ pub enum Event {
     },
     /// A new configuration (SIGHUP) is in effect.
     Reloaded,
+}
+
+/// Where the agent stands after a round, for status views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    /// The decided path (where traffic goes, or will once converged).
+    pub path: Via,
+    /// The state machine's own verdict on the primary.
+    pub local: Via,
+    pub phase: Phase,
+    pub down_streak: u32,
+    pub up_streak: u32,
+    pub hold_down_left: Option<Duration>,
+    pub pinned: bool,
+    pub backup: BackupState,
+    pub operator: Operator,
 }
 
 /// Somewhere events go. Implementations must not block: they run inline

@@ -261,6 +261,16 @@ impl Fsm {
         self.up_streak
     }
 
+    /// How long hold-down still keeps the agent on Backup, at `now`.
+    pub fn hold_down_left(&self, now: Instant) -> Option<Duration> {
+        let since = self.backup_since?;
+        let left = self
+            .policy
+            .hold_down
+            .saturating_sub(now.saturating_duration_since(since));
+        (!left.is_zero()).then_some(left)
+    }
+
     /// True while flap damping holds the agent on Backup.
     pub fn pinned(&self) -> bool {
         self.pinned

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::backup::{Appliance, BackupHealth};
 use crate::decide::{decide, Alarms, BackupState, Decision, Inputs, Operator, Why};
+use crate::events::Standing;
 use crate::fsm::{Fsm, Phase, Policy, Reason, Step, Transition, Via};
 use crate::model::Adoption;
 use crate::probe::RoundSummary;
@@ -73,6 +74,21 @@ impl Judge {
 
     pub fn operator(&self) -> Operator {
         self.operator
+    }
+
+    /// Where the judge stands at `now`, for status views.
+    pub fn standing(&self, now: Instant) -> Standing {
+        Standing {
+            path: self.decided,
+            local: self.fsm.path(),
+            phase: self.fsm.phase(),
+            down_streak: self.fsm.down_streak(),
+            up_streak: self.fsm.up_streak(),
+            hold_down_left: self.fsm.hold_down_left(now),
+            pinned: self.fsm.pinned(),
+            backup: self.backup(),
+            operator: self.operator,
+        }
     }
 
     /// The decided path (where traffic goes, or will once converged).
