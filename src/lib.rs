@@ -9,6 +9,7 @@
 //! - [`decide`]: pure: the state machine's verdict + backup health → the path to converge on.
 //! - [`judge`]: owns the state machine, backup health and operator mode; reports decided transitions.
 //! - [`backup`]: pure: the backup path's health from its probes, the appliance ENIs and blackholes.
+//! - [`peers`]: pure: the HA pair's rule (Backup while any live agent says so) and its tag format.
 //! - [`model`]: route tables and routes as the planner sees them.
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
 //! - [`cloud`]: the [`cloud::RouteApi`] trait; EC2, in-memory and dry-run backends.
@@ -42,6 +43,7 @@ pub mod judge;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod peers;
 pub mod plan;
 pub mod probe;
 pub mod reconcile;
