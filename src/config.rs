@@ -284,12 +284,8 @@ impl Config {
 
     /// Parses and validates configuration text; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: source.to_path_buf(),
-            key: None,
-            line: e.span().map(|s| line_of(text, s.start)),
-            reason: e.message().trim().to_string(),
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| parse_error(text, source, &e))?;
         validate(raw, source).map_err(|inv| ConfigError {
             file: source.to_path_buf(),
             line: key_line(text, &inv.key),
@@ -545,6 +541,94 @@ fn check_aws_id(id: &str, prefix: &str, key: &str) -> Result<(), Invalid> {
             format!("{id:?} is not an id of the form {prefix}-0123456789abcdef0"),
         ))
     }
+}
+
+/// A syntax or type error from the parser, with the dotted key it concerns.
+fn parse_error(
+    text: &str,
+    source: &Path,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let inner = e.inner();
+    let mut reason = inner.message().trim().to_string();
+    // serde_path_to_error spells the root ".", and nested keys as
+    // `routes[1].destination`, the form validation errors use too.
+    let mut key = match e.path().to_string() {
+        root if root == "." => String::new(),
+        path => path,
+    };
+    let line = inner.span().map(|s| line_of(text, s.start));
+    // A missing key is reported at its table; name the key itself.
+    if let Some(field) = reason
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        key = if key.is_empty() {
+            field.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+    } else if key.is_empty() {
+        // Nothing was deserialized yet: the text is not TOML. Name the key
+        // written on that line, which is what the operator will look for.
+        let written = line
+            .and_then(|l| text.lines().nth(l - 1))
+            .unwrap_or_default();
+        key = line
+            .and_then(|l| key_written_at(text, l))
+            .unwrap_or_default();
+        reason = format!("not valid TOML: {reason}");
+        // `interval = 1s`: the likeliest slip of all.
+        let value = written.split_once('=').map_or("", |(_, v)| v.trim());
+        if value.starts_with(|c: char| c.is_ascii_digit())
+            && value.contains(|c: char| c.is_ascii_alphabetic())
+        {
+            reason.push_str(" (durations are strings: write \"1s\", with quotes)");
+        }
+    }
+    let line = line.or_else(|| key_line(text, &key));
+    ConfigError {
+        file: source.to_path_buf(),
+        key: (!key.is_empty()).then_some(key),
+        line,
+        reason,
+    }
+}
+
+/// The dotted key that line `line` (1-based) of a possibly broken document
+/// assigns or opens, read from the text itself: the last table header above
+/// it (`[[routes]]` counted, so `routes[1]`), then the name before `=`.
+fn key_written_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut found = None;
+    for (i, raw) in text.lines().enumerate().take(line) {
+        let l = raw.trim();
+        let here = i + 1 == line;
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            table = format!("{name}[{n}]");
+            found = here.then(|| table.clone());
+        } else if let Some(name) = l.strip_prefix('[') {
+            table = name.split(']').next().unwrap_or(name).trim().to_string();
+            found = here.then(|| table.clone());
+        } else if here {
+            let name = l.split_once('=')?.0.trim();
+            if name.is_empty() || name.starts_with('#') {
+                return None;
+            }
+            found = Some(if table.is_empty() {
+                name.to_string()
+            } else {
+                format!("{table}.{name}")
+            });
+        }
+    }
+    found
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -75,43 +75,151 @@ fn defaults_fill_what_a_minimal_config_leaves_out() {
     assert!(last_echo_ends <= c.probe.interval);
 }
 
-#[test]
-fn an_unknown_key_is_named_with_its_line() {
-    let text = EXAMPLE.replace("region = \"us-east-1\"", "reigon = \"us-east-1\"");
-    let e = error(&text);
-    assert!(e.reason.contains("reigon"), "{e}");
-    assert_eq!(e.line, Some(line_containing(&text, "reigon")));
+/// Asserts `e` reads `test.toml:LINE: KEY: …` with the line that holds
+/// `needle` in `text`, and that its reason contains `reason`.
+fn assert_names(e: &ConfigError, text: &str, needle: &str, key: &str, reason: &str) {
+    let line = line_containing(text, needle);
+    assert_eq!(e.key.as_deref(), Some(key), "{e}");
+    assert_eq!(e.line, Some(line), "{e}");
+    assert!(e.reason.contains(reason), "{e}: reason lacks {reason:?}");
+    let prefix = format!("/etc/route-failover/test.toml:{line}: {key}: ");
     assert!(
-        e.to_string().starts_with("/etc/route-failover/test.toml:"),
-        "{e}"
+        e.to_string().starts_with(&prefix),
+        "{e} does not start with {prefix}"
+    );
+}
+
+/// Every shape of error the parser raises (before validation sees a value)
+/// names the dotted key, its line and the reason.
+#[test]
+fn parser_errors_name_the_key_its_line_and_the_reason() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // A value the type's parser refuses.
+        (
+            "interval = \"1s\"",
+            "interval = \"fast\"",
+            "probe.interval",
+            "expected a duration",
+        ),
+        (
+            "hold_down = \"60s\"",
+            "hold_down = \"60 parsecs\"",
+            "failover.hold_down",
+            "duration",
+        ),
+        // A duration too large for the type at all.
+        (
+            "api_timeout = \"10s\"",
+            "api_timeout = \"99999999999999999999s\"",
+            "aws.api_timeout",
+            "duration",
+        ),
+        // The wrong type.
+        (
+            "fall = 3",
+            "fall = \"three\"",
+            "failover.fall",
+            "expected u32",
+        ),
+        ("count = 3", "count = -1", "probe.count", "expected u32"),
+        (
+            "takeover = false",
+            "takeover = \"no\"",
+            "failover.takeover",
+            "boolean",
+        ),
+        (
+            "targets = [\"10.1.0.10\", \"10.1.0.11\"]",
+            "targets = [\"10.1.0.10\", 11]",
+            "probe.targets[1]",
+            "expected a string",
+        ),
+        (
+            "destination = \"fd00:1::/48\"",
+            "destination = 48",
+            "routes[1].destination",
+            "expected a string",
+        ),
+        // An enum value that is not one of its variants.
+        (
+            "backend = \"ec2\"",
+            "backend = \"gcp\"",
+            "aws.backend",
+            "`ec2` or `memory`",
+        ),
+        (
+            "failback = \"auto\"",
+            "failback = \"sometimes\"",
+            "failover.failback",
+            "sometimes",
+        ),
+        // Unknown keys, at each depth (deny_unknown_fields).
+        (
+            "region = \"us-east-1\"",
+            "reigon = \"us-east-1\"",
+            "aws.reigon",
+            "unknown field",
+        ),
+        ("[metrics]", "[metrix]", "metrix", "unknown field"),
+        (
+            "destination = \"fd00:1::/48\"",
+            "destiny = \"fd00:1::/48\"",
+            "routes[1].destiny",
+            "unknown field",
+        ),
+        // Not TOML at all: the key written on that line.
+        (
+            "interval = \"1s\"",
+            "interval = 1s",
+            "probe.interval",
+            "with quotes",
+        ),
+        (
+            "target_eni = \"eni-0123456789abcdef0\"\n",
+            "target_eni = eni\n",
+            "routes[1].target_eni",
+            "not valid TOML",
+        ),
+    ];
+    for (from, to, key, reason) in cases {
+        assert!(EXAMPLE.contains(from), "test case does not apply: {from}");
+        let text = EXAMPLE.replacen(from, to, 1);
+        // Each replacement is the only line of its kind in the text.
+        assert_names(&error(&text), &text, to.trim_end(), key, reason);
+    }
+}
+
+#[test]
+fn the_errors_quoted_in_the_issue_now_name_their_key() {
+    let text = EXAMPLE.replace("interval = \"1s\"", "interval = \"fast\"");
+    let line = line_containing(&text, "\"fast\"");
+    assert_eq!(
+        error(&text).to_string(),
+        format!(
+            "/etc/route-failover/test.toml:{line}: probe.interval: invalid value: string \"fast\", expected a duration"
+        )
+    );
+    let text = EXAMPLE.replace("fall = 3", "fall = \"three\"");
+    let line = line_containing(&text, "\"three\"");
+    assert_eq!(
+        error(&text).to_string(),
+        format!(
+            "/etc/route-failover/test.toml:{line}: failover.fall: invalid type: string \"three\", expected u32"
+        )
     );
 }
 
 #[test]
-fn a_bad_duration_is_refused_by_the_parser_with_its_line() {
-    let text = EXAMPLE.replace("hold_down = \"60s\"", "hold_down = \"60 parsecs\"");
+fn a_missing_required_key_is_named_in_full() {
+    let text = EXAMPLE.replacen("targets = [\"10.1.0.10\", \"10.1.0.11\"]", "", 1);
     let e = error(&text);
-    assert_eq!(e.line, Some(line_containing(&text, "60 parsecs")));
-    assert!(
-        e.to_string().contains("hold_down") || e.reason.contains("parsecs"),
-        "{e}"
-    );
-}
-
-#[test]
-fn a_wrong_type_or_enum_value_is_refused() {
-    let e = error(&EXAMPLE.replace("backend = \"ec2\"", "backend = \"gcp\""));
-    assert!(
-        e.reason.contains("gcp") || e.reason.contains("variant"),
-        "{e}"
-    );
-    let e = error(&EXAMPLE.replace("count = 3", "count = \"three\""));
-    assert!(e.line.is_some(), "{e}");
-    let e = error(&EXAMPLE.replace("failback = \"auto\"", "failback = \"sometimes\""));
-    assert!(
-        e.reason.contains("sometimes") || e.reason.contains("variant"),
-        "{e}"
-    );
+    assert_eq!(e.key.as_deref(), Some("probe.targets"), "{e}");
+    assert_eq!(e.line, Some(line_containing(&text, "[probe]")), "{e}");
+    let text = MINIMAL.replace("destination = \"10.1.0.0/16\"", "");
+    let e = error(&text);
+    assert_eq!(e.key.as_deref(), Some("routes[0].destination"), "{e}");
+    let e = error("[aws]\nregion = \"us-east-1\"\n");
+    assert_eq!(e.key.as_deref(), Some("probe"), "{e}");
 }
 
 /// Each validation rule, the key it must name, and a word the reason must contain.
