@@ -20,6 +20,33 @@ use crate::probe::RoundPolicy;
 /// Exit status for an unusable configuration (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
 
+/// Bounds of every duration key. The upper ones keep all the timer
+/// arithmetic (`Instant + hold_down`, `api_timeout × attempts`, …) far from
+/// overflow, and each is well beyond any sensible setting.
+pub mod limits {
+    use std::time::Duration;
+
+    const DAY: u64 = 24 * 3600;
+
+    /// `probe.interval`: systemd's watchdog is pinged once per round, and
+    /// the unit's `WatchdogSec=30s` should see at least three pings.
+    pub const INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(10));
+    /// `probe.timeout` may use at most this share of `probe.interval`, in
+    /// tenths: the other tenth (at least) is the margin that lets the last
+    /// echo of a round be answered before the next round starts.
+    pub const TIMEOUT_TENTHS: u32 = 9;
+    /// `aws.api_timeout`, per attempt.
+    pub const API_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(5 * 60));
+    /// `failover.hold_down`.
+    pub const HOLD_DOWN: Duration = Duration::from_secs(7 * DAY);
+    /// `failover.resync_interval`.
+    pub const RESYNC_INTERVAL: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(3600));
+    /// `failover.flap_window`.
+    pub const FLAP_WINDOW: Duration = Duration::from_secs(30 * DAY);
+}
+
 /// Which implementation of the route API the agent talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -295,6 +322,36 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Refuses a `probe.interval` longer than a third of systemd's watchdog
+    /// timeout: the agent pings the watchdog once per round, and a round
+    /// that runs late or a ping that is lost must not get it killed.
+    pub fn check_watchdog(&self, watchdog: Duration) -> Result<(), ConfigError> {
+        // Whole milliseconds: "4s 666ms", not "4s 666ms 666us 666ns".
+        let third = u64::try_from((watchdog / 3).as_millis()).unwrap_or(u64::MAX);
+        let longest = Duration::from_millis(third);
+        if self.probe.interval <= longest {
+            return Ok(());
+        }
+        let key = "probe.interval";
+        Err(ConfigError {
+            file: self.source.clone(),
+            line: std::fs::read_to_string(&self.source)
+                .ok()
+                .and_then(|text| key_line(&text, key)),
+            key: Some(key.to_string()),
+            reason: format!(
+                "{} is longer than a third of systemd's watchdog timeout ({}, WatchdogSec): \
+                 the agent pings the watchdog once per round; set it to at most {} or raise \
+                 WatchdogSec",
+                show(self.probe.interval),
+                show(watchdog),
+                show(longest)
+            ),
+        })
+    }
+}
+
 fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let aws = validate_aws(raw.aws)?;
     let probe = validate_probe(raw.probe)?;
@@ -352,9 +409,7 @@ fn validate_aws(raw: RawAws) -> Result<AwsConfig, Invalid> {
     if let Some(subnet) = &raw.own_subnet_id {
         check_aws_id(subnet, "subnet", "aws.own_subnet_id")?;
     }
-    if raw.api_timeout < Duration::from_millis(100) {
-        return Err(invalid("aws.api_timeout", "must be at least 100ms"));
-    }
+    within("aws.api_timeout", raw.api_timeout, limits::API_TIMEOUT, "")?;
     Ok(AwsConfig {
         region: raw.region,
         endpoint_url: raw.endpoint_url,
@@ -379,23 +434,21 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
         let addr: IpAddr = text
             .parse()
             .map_err(|_| invalid(&key, format!("{text:?} is not an IPv4 or IPv6 address")))?;
-        if addr.is_unspecified()
-            || addr.is_multicast()
-            || addr == IpAddr::from([255, 255, 255, 255])
-        {
-            return Err(invalid(
-                &key,
-                format!("{addr} cannot be probed: use a unicast address of an on-premises host"),
-            ));
+        if let Some(why) = unprobeable(addr) {
+            return Err(invalid(&key, format!("{addr} cannot be probed: {why}")));
         }
         if targets.contains(&addr) {
             return Err(invalid(&key, format!("{addr} is listed twice")));
         }
         targets.push(addr);
     }
-    if raw.interval < Duration::from_millis(10) {
-        return Err(invalid("probe.interval", "must be at least 10ms"));
-    }
+    within(
+        "probe.interval",
+        raw.interval,
+        limits::INTERVAL,
+        ": the agent pings systemd's watchdog once per round, and the unit's \
+         WatchdogSec=30s must see at least three pings",
+    )?;
     if raw.timeout.is_zero() {
         return Err(invalid("probe.timeout", "must be greater than zero"));
     }
@@ -404,8 +457,21 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             "probe.timeout",
             format!(
                 "{} is longer than probe.interval ({}): a round must end within its interval",
-                humantime::format_duration(raw.timeout),
-                humantime::format_duration(raw.interval)
+                show(raw.timeout),
+                show(raw.interval)
+            ),
+        ));
+    }
+    let longest = raw.interval / 10 * limits::TIMEOUT_TENTHS;
+    if raw.timeout > longest {
+        return Err(invalid(
+            "probe.timeout",
+            format!(
+                "{} leaves less than 10 % of probe.interval ({}) free: at most {}, so that \
+                 the last echo of a round is answered before the next round starts",
+                show(raw.timeout),
+                show(raw.interval),
+                show(longest)
             ),
         ));
     }
@@ -445,17 +511,31 @@ fn validate_failover(raw: RawFailover) -> Result<(Policy, ReconcileConfig), Inva
     if raw.rise < 1 {
         return Err(invalid("failover.rise", "must be at least 1"));
     }
-    if raw.resync_interval < Duration::from_secs(1) {
-        return Err(invalid(
-            "failover.resync_interval",
-            "must be at least 1s, to stay well inside EC2's API rate limits",
+    if raw.hold_down > limits::HOLD_DOWN {
+        return Err(too_long(
+            "failover.hold_down",
+            raw.hold_down,
+            limits::HOLD_DOWN,
         ));
     }
+    within(
+        "failover.resync_interval",
+        raw.resync_interval,
+        limits::RESYNC_INTERVAL,
+        ", to stay well inside EC2's API rate limits and still repair drift",
+    )?;
     if raw.max_failovers < 1 {
         return Err(invalid("failover.max_failovers", "must be at least 1"));
     }
     if raw.flap_window.is_zero() {
         return Err(invalid("failover.flap_window", "must be greater than zero"));
+    }
+    if raw.flap_window > limits::FLAP_WINDOW {
+        return Err(too_long(
+            "failover.flap_window",
+            raw.flap_window,
+            limits::FLAP_WINDOW,
+        ));
     }
     Ok((
         Policy {
@@ -520,6 +600,61 @@ fn validate_routes(raw: Vec<RawRoute>) -> Result<Vec<ManagedRoute>, Invalid> {
         });
     }
     Ok(routes)
+}
+
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+fn too_long(key: &str, value: Duration, max: Duration) -> Invalid {
+    invalid(
+        key,
+        format!("{} is too long: at most {}", show(value), show(max)),
+    )
+}
+
+/// Checks `value` against inclusive `(min, max)`; `why` ends the message.
+fn within(
+    key: &str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+    why: &str,
+) -> Result<(), Invalid> {
+    if value < min {
+        return Err(invalid(key, format!("must be at least {}{why}", show(min))));
+    }
+    if value > max {
+        return Err(invalid(
+            key,
+            format!("{} is too long: at most {}{why}", show(value), show(max)),
+        ));
+    }
+    Ok(())
+}
+
+/// Why `addr` cannot be a probe target, if it cannot.
+fn unprobeable(addr: IpAddr) -> Option<String> {
+    let unicast = "use a unicast address of an on-premises host";
+    match addr {
+        _ if addr.is_unspecified() || addr.is_multicast() => Some(unicast.to_string()),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some(unicast.to_string()),
+        IpAddr::V4(v4) if v4.is_link_local() => Some(
+            "it is link-local (169.254.0.0/16): such an address never crosses Direct Connect; \
+             use an on-premises host's address"
+                .to_string(),
+        ),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some(format!(
+            "it is an IPv4-mapped IPv6 address (::ffff:0:0/96): write it as IPv4, {}",
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+        )),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(
+            "it is link-local (fe80::/10): such an address needs an interface scope and never \
+             crosses Direct Connect; use an on-premises host's address"
+                .to_string(),
+        ),
+        _ => None,
+    }
 }
 
 /// EC2 ids are a prefix, a dash and 8 or 17 lowercase hex digits.

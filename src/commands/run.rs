@@ -13,7 +13,7 @@ use super::{connect, own_subnet};
 use crate::agent::{Agent, Control};
 use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::guard::{self, Verdict};
 use crate::instance::Instance;
 use crate::metrics::{self, MetricsSink};
@@ -37,8 +37,18 @@ async fn run_guard(config: &Config, api: &dyn RouteApi, instance: &Instance) -> 
     Ok(())
 }
 
+/// Under systemd's watchdog (`WATCHDOG_USEC` set for this process), the
+/// probe interval must leave room for several pings per watchdog timeout.
+fn check_watchdog(config: &Config) -> Result<(), ConfigError> {
+    match sd_notify::watchdog_enabled() {
+        Some(watchdog) => config.check_watchdog(watchdog),
+        None => Ok(()),
+    }
+}
+
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    check_watchdog(&config)?;
     let _lock = lock::acquire(&config.source)?;
     if let Some(listen) = config.metrics_listen {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
@@ -82,6 +92,7 @@ async fn reload(
     control: &Control,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
+    check_watchdog(&new)?;
     if new.aws != running.aws || new.metrics_listen != running.metrics_listen {
         warn!("changes to [aws] and [metrics] take effect on restart; applying the rest");
         new.aws = running.aws.clone();
