@@ -23,7 +23,7 @@ use crate::systemd::SystemdSink;
 use crate::{lock, signals};
 
 async fn run_guard(config: &Config, api: &dyn RouteApi, instance: &Instance) -> anyhow::Result<()> {
-    let subnet = own_subnet(config, instance);
+    let subnet = own_subnet(config, instance)?;
     match guard::check(api, subnet, &config.routes, config.aws.allow_self_subnet).await? {
         Verdict::Clear { subnet, table } => info!(%subnet, %table, "self-subnet guard: own table is not managed"),
         Verdict::Allowed { subnet, table } => warn!(
