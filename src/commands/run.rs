@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -16,11 +16,13 @@ use crate::cloud::RouteApi;
 use crate::config::{Config, ConfigError};
 use crate::guard::{self, Verdict};
 use crate::instance::Instance;
+use crate::lock::{self, AgentLocks};
 use crate::metrics::{self, MetricsSink};
+use crate::model::table_ids;
 use crate::probe::icmp::IcmpProber;
 use crate::probe::Prober;
+use crate::signals;
 use crate::systemd::SystemdSink;
-use crate::{lock, signals};
 
 async fn run_guard(config: &Config, api: &dyn RouteApi, instance: &Instance) -> anyhow::Result<()> {
     let subnet = own_subnet(config, instance)?;
@@ -49,7 +51,13 @@ fn check_watchdog(config: &Config) -> Result<(), ConfigError> {
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     check_watchdog(&config)?;
-    let _lock = lock::acquire(&config.source)?;
+    // Held until the process exits: one per config, one per managed table
+    // (no HA agent id yet), so no other agent on this host manages them.
+    let locks = Arc::new(Mutex::new(lock::acquire(
+        &config.source,
+        &table_ids(&config.routes),
+        None,
+    )?));
     if let Some(listen) = config.metrics_listen {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
         info!(%listen, "serving Prometheus metrics on /metrics");
@@ -68,10 +76,11 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let control = agent.control();
     signals::install(shutdown.clone(), control.clone(), reload_tx)
         .context("cannot install signal handlers")?;
+    let reload_locks = Arc::clone(&locks);
     tokio::spawn(async move {
         let mut running = config;
         while reload_rx.recv().await.is_some() {
-            match reload(&running, api.as_ref(), &instance, &control).await {
+            match reload(&running, api.as_ref(), &instance, &control, &reload_locks).await {
                 Ok(new) => running = new,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
@@ -80,6 +89,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
     });
     agent.run(shutdown).await?;
+    drop(locks);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -90,6 +100,7 @@ async fn reload(
     api: &dyn RouteApi,
     instance: &Instance,
     control: &Control,
+    locks: &Mutex<AgentLocks>,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
     check_watchdog(&new)?;
@@ -106,6 +117,11 @@ async fn reload(
             IcmpProber::new(&new.probe).context("cannot probe with the new settings")?,
         ))
     };
+    // A table added by the reload is locked first, like those at startup.
+    locks
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the lock set was poisoned"))?
+        .add_tables(&table_ids(&new.routes))?;
     control.reload(new.clone(), prober);
     Ok(new)
 }
