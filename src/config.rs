@@ -3,6 +3,9 @@
 //!
 //! Every error names the file, the key (`routes[1].destination`), the line
 //! when the document has that key, and what to do about it.
+//!
+//! `raw` holds the schema as written, `locate` finds an error's line and
+//! key; this module validates.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,9 +16,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::fsm::{Failback, Policy};
+use crate::fsm::Policy;
 use crate::model::ManagedRoute;
 use crate::probe::RoundPolicy;
+use locate::{key_line, parse_error};
+use raw::{RawAws, RawConfig, RawFailover, RawProbe, RawRoute};
+
+mod locate;
+mod raw;
 
 /// Exit status for an unusable configuration (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
@@ -55,156 +63,6 @@ pub enum Backend {
     Ec2,
     /// An in-process fake that behaves like EC2, seeded from this config.
     Memory,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    aws: RawAws,
-    probe: RawProbe,
-    #[serde(default)]
-    failover: RawFailover,
-    #[serde(default)]
-    metrics: RawMetrics,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAws {
-    region: Option<String>,
-    endpoint_url: Option<String>,
-    #[serde(default = "default_backend")]
-    backend: Backend,
-    #[serde(default = "default_api_timeout", with = "humantime_serde")]
-    api_timeout: Duration,
-    imds_endpoint: Option<String>,
-    own_subnet_id: Option<String>,
-    #[serde(default)]
-    allow_self_subnet: bool,
-}
-
-impl Default for RawAws {
-    fn default() -> Self {
-        Self {
-            region: None,
-            endpoint_url: None,
-            backend: default_backend(),
-            api_timeout: default_api_timeout(),
-            imds_endpoint: None,
-            own_subnet_id: None,
-            allow_self_subnet: false,
-        }
-    }
-}
-
-fn default_backend() -> Backend {
-    Backend::Ec2
-}
-fn default_api_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    listen: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProbe {
-    targets: Vec<String>,
-    #[serde(default = "default_interval", with = "humantime_serde")]
-    interval: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    timeout: Duration,
-    #[serde(default = "default_count")]
-    count: u32,
-    #[serde(default = "default_min_replies")]
-    min_replies: u32,
-    quorum: Option<u32>,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_timeout() -> Duration {
-    Duration::from_millis(800)
-}
-fn default_count() -> u32 {
-    3
-}
-fn default_min_replies() -> u32 {
-    1
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFailover {
-    #[serde(default = "default_fall")]
-    fall: u32,
-    #[serde(default = "default_rise")]
-    rise: u32,
-    #[serde(default = "default_hold_down", with = "humantime_serde")]
-    hold_down: Duration,
-    #[serde(default = "default_failback")]
-    failback: Failback,
-    #[serde(default = "default_resync", with = "humantime_serde")]
-    resync_interval: Duration,
-    #[serde(default)]
-    takeover: bool,
-    #[serde(default = "default_max_failovers")]
-    max_failovers: u32,
-    #[serde(default = "default_flap_window", with = "humantime_serde")]
-    flap_window: Duration,
-}
-
-impl Default for RawFailover {
-    fn default() -> Self {
-        Self {
-            fall: default_fall(),
-            rise: default_rise(),
-            hold_down: default_hold_down(),
-            failback: default_failback(),
-            resync_interval: default_resync(),
-            takeover: false,
-            max_failovers: default_max_failovers(),
-            flap_window: default_flap_window(),
-        }
-    }
-}
-
-fn default_fall() -> u32 {
-    3
-}
-fn default_rise() -> u32 {
-    10
-}
-fn default_hold_down() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_failback() -> Failback {
-    Failback::Auto
-}
-fn default_resync() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_failovers() -> u32 {
-    5
-}
-fn default_flap_window() -> Duration {
-    Duration::from_secs(3600)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    route_table_id: String,
-    destination: String,
-    target_eni: String,
 }
 
 /// AWS connection settings.
@@ -676,136 +534,4 @@ fn check_aws_id(id: &str, prefix: &str, key: &str) -> Result<(), Invalid> {
             format!("{id:?} is not an id of the form {prefix}-0123456789abcdef0"),
         ))
     }
-}
-
-/// A syntax or type error from the parser, with the dotted key it concerns.
-fn parse_error(
-    text: &str,
-    source: &Path,
-    e: &serde_path_to_error::Error<toml::de::Error>,
-) -> ConfigError {
-    let inner = e.inner();
-    let mut reason = inner.message().trim().to_string();
-    // serde_path_to_error spells the root ".", and nested keys as
-    // `routes[1].destination`, the form validation errors use too.
-    let mut key = match e.path().to_string() {
-        root if root == "." => String::new(),
-        path => path,
-    };
-    let line = inner.span().map(|s| line_of(text, s.start));
-    // A missing key is reported at its table; name the key itself.
-    if let Some(field) = reason
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next())
-    {
-        key = if key.is_empty() {
-            field.to_string()
-        } else {
-            format!("{key}.{field}")
-        };
-    } else if key.is_empty() {
-        // Nothing was deserialized yet: the text is not TOML. Name the key
-        // written on that line, which is what the operator will look for.
-        let written = line
-            .and_then(|l| text.lines().nth(l - 1))
-            .unwrap_or_default();
-        key = line
-            .and_then(|l| key_written_at(text, l))
-            .unwrap_or_default();
-        reason = format!("not valid TOML: {reason}");
-        // `interval = 1s`: the likeliest slip of all.
-        let value = written.split_once('=').map_or("", |(_, v)| v.trim());
-        if value.starts_with(|c: char| c.is_ascii_digit())
-            && value.contains(|c: char| c.is_ascii_alphabetic())
-        {
-            reason.push_str(" (durations are strings: write \"1s\", with quotes)");
-        }
-    }
-    let line = line.or_else(|| key_line(text, &key));
-    ConfigError {
-        file: source.to_path_buf(),
-        key: (!key.is_empty()).then_some(key),
-        line,
-        reason,
-    }
-}
-
-/// The dotted key that line `line` (1-based) of a possibly broken document
-/// assigns or opens, read from the text itself: the last table header above
-/// it (`[[routes]]` counted, so `routes[1]`), then the name before `=`.
-fn key_written_at(text: &str, line: usize) -> Option<String> {
-    let mut table = String::new();
-    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut found = None;
-    for (i, raw) in text.lines().enumerate().take(line) {
-        let l = raw.trim();
-        let here = i + 1 == line;
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let n = arrays
-                .entry(name.clone())
-                .and_modify(|n| *n += 1)
-                .or_insert(0);
-            table = format!("{name}[{n}]");
-            found = here.then(|| table.clone());
-        } else if let Some(name) = l.strip_prefix('[') {
-            table = name.split(']').next().unwrap_or(name).trim().to_string();
-            found = here.then(|| table.clone());
-        } else if here {
-            let name = l.split_once('=')?.0.trim();
-            if name.is_empty() || name.starts_with('#') {
-                return None;
-            }
-            found = Some(if table.is_empty() {
-                name.to_string()
-            } else {
-                format!("{table}.{name}")
-            });
-        }
-    }
-    found
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Finds the line of a dotted key path such as `routes[1].destination`,
-/// falling back to the deepest part of it that the document spells out.
-fn key_line(text: &str, key: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut span = None;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((name, idx)) => (name, idx.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let Some((k, item)) = table.get_key_value(name) else {
-            break;
-        };
-        span = k.span().or(span);
-        match (index, item) {
-            (Some(i), toml_edit::Item::ArrayOfTables(array)) => match array.get(i) {
-                Some(t) => {
-                    span = t.span().or(span);
-                    table = t;
-                }
-                None => break,
-            },
-            (Some(i), _) => {
-                span = item
-                    .as_array()
-                    .and_then(|a| a.get(i))
-                    .and_then(toml_edit::Value::span)
-                    .or(span);
-                break;
-            }
-            (None, _) => match item.as_table_like() {
-                Some(t) => table = t,
-                None => break,
-            },
-        }
-    }
-    span.map(|s| line_of(text, s.start))
 }
