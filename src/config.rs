@@ -178,9 +178,7 @@ impl Config {
             reason: inv.reason,
         })
     }
-}
 
-impl Config {
     /// Refuses a `probe.interval` longer than a third of systemd's watchdog
     /// timeout: the agent pings the watchdog once per round, and a round
     /// that runs late or a ping that is lost must not get it killed.
@@ -192,6 +190,7 @@ impl Config {
             return Ok(());
         }
         let key = "probe.interval";
+        // The line as the file reads now (it was parsed before this call).
         Err(ConfigError {
             file: self.source.clone(),
             line: std::fs::read_to_string(&self.source)
