@@ -39,10 +39,10 @@ pub mod limits {
     /// `probe.interval`: systemd's watchdog is pinged once per round, and
     /// the unit's `WatchdogSec=30s` should see at least three pings.
     pub const INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(10));
-    /// `probe.timeout` may use at most this share of `probe.interval`, in
-    /// tenths: the other tenth (at least) is the margin that lets the last
-    /// echo of a round be answered before the next round starts.
-    pub const TIMEOUT_TENTHS: u32 = 9;
+    /// `interval - timeout` must be at least `interval / MARGIN_DIVISOR`
+    /// (10 %): the margin that lets the last echo of a round be answered
+    /// before the next round starts.
+    pub const MARGIN_DIVISOR: u32 = 10;
     /// `aws.api_timeout`, per attempt.
     pub const API_TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(100), Duration::from_secs(5 * 60));
@@ -319,7 +319,8 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             ),
         ));
     }
-    let longest = raw.interval / 10 * limits::TIMEOUT_TENTHS;
+    // timeout <= interval here, so this cannot underflow.
+    let longest = raw.interval - raw.interval / limits::MARGIN_DIVISOR;
     if raw.timeout > longest {
         return Err(invalid(
             "probe.timeout",
