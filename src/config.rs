@@ -3,6 +3,9 @@
 //!
 //! Every error names the file, the key (`routes[1].destination`), the line
 //! when the document has that key, and what to do about it.
+//!
+//! `raw` holds the schema as written, `locate` finds an error's line and
+//! key; this module validates.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,12 +16,44 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::fsm::{Failback, Policy};
+use crate::fsm::Policy;
 use crate::model::ManagedRoute;
 use crate::probe::RoundPolicy;
+use locate::{key_line, parse_error};
+use raw::{RawAws, RawConfig, RawFailover, RawProbe, RawRoute};
+
+mod locate;
+mod raw;
 
 /// Exit status for an unusable configuration (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
+
+/// Bounds of every duration key. The upper ones keep all the timer
+/// arithmetic (`Instant + hold_down`, `api_timeout × attempts`, …) far from
+/// overflow, and each is well beyond any sensible setting.
+pub mod limits {
+    use std::time::Duration;
+
+    const DAY: u64 = 24 * 3600;
+
+    /// `probe.interval`: systemd's watchdog is pinged once per round, and
+    /// the unit's `WatchdogSec=30s` should see at least three pings.
+    pub const INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(10));
+    /// `interval - timeout` must be at least `interval / MARGIN_DIVISOR`
+    /// (10 %): the margin that lets the last echo of a round be answered
+    /// before the next round starts.
+    pub const MARGIN_DIVISOR: u32 = 10;
+    /// `aws.api_timeout`, per attempt.
+    pub const API_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(5 * 60));
+    /// `failover.hold_down`.
+    pub const HOLD_DOWN: Duration = Duration::from_secs(7 * DAY);
+    /// `failover.resync_interval`.
+    pub const RESYNC_INTERVAL: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(3600));
+    /// `failover.flap_window`.
+    pub const FLAP_WINDOW: Duration = Duration::from_secs(30 * DAY);
+}
 
 /// Which implementation of the route API the agent talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -28,162 +63,6 @@ pub enum Backend {
     Ec2,
     /// An in-process fake that behaves like EC2, seeded from this config.
     Memory,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    aws: RawAws,
-    probe: RawProbe,
-    #[serde(default)]
-    failover: RawFailover,
-    #[serde(default)]
-    metrics: RawMetrics,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAws {
-    region: Option<String>,
-    endpoint_url: Option<String>,
-    #[serde(default = "default_backend")]
-    backend: Backend,
-    #[serde(default = "default_api_timeout", with = "humantime_serde")]
-    api_timeout: Duration,
-    imds_endpoint: Option<String>,
-    own_subnet_id: Option<String>,
-    #[serde(default)]
-    allow_self_subnet: bool,
-}
-
-impl Default for RawAws {
-    fn default() -> Self {
-        Self {
-            region: None,
-            endpoint_url: None,
-            backend: default_backend(),
-            api_timeout: default_api_timeout(),
-            imds_endpoint: None,
-            own_subnet_id: None,
-            allow_self_subnet: false,
-        }
-    }
-}
-
-fn default_backend() -> Backend {
-    Backend::Ec2
-}
-fn default_api_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    listen: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProbe {
-    targets: Vec<String>,
-    #[serde(default = "default_interval", with = "humantime_serde")]
-    interval: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    timeout: Duration,
-    #[serde(default = "default_count")]
-    count: u32,
-    #[serde(default = "default_min_replies")]
-    min_replies: u32,
-    quorum: Option<u32>,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_timeout() -> Duration {
-    Duration::from_millis(800)
-}
-fn default_count() -> u32 {
-    3
-}
-fn default_min_replies() -> u32 {
-    1
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFailover {
-    #[serde(default = "default_fall")]
-    fall: u32,
-    #[serde(default = "default_rise")]
-    rise: u32,
-    #[serde(default = "default_hold_down", with = "humantime_serde")]
-    hold_down: Duration,
-    #[serde(default = "default_failback")]
-    failback: Failback,
-    #[serde(default = "default_resync", with = "humantime_serde")]
-    resync_interval: Duration,
-    #[serde(default)]
-    takeover: bool,
-    #[serde(default = "default_max_failovers")]
-    max_failovers: u32,
-    #[serde(default = "default_flap_window", with = "humantime_serde")]
-    flap_window: Duration,
-    #[serde(default = "default_true")]
-    failback_requires_dx_route: bool,
-}
-
-impl Default for RawFailover {
-    fn default() -> Self {
-        Self {
-            fall: default_fall(),
-            rise: default_rise(),
-            hold_down: default_hold_down(),
-            failback: default_failback(),
-            resync_interval: default_resync(),
-            takeover: false,
-            max_failovers: default_max_failovers(),
-            flap_window: default_flap_window(),
-            failback_requires_dx_route: true,
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_fall() -> u32 {
-    3
-}
-fn default_rise() -> u32 {
-    10
-}
-fn default_hold_down() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_failback() -> Failback {
-    Failback::Auto
-}
-fn default_resync() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_failovers() -> u32 {
-    5
-}
-fn default_flap_window() -> Duration {
-    Duration::from_secs(3600)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    route_table_id: String,
-    destination: String,
-    target_eni: String,
 }
 
 /// AWS connection settings.
@@ -292,17 +171,42 @@ impl Config {
 
     /// Parses and validates configuration text; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: source.to_path_buf(),
-            key: None,
-            line: e.span().map(|s| line_of(text, s.start)),
-            reason: e.message().trim().to_string(),
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| parse_error(text, source, &e))?;
         validate(raw, source).map_err(|inv| ConfigError {
             file: source.to_path_buf(),
             line: key_line(text, &inv.key),
             key: Some(inv.key),
             reason: inv.reason,
+        })
+    }
+
+    /// Refuses a `probe.interval` longer than a third of systemd's watchdog
+    /// timeout: the agent pings the watchdog once per round, and a round
+    /// that runs late or a ping that is lost must not get it killed.
+    pub fn check_watchdog(&self, watchdog: Duration) -> Result<(), ConfigError> {
+        // Whole milliseconds: "4s 666ms", not "4s 666ms 666us 666ns".
+        let third = u64::try_from((watchdog / 3).as_millis()).unwrap_or(u64::MAX);
+        let longest = Duration::from_millis(third);
+        if self.probe.interval <= longest {
+            return Ok(());
+        }
+        let key = "probe.interval";
+        // The line as the file reads now (it was parsed before this call).
+        Err(ConfigError {
+            file: self.source.clone(),
+            line: std::fs::read_to_string(&self.source)
+                .ok()
+                .and_then(|text| key_line(&text, key)),
+            key: Some(key.to_string()),
+            reason: format!(
+                "{} is longer than a third of systemd's watchdog timeout ({}, WatchdogSec): \
+                 the agent pings the watchdog once per round; set it to at most {} or raise \
+                 WatchdogSec",
+                show(self.probe.interval),
+                show(watchdog),
+                show(longest)
+            ),
         })
     }
 }
@@ -364,9 +268,7 @@ fn validate_aws(raw: RawAws) -> Result<AwsConfig, Invalid> {
     if let Some(subnet) = &raw.own_subnet_id {
         check_aws_id(subnet, "subnet", "aws.own_subnet_id")?;
     }
-    if raw.api_timeout < Duration::from_millis(100) {
-        return Err(invalid("aws.api_timeout", "must be at least 100ms"));
-    }
+    within("aws.api_timeout", raw.api_timeout, limits::API_TIMEOUT, "")?;
     Ok(AwsConfig {
         region: raw.region,
         endpoint_url: raw.endpoint_url,
@@ -391,23 +293,21 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
         let addr: IpAddr = text
             .parse()
             .map_err(|_| invalid(&key, format!("{text:?} is not an IPv4 or IPv6 address")))?;
-        if addr.is_unspecified()
-            || addr.is_multicast()
-            || addr == IpAddr::from([255, 255, 255, 255])
-        {
-            return Err(invalid(
-                &key,
-                format!("{addr} cannot be probed: use a unicast address of an on-premises host"),
-            ));
+        if let Some(why) = unprobeable(addr) {
+            return Err(invalid(&key, format!("{addr} cannot be probed: {why}")));
         }
         if targets.contains(&addr) {
             return Err(invalid(&key, format!("{addr} is listed twice")));
         }
         targets.push(addr);
     }
-    if raw.interval < Duration::from_millis(10) {
-        return Err(invalid("probe.interval", "must be at least 10ms"));
-    }
+    within(
+        "probe.interval",
+        raw.interval,
+        limits::INTERVAL,
+        ": the agent pings systemd's watchdog once per round, and the unit's \
+         WatchdogSec=30s must see at least three pings",
+    )?;
     if raw.timeout.is_zero() {
         return Err(invalid("probe.timeout", "must be greater than zero"));
     }
@@ -416,8 +316,22 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             "probe.timeout",
             format!(
                 "{} is longer than probe.interval ({}): a round must end within its interval",
-                humantime::format_duration(raw.timeout),
-                humantime::format_duration(raw.interval)
+                show(raw.timeout),
+                show(raw.interval)
+            ),
+        ));
+    }
+    // timeout <= interval here, so this cannot underflow.
+    let longest = raw.interval - raw.interval / limits::MARGIN_DIVISOR;
+    if raw.timeout > longest {
+        return Err(invalid(
+            "probe.timeout",
+            format!(
+                "{} leaves less than 10 % of probe.interval ({}) free: at most {}, so that \
+                 the last echo of a round is answered before the next round starts",
+                show(raw.timeout),
+                show(raw.interval),
+                show(longest)
             ),
         ));
     }
@@ -457,17 +371,31 @@ fn validate_failover(raw: RawFailover) -> Result<(Policy, ReconcileConfig), Inva
     if raw.rise < 1 {
         return Err(invalid("failover.rise", "must be at least 1"));
     }
-    if raw.resync_interval < Duration::from_secs(1) {
-        return Err(invalid(
-            "failover.resync_interval",
-            "must be at least 1s, to stay well inside EC2's API rate limits",
+    if raw.hold_down > limits::HOLD_DOWN {
+        return Err(too_long(
+            "failover.hold_down",
+            raw.hold_down,
+            limits::HOLD_DOWN,
         ));
     }
+    within(
+        "failover.resync_interval",
+        raw.resync_interval,
+        limits::RESYNC_INTERVAL,
+        ", to stay well inside EC2's API rate limits and still repair drift",
+    )?;
     if raw.max_failovers < 1 {
         return Err(invalid("failover.max_failovers", "must be at least 1"));
     }
     if raw.flap_window.is_zero() {
         return Err(invalid("failover.flap_window", "must be greater than zero"));
+    }
+    if raw.flap_window > limits::FLAP_WINDOW {
+        return Err(too_long(
+            "failover.flap_window",
+            raw.flap_window,
+            limits::FLAP_WINDOW,
+        ));
     }
     Ok((
         Policy {
@@ -535,6 +463,61 @@ fn validate_routes(raw: Vec<RawRoute>) -> Result<Vec<ManagedRoute>, Invalid> {
     Ok(routes)
 }
 
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+fn too_long(key: &str, value: Duration, max: Duration) -> Invalid {
+    invalid(
+        key,
+        format!("{} is too long: at most {}", show(value), show(max)),
+    )
+}
+
+/// Checks `value` against inclusive `(min, max)`; `why` ends the message.
+fn within(
+    key: &str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+    why: &str,
+) -> Result<(), Invalid> {
+    if value < min {
+        return Err(invalid(key, format!("must be at least {}{why}", show(min))));
+    }
+    if value > max {
+        return Err(invalid(
+            key,
+            format!("{} is too long: at most {}{why}", show(value), show(max)),
+        ));
+    }
+    Ok(())
+}
+
+/// Why `addr` cannot be a probe target, if it cannot.
+fn unprobeable(addr: IpAddr) -> Option<String> {
+    let unicast = "use a unicast address of an on-premises host";
+    match addr {
+        _ if addr.is_unspecified() || addr.is_multicast() => Some(unicast.to_string()),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some(unicast.to_string()),
+        IpAddr::V4(v4) if v4.is_link_local() => Some(
+            "it is link-local (169.254.0.0/16): such an address never crosses Direct Connect; \
+             use an on-premises host's address"
+                .to_string(),
+        ),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some(format!(
+            "it is an IPv4-mapped IPv6 address (::ffff:0:0/96): write it as IPv4, {}",
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+        )),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(
+            "it is link-local (fe80::/10): such an address needs an interface scope and never \
+             crosses Direct Connect; use an on-premises host's address"
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
 /// EC2 ids are a prefix, a dash and 8 or 17 lowercase hex digits.
 fn check_aws_id(id: &str, prefix: &str, key: &str) -> Result<(), Invalid> {
     let ok = id
@@ -554,48 +537,4 @@ fn check_aws_id(id: &str, prefix: &str, key: &str) -> Result<(), Invalid> {
             format!("{id:?} is not an id of the form {prefix}-0123456789abcdef0"),
         ))
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Finds the line of a dotted key path such as `routes[1].destination`,
-/// falling back to the deepest part of it that the document spells out.
-fn key_line(text: &str, key: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut span = None;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((name, idx)) => (name, idx.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let Some((k, item)) = table.get_key_value(name) else {
-            break;
-        };
-        span = k.span().or(span);
-        match (index, item) {
-            (Some(i), toml_edit::Item::ArrayOfTables(array)) => match array.get(i) {
-                Some(t) => {
-                    span = t.span().or(span);
-                    table = t;
-                }
-                None => break,
-            },
-            (Some(i), _) => {
-                span = item
-                    .as_array()
-                    .and_then(|a| a.get(i))
-                    .and_then(toml_edit::Value::span)
-                    .or(span);
-                break;
-            }
-            (None, _) => match item.as_table_like() {
-                Some(t) => table = t,
-                None => break,
-            },
-        }
-    }
-    span.map(|s| line_of(text, s.start))
 }

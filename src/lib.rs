@@ -20,7 +20,7 @@
 //! - [`instance`]: region and own subnet from instance metadata (IMDSv2).
 //! - [`guard`]: the self-subnet guard (never manage the agent's own table).
 //! - [`state`]: the ownership ledger: routes we created or replaced, kept on disk.
-//! - [`lock`]: one agent per config on a host.
+//! - [`lock`]: one agent per config and per route table on a host.
 //! - [`metrics`]: Prometheus metrics recorded from the agent's events.
 //! - [`systemd`]: READY / WATCHDOG / STATUS notifications.
 //! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 failback.

@@ -267,3 +267,76 @@ async fn a_reloaded_fall_takes_effect_on_the_running_agent() {
     assert_eq!(t["to"], "Backup", "{t}");
     assert!(agent.terminate().success());
 }
+
+/// Two configs that share a route table: the second agent refuses to start,
+/// naming the table, the first agent's pid and its config; one with other
+/// tables runs beside it, and cannot take the shared table by a reload.
+#[tokio::test]
+async fn a_second_config_sharing_a_table_refuses_to_start() {
+    if skip_unless_root("a_second_config_sharing_a_table_refuses_to_start") {
+        return;
+    }
+    const OTHER: &str = "rtb-0fedcba9876543210";
+    let f = Fixture::new(&config_text(3, ""));
+    let first = f.start(&[]);
+    first.wait_log("started", Duration::from_secs(10)).await;
+
+    // Another file, another name, one table in common.
+    let shared = f.dir.path().join("shared.toml");
+    std::fs::write(
+        &shared,
+        config_text(3, "").replace(
+            "[[routes]]",
+            &format!(
+                "[[routes]]\nroute_table_id = \"{OTHER}\"\ndestination = \"10.1.0.0/16\"\n\
+                 target_eni = \"eni-0123456789abcdef0\"\n\n[[routes]]"
+            ),
+        ),
+    )
+    .unwrap();
+    let env = f.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let second = Agent::start_with(&shared, "info", &env);
+    let (status, logs) = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{logs:?}");
+    let text = format!("{logs:?}");
+    let config = std::fs::canonicalize(f.config()).unwrap();
+    assert!(
+        text.contains(&format!(
+            "route table rtb-0123456789abcdef0 is already managed by another route-failover (pid {}, config {})",
+            first.pid(),
+            config.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("\"started\""), "it started anyway: {text}");
+
+    // With only the other table it runs beside the first...
+    let disjoint = f.dir.path().join("disjoint.toml");
+    let disjoint_text = config_text(3, "").replace("rtb-0123456789abcdef0", OTHER);
+    std::fs::write(&disjoint, &disjoint_text).unwrap();
+    let mut beside = Agent::start_with(&disjoint, "info", &env);
+    beside.wait_log("started", Duration::from_secs(10)).await;
+    // ...but a reload that adds the first agent's table is rejected.
+    std::fs::write(
+        &disjoint,
+        format!(
+            "{disjoint_text}\n[[routes]]\nroute_table_id = \"rtb-0123456789abcdef0\"\n\
+             destination = \"10.2.0.0/16\"\ntarget_eni = \"eni-0123456789abcdef0\"\n"
+        ),
+    )
+    .unwrap();
+    beside.signal("HUP");
+    let rejected = beside
+        .wait_log("reload rejected", Duration::from_secs(5))
+        .await;
+    let why = rejected["error"].as_str().unwrap();
+    assert!(
+        why.contains("route table rtb-0123456789abcdef0 is already managed")
+            && why.contains(&first.pid().to_string()),
+        "{why}"
+    );
+    assert!(beside.alive());
+    assert!(beside.terminate().success());
+    assert!(first.terminate().success());
+}

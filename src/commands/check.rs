@@ -30,15 +30,23 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         println!("{line}");
     };
 
-    let subnet = own_subnet(config, &instance);
-    match guard::check(
-        api.as_ref(),
-        subnet,
-        &config.routes,
-        config.aws.allow_self_subnet,
-    )
-    .await
-    {
+    let guard = match own_subnet(config, &instance) {
+        Ok(subnet) => guard::check(
+            api.as_ref(),
+            subnet,
+            &config.routes,
+            config.aws.allow_self_subnet,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(format!(
+            "instance metadata answered but failed: {}; the self-subnet guard cannot run\n    \
+             fix: repair instance metadata (IMDSv2 session tokens, HttpPutResponseHopLimit >= 2 \
+             in a container), or set aws.own_subnet_id to this instance's subnet",
+            e.cause
+        )),
+    };
+    match guard {
         Ok(Verdict::Clear { subnet, table }) => {
             println!("✓ own subnet {subnet} uses {table}, which is not managed");
         }

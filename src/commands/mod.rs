@@ -18,7 +18,7 @@ use crate::cloud::ec2::Ec2RouteApi;
 use crate::cloud::memory::MemoryRouteApi;
 use crate::cloud::RouteApi;
 use crate::config::{Backend, Config};
-use crate::instance::{self, Instance};
+use crate::instance::{self, Instance, MetadataError};
 use tracing::warn;
 
 use crate::model::{table_ids, RouteTable};
@@ -42,13 +42,13 @@ pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn RouteApi>, Inst
     })
 }
 
-/// The agent's own subnet: the config's word, else instance metadata's.
-pub fn own_subnet<'a>(config: &'a Config, instance: &'a Instance) -> Option<&'a str> {
-    config
-        .aws
-        .own_subnet_id
-        .as_deref()
-        .or(instance.subnet_id.as_deref())
+/// The agent's own subnet: the config's word, else instance metadata's;
+/// an error when metadata answered but failed and the config is silent.
+pub fn own_subnet<'a>(
+    config: &'a Config,
+    instance: &'a Instance,
+) -> Result<Option<&'a str>, MetadataError> {
+    instance.own_subnet(config.aws.own_subnet_id.as_deref())
 }
 
 /// What the running agent has recorded as ours (read only; an agent that

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -13,23 +13,24 @@ use super::{connect, own_subnet};
 use crate::agent::{Agent, AgentError, Control};
 use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::{Config, ConfigError, EXIT_CONFIG};
 use crate::guard::{self, GuardError, Verdict};
 use crate::instance::Instance;
+use crate::lock::{self, AgentLocks};
 use crate::metrics::{self, MetricsSink};
+use crate::model::table_ids;
 use crate::probe::icmp::IcmpProber;
 use crate::probe::Prober;
 use crate::reconcile::{CheckFailure, StartupCheck};
+use crate::signals;
 use crate::state::{Ledger, OperatorStore};
 use crate::systemd::SystemdSink;
-use crate::{lock, signals};
 
 async fn run_guard(
     config: &Config,
     api: &dyn RouteApi,
-    instance: &Instance,
+    subnet: Option<&str>,
 ) -> Result<(), GuardError> {
-    let subnet = own_subnet(config, instance);
     match guard::check(api, subnet, &config.routes, config.aws.allow_self_subnet).await? {
         Verdict::Clear { subnet, table } => info!(%subnet, %table, "self-subnet guard: own table is not managed"),
         Verdict::Allowed { subnet, table } => warn!(
@@ -46,12 +47,12 @@ async fn run_guard(
 /// The self-subnet guard as the agent's startup check: run before the
 /// tables are first read, retried while the API cannot answer, and a
 /// refusal when the own subnet's table is managed.
-fn guard_check(config: &Config, api: &Arc<dyn RouteApi>, instance: &Instance) -> StartupCheck {
-    let (config, api, instance) = (config.clone(), Arc::clone(api), instance.clone());
+fn guard_check(config: &Config, api: &Arc<dyn RouteApi>, subnet: Option<String>) -> StartupCheck {
+    let (config, api) = (config.clone(), Arc::clone(api));
     Box::new(move || {
-        let (config, api, instance) = (config.clone(), Arc::clone(&api), instance.clone());
+        let (config, api, subnet) = (config.clone(), Arc::clone(&api), subnet.clone());
         Box::pin(async move {
-            match run_guard(&config, api.as_ref(), &instance).await {
+            match run_guard(&config, api.as_ref(), subnet.as_deref()).await {
                 Ok(()) => Ok(()),
                 Err(GuardError::Api { error, .. }) if error.kind.is_retryable() => {
                     Err(CheckFailure::Retry {
@@ -65,15 +66,34 @@ fn guard_check(config: &Config, api: &Arc<dyn RouteApi>, instance: &Instance) ->
     })
 }
 
+/// Under systemd's watchdog (`WATCHDOG_USEC` set for this process), the
+/// probe interval must leave room for several pings per watchdog timeout.
+fn check_watchdog(config: &Config) -> Result<(), ConfigError> {
+    match sd_notify::watchdog_enabled() {
+        Some(watchdog) => config.check_watchdog(watchdog),
+        None => Ok(()),
+    }
+}
+
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let _lock = lock::acquire(&config.source)?;
+    check_watchdog(&config)?;
+    // Held until the process exits: one per config, one per managed table
+    // (no HA agent id yet), so no other agent on this host manages them.
+    let locks = Arc::new(Mutex::new(lock::acquire(
+        &config.source,
+        &table_ids(&config.routes),
+        None,
+    )?));
     if let Some(listen) = config.metrics_listen {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
         info!(%listen, "serving Prometheus metrics on /metrics");
     }
     let (mut api, instance) = connect(&config).await?;
-    let check = guard_check(&config, &api, &instance);
+    // A metadata service that answered but failed is not "off EC2": refuse
+    // now, before probing, rather than skip the guard.
+    let subnet = own_subnet(&config, &instance)?.map(str::to_string);
+    let check = guard_check(&config, &api, subnet);
     // A dry run records nothing: it creates nothing.
     let (ledger, operator) = if dry_run {
         api = Arc::new(DryRun::new(api, config.aws.region.clone()));
@@ -97,10 +117,11 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let control = agent.control();
     signals::install(shutdown.clone(), control.clone(), reload_tx)
         .context("cannot install signal handlers")?;
+    let reload_locks = Arc::clone(&locks);
     tokio::spawn(async move {
         let mut running = config;
         while reload_rx.recv().await.is_some() {
-            match reload(&running, api.as_ref(), &instance, &control).await {
+            match reload(&running, api.as_ref(), &instance, &control, &reload_locks).await {
                 Ok(new) => running = new,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
@@ -108,7 +129,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    match agent.run(shutdown).await {
+    let result = match agent.run(shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // The agent's setup contradicts the config (say, it manages its
         // own subnet's table): restarting will not help.
@@ -117,7 +138,9 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_CONFIG as u8))
         }
         Err(e) => Err(e.into()),
-    }
+    };
+    drop(locks);
+    result
 }
 
 /// Reads the config again and hands it to the agent, or explains why not.
@@ -127,14 +150,16 @@ async fn reload(
     api: &dyn RouteApi,
     instance: &Instance,
     control: &Control,
+    locks: &Mutex<AgentLocks>,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
+    check_watchdog(&new)?;
     if new.aws != running.aws || new.metrics_listen != running.metrics_listen {
         warn!("changes to [aws] and [metrics] take effect on restart; applying the rest");
         new.aws = running.aws.clone();
         new.metrics_listen = running.metrics_listen;
     }
-    run_guard(&new, api, instance).await?;
+    run_guard(&new, api, own_subnet(&new, instance)?).await?;
     let prober: Option<Box<dyn Prober>> = if new.probe == running.probe {
         None
     } else {
@@ -142,6 +167,11 @@ async fn reload(
             IcmpProber::new(&new.probe).context("cannot probe with the new settings")?,
         ))
     };
+    // A table added by the reload is locked first, like those at startup.
+    locks
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the lock set was poisoned"))?
+        .add_tables(&table_ids(&new.routes))?;
     control.reload(new.clone(), prober);
     Ok(new)
 }
