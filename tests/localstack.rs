@@ -4,6 +4,8 @@
 //! asserted against the in-memory backend instead, and the difference is
 //! written down next to the test.
 
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/localstack.rs"]
 mod localstack;
 
@@ -23,7 +25,7 @@ fn managed(table: &str, dest: &str, eni: &str) -> ManagedRoute {
 
 #[tokio::test]
 async fn describe_create_replace_delete_round_trip() {
-    let Some(url) = localstack::endpoint("describe_create_replace_delete_round_trip") else {
+    let Some(url) = gate::require_localstack("describe_create_replace_delete_round_trip") else {
         return;
     };
     let client = localstack::client(&url);
@@ -90,7 +92,7 @@ async fn describe_create_replace_delete_round_trip() {
 
 #[tokio::test]
 async fn unknown_tables_and_enis_are_classified() {
-    let Some(url) = localstack::endpoint("unknown_tables_and_enis_are_classified") else {
+    let Some(url) = gate::require_localstack("unknown_tables_and_enis_are_classified") else {
         return;
     };
     let client = localstack::client(&url);
@@ -124,7 +126,7 @@ async fn unknown_tables_and_enis_are_classified() {
 #[tokio::test]
 async fn connect_resolves_region_endpoint_and_credentials_like_the_agent() {
     let Some(url) =
-        localstack::endpoint("connect_resolves_region_endpoint_and_credentials_like_the_agent")
+        gate::require_localstack("connect_resolves_region_endpoint_and_credentials_like_the_agent")
     else {
         return;
     };
@@ -165,7 +167,7 @@ async fn connect_resolves_region_endpoint_and_credentials_like_the_agent() {
 #[tokio::test]
 async fn where_localstack_differs_the_memory_backend_has_ec2_semantics() {
     let Some(url) =
-        localstack::endpoint("where_localstack_differs_the_memory_backend_has_ec2_semantics")
+        gate::require_localstack("where_localstack_differs_the_memory_backend_has_ec2_semantics")
     else {
         return;
     };

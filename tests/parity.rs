@@ -2,6 +2,8 @@
 //! the `ec2`-on-LocalStack backends give the same route tables at every step.
 
 mod common;
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/localstack.rs"]
 mod localstack;
 
@@ -70,7 +72,8 @@ async fn apply(api: &dyn RouteApi, step: &Step) -> Result<(), ErrorKind> {
 
 #[tokio::test]
 async fn api_steps_give_the_same_tables_on_both_backends() {
-    let Some(url) = localstack::endpoint("api_steps_give_the_same_tables_on_both_backends") else {
+    let Some(url) = gate::require_localstack("api_steps_give_the_same_tables_on_both_backends")
+    else {
         return;
     };
     let w = localstack::world(&localstack::client(&url), "parity-api", 2, 2).await;
@@ -182,7 +185,8 @@ fn w_ids(config: &Config) -> Vec<String> {
 
 #[tokio::test]
 async fn the_agent_story_gives_the_same_tables_on_both_backends() {
-    let Some(url) = localstack::endpoint("the_agent_story_gives_the_same_tables_on_both_backends")
+    let Some(url) =
+        gate::require_localstack("the_agent_story_gives_the_same_tables_on_both_backends")
     else {
         return;
     };

@@ -7,41 +7,6 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 
-/// The LocalStack endpoint, or `None` (with a visible note) when the suite
-/// was not started by `scripts/test.sh`.
-pub fn endpoint(test: &str) -> Option<String> {
-    match std::env::var("ROUTE_FAILOVER_LOCALSTACK") {
-        Ok(url) => {
-            // The agent's own client resolves credentials through the
-            // standard chain. Without these, that chain would fall through to
-            // the instance metadata service, an address tests must never touch.
-            for (var, want) in [
-                ("AWS_EC2_METADATA_DISABLED", Some("true")),
-                ("AWS_ACCESS_KEY_ID", Some("test")),
-                ("AWS_SECRET_ACCESS_KEY", Some("test")),
-            ] {
-                let got = std::env::var(var).ok();
-                assert_eq!(
-                    got.as_deref(),
-                    want,
-                    "{var} must be {want:?} for LocalStack tests: run scripts/test.sh"
-                );
-            }
-            assert!(
-                url.starts_with("http://127.")
-                    || url.starts_with("http://localhost")
-                    || url.starts_with("http://[::1]"),
-                "LocalStack must be on loopback, not {url}"
-            );
-            Some(url)
-        }
-        Err(_) => {
-            eprintln!("SKIPPED {test}: ROUTE_FAILOVER_LOCALSTACK is not set; run scripts/test.sh");
-            None
-        }
-    }
-}
-
 pub fn client(endpoint: &str) -> Client {
     let config = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
