@@ -177,8 +177,8 @@ async fn a_deleted_table_is_absent_from_the_answer_and_hides_no_other() {
         .is_empty());
 }
 
-/// `check` reads every table in one call, names the missing one, and goes
-/// on to check the others.
+/// `check` reads every table (and interface) in one call, names the missing
+/// one, and goes on to check the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_a_missing_table_and_checks_the_rest() {
     let Some(url) = gate::require_localstack("check_names_a_missing_table_and_checks_the_rest")
@@ -206,6 +206,12 @@ async fn check_names_a_missing_table_and_checks_the_rest() {
             w.enis[0]
         ));
     }
+    // And an interface that does not exist, beside the one that does.
+    text.push_str(&format!(
+        "[[routes]]\nroute_table_id = \"{}\"\ndestination = \"10.2.0.0/16\"\n\
+         target_eni = \"eni-0fffffffffffffff0\"\n",
+        w.tables[0]
+    ));
     std::fs::write(&path, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_route-failover"))
         .args(["check", "--config", path.to_str().unwrap()])
@@ -219,6 +225,15 @@ async fn check_names_a_missing_table_and_checks_the_rest() {
     assert!(
         stdout.contains(&format!("✗ route table {} not found", w.tables[1])),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("✗ network interface eni-0fffffffffffffff0 not found"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("✓ network interface {} exists", w.enis[0]))
+            || stdout.contains(&format!("✗ network interface {} has source", w.enis[0])),
+        "the existing interface was checked too: {stdout}"
     );
     assert_eq!(out.status.code(), Some(1), "{stdout}");
 }
