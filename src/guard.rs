@@ -108,7 +108,7 @@ mod tests {
                 vpc_id: Some(VPC.into()),
                 subnets: subnets.into_iter().map(String::from).collect(),
                 main: id == main,
-                routes: vec![],
+                ..RouteTable::default()
             });
         }
         for s in [

@@ -1,5 +1,6 @@
 //! The route-table data the planner reasons about, independent of any SDK.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -176,6 +177,8 @@ pub struct RouteTable {
     /// Whether this is its VPC's main table (used by subnets with no association).
     pub main: bool,
     pub routes: Vec<Route>,
+    /// The table's EC2 tags, key → value.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What the route tables show at startup, for the agent to adopt.

@@ -265,7 +265,7 @@ async fn foreign_routes_are_reported_and_never_touched() {
         origin: Origin::CreateRoute,
         state: RouteState::Active,
     };
-    api.insert_route(TABLE_B, foreign.clone());
+    api.insert_route(TABLE_B, foreign.clone()).unwrap();
     let mut h = Harness::start(&config, api.clone(), Reply::None);
     h.wait_for("foreign finding", secs(10), |e| {
         matches!(e, Event::Finding(Finding::Foreign { .. }))
@@ -311,7 +311,8 @@ async fn takeover_replaces_a_foreign_route_on_failover() {
             origin: Origin::CreateRoute,
             state: RouteState::Active,
         },
-    );
+    )
+    .unwrap();
     let mut h = Harness::start(&config, api.clone(), Reply::None);
     h.converged(Via::Backup, secs(10)).await;
     let ops: Vec<&str> = api.mutating_calls().iter().map(|c| c.op).collect();

@@ -1,7 +1,7 @@
 //! The `route-failover` binary as an operator uses it.
 
-#[path = "common/netns.rs"]
-mod netns;
+#[path = "common/gate.rs"]
+mod gate;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -156,8 +156,10 @@ fn the_demo_shows_a_failover_and_a_failback_and_exits_0() {
 
 #[test]
 fn run_probes_loopback_changes_nothing_and_stops_cleanly_on_sigterm() {
-    if !netns::is_root() {
-        eprintln!("SKIPPED run_probes_loopback...: needs root for ICMP sockets");
+    if !gate::require_root(
+        "run_probes_loopback_changes_nothing_and_stops_cleanly_on_sigterm",
+        "ICMP sockets",
+    ) {
         return;
     }
     // Loopback targets only: this test must never send a packet off the machine.

@@ -2,6 +2,8 @@
 //! backend and loopback targets (ICMP sockets need root: skipped otherwise):
 //! one instance per config, SIGHUP reload, systemd notify, metrics.
 
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/netns.rs"]
 mod netns;
 #[path = "common/process.rs"]
@@ -72,11 +74,7 @@ impl Fixture {
 }
 
 fn skip_unless_root(test: &str) -> bool {
-    if netns::is_root() {
-        return false;
-    }
-    eprintln!("SKIPPED {test}: ICMP sockets need root or CAP_NET_RAW");
-    true
+    !gate::require_root(test, "ICMP sockets need root or CAP_NET_RAW")
 }
 
 #[tokio::test]

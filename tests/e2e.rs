@@ -3,6 +3,8 @@
 //! and removes. Needs root (skips visibly otherwise) and scripts/test.sh.
 //! Packets go only to the test's own namespace; see common/netns.rs.
 
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/localstack.rs"]
 mod localstack;
 #[path = "common/netns.rs"]
@@ -22,11 +24,11 @@ const HOLD_DOWN_MS: u64 = 1000;
 const DESTINATIONS: [&str; 2] = ["10.1.0.0/16", "fd00:1::/48"];
 
 fn ready(test: &str) -> Option<String> {
-    if !netns::is_root() {
-        eprintln!("SKIPPED {test}: needs root to create network namespaces");
+    if !gate::require_root(test, "it creates network namespaces") || !gate::require_tool(test, "ip")
+    {
         return None;
     }
-    localstack::endpoint(test)
+    gate::require_localstack(test)
 }
 
 struct Setup {
@@ -224,9 +226,13 @@ async fn e2e_silent_blackhole_fails_over_and_heals_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_short_blackholes_and_random_loss_change_nothing() {
-    let Some(url) = ready("short_blackholes_and_random_loss_change_nothing") else {
+    let test = "short_blackholes_and_random_loss_change_nothing";
+    let Some(url) = ready(test) else {
         return;
     };
+    if !gate::require_tool(test, "nft") {
+        return;
+    }
     let net = TargetNet::create(203);
     let s = setup(&url, "e2e-noise", &net).await;
     let agent = Agent::start_with(s.config.path(), "debug", &[]);

@@ -222,3 +222,65 @@ async fn permissions_are_checked_with_dry_run() {
     );
     assert_eq!(fake.requests(), 1);
 }
+
+/// One page of DescribeRouteTables holding `table`, pointing at `next`.
+fn page(table: &str, next: Option<&str>) -> &'static str {
+    let token = next
+        .map(|t| format!("<nextToken>{t}</nextToken>"))
+        .unwrap_or_default();
+    Box::leak(
+        format!(
+            "<DescribeRouteTablesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>ok</requestId><routeTableSet><item><routeTableId>{table}</routeTableId>\
+             <routeSet/><associationSet/><tagSet/></item></routeTableSet>{token}\
+             </DescribeRouteTablesResponse>"
+        )
+        .into_boxed_str(),
+    )
+}
+
+/// Tables are read with the `route-table-id` filter (an unknown id is left
+/// out instead of failing the call), at most 200 values per call as EC2
+/// allows, following every page.
+#[tokio::test]
+async fn tables_are_read_by_filter_in_chunks_and_pages() {
+    let fake = FakeEc2::start(vec![
+        Reply::Ok(page("rtb-a", Some("page-2"))),
+        Reply::Ok(page("rtb-b", None)),
+        Reply::Ok(DESCRIBED),
+    ])
+    .await;
+    let api = fake.api("2s").await;
+    assert!(api.describe_route_tables(&[]).await.unwrap().is_empty());
+    assert_eq!(fake.requests(), 0, "no ids must not read every table");
+
+    let mut ids: Vec<String> = (0..450).map(|i| format!("rtb-{i:017x}")).collect();
+    ids.push(ids[0].clone());
+    let tables = api.describe_route_tables(&ids).await.unwrap();
+    let got: Vec<&str> = tables.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, ["rtb-a", "rtb-b"], "both pages are read");
+
+    let bodies = fake.bodies.lock().unwrap().clone();
+    // Chunk one (two pages), chunk two, chunk three.
+    assert_eq!(bodies.len(), 4, "{bodies:?}");
+    assert!(bodies[1].contains("NextToken=page-2"), "{}", bodies[1]);
+    let mut asked = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        assert!(body.contains("Action=DescribeRouteTables"), "{body}");
+        assert!(body.contains("Filter.1.Name=route-table-id"), "{body}");
+        assert!(!body.contains("RouteTableId."), "explicit ids in {body}");
+        let values: Vec<String> = body
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("Filter.1.Value."))
+            .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.to_string()))
+            .collect();
+        assert!(values.len() <= 200, "request {i}: {} values", values.len());
+        if i != 1 {
+            asked.extend(values);
+        }
+    }
+    asked.sort();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(asked, ids, "every id asked once");
+}

@@ -1,5 +1,6 @@
-//! The shipped IAM policy grants exactly what the agent calls, and the
-//! calls that change routes only on route tables.
+//! The shipped IAM policy grants exactly what the agent calls, the calls
+//! that change anything only on route tables, and the tag calls only for
+//! the agent's own `route-failover:` keys.
 
 use std::collections::BTreeSet;
 
@@ -33,6 +34,9 @@ fn least_privilege() {
                     "{action} is granted beyond route tables: {resources:?}"
                 );
             }
+            if action.ends_with("Tags") {
+                assert_only_our_tag_keys(action, statement);
+            }
             granted.insert(action.clone());
         }
     }
@@ -43,9 +47,36 @@ fn least_privilege() {
         "ec2:CreateRoute",
         "ec2:ReplaceRoute",
         "ec2:DeleteRoute",
+        "ec2:CreateTags",
+        "ec2:DeleteTags",
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
     assert_eq!(granted, used);
+}
+
+/// Every tag key in the request must be ours, and there must be keys: a
+/// DeleteTags that names none deletes every tag on the table, and
+/// `ForAllValues` alone is true for an empty set.
+fn assert_only_our_tag_keys(action: &str, statement: &Value) {
+    let condition = &statement["Condition"];
+    let keys = as_list(&condition["ForAllValues:StringLike"]["aws:TagKeys"]);
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.starts_with("route-failover:")),
+        "{action} may touch tag keys other than route-failover:*: {keys:?}"
+    );
+    assert_eq!(
+        condition["Null"]["aws:TagKeys"], "false",
+        "{action} must require tag keys (an empty DeleteTags deletes every tag)"
+    );
+}
+
+#[test]
+fn the_tag_condition_is_checked() {
+    let loose = serde_json::json!({
+        "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": ["*"]}}
+    });
+    let refused = std::panic::catch_unwind(|| assert_only_our_tag_keys("ec2:CreateTags", &loose));
+    assert!(refused.is_err());
 }

@@ -1,5 +1,7 @@
 //! The real ICMP prober against loopback (127.0.0.0/8 and ::1 only).
 
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/netns.rs"]
 mod netns;
 
@@ -31,10 +33,10 @@ target_eni = "eni-0123456789abcdef0"
 
 #[tokio::test]
 async fn loopback_targets_answer_every_echo_over_v4_and_v6() {
-    if !netns::is_root() {
-        eprintln!(
-            "SKIPPED loopback_targets_answer...: needs root (or CAP_NET_RAW) for ICMP sockets"
-        );
+    if !gate::require_root(
+        "loopback_targets_answer_every_echo_over_v4_and_v6",
+        "ICMP sockets need root or CAP_NET_RAW",
+    ) {
         return;
     }
     let config = config(r#""127.0.0.1", "127.0.0.2", "::1""#);
@@ -71,8 +73,10 @@ async fn loopback_targets_answer_every_echo_over_v4_and_v6() {
 
 #[tokio::test]
 async fn a_silent_target_is_lost_by_the_deadline_and_answers_again_after() {
-    if !netns::is_root() {
-        eprintln!("SKIPPED a_silent_target...: needs root for namespaces and ICMP sockets");
+    let test = "a_silent_target_is_lost_by_the_deadline_and_answers_again_after";
+    if !gate::require_root(test, "network namespaces and ICMP sockets")
+        || !gate::require_tool(test, "ip")
+    {
         return;
     }
     let net = netns::TargetNet::create(210);

@@ -1,6 +1,8 @@
 //! Instance metadata (IMDSv2) and the self-subnet guard, on the real binary
 //! against LocalStack, with a fake metadata service on loopback.
 
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/http.rs"]
 mod http;
 #[path = "common/localstack.rs"]
@@ -130,7 +132,8 @@ async fn associate(client: &aws_sdk_ec2::Client, table: &str, subnet: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_refuses_to_manage_the_agents_own_table() {
-    let Some(endpoint) = localstack::endpoint("the_guard_refuses_to_manage_the_agents_own_table")
+    let Some(endpoint) =
+        gate::require_localstack("the_guard_refuses_to_manage_the_agents_own_table")
     else {
         return;
     };
@@ -186,7 +189,7 @@ async fn the_guard_refuses_to_manage_the_agents_own_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subnet_on_an_unmanaged_table_passes_and_the_main_table_counts() {
     let Some(endpoint) =
-        localstack::endpoint("a_subnet_on_an_unmanaged_table_passes_and_the_main_table_counts")
+        gate::require_localstack("a_subnet_on_an_unmanaged_table_passes_and_the_main_table_counts")
     else {
         return;
     };
@@ -261,7 +264,7 @@ async fn a_subnet_on_an_unmanaged_table_passes_and_the_main_table_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_imdsv1_fallback() {
-    let Some(endpoint) = localstack::endpoint("no_imdsv1_fallback") else {
+    let Some(endpoint) = gate::require_localstack("no_imdsv1_fallback") else {
         return;
     };
     let client = localstack::client(&endpoint);
@@ -296,7 +299,7 @@ async fn no_imdsv1_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_ec2_own_subnet_id_drives_the_guard() {
-    let Some(endpoint) = localstack::endpoint("off_ec2_own_subnet_id_drives_the_guard") else {
+    let Some(endpoint) = gate::require_localstack("off_ec2_own_subnet_id_drives_the_guard") else {
         return;
     };
     let client = localstack::client(&endpoint);

@@ -4,6 +4,9 @@
 //! asserted against the in-memory backend instead, and the difference is
 //! written down next to the test.
 
+#[path = "common/gate.rs"]
+mod gate;
+
 /// Nothing recorded in the ownership ledger: ownership by the config's ENI only.
 static NONE: std::sync::LazyLock<route_failover::state::Record> =
     std::sync::LazyLock::new(route_failover::state::Record::default);
@@ -13,8 +16,8 @@ mod localstack;
 
 use ipnet::IpNet;
 use route_failover::cloud::ec2::Ec2RouteApi;
-use route_failover::cloud::{ErrorKind, RouteApi};
-use route_failover::model::{ManagedRoute, Origin, Target};
+use route_failover::cloud::{EniStatus, ErrorKind, RouteApi};
+use route_failover::model::{ManagedRoute, Origin, Route, RouteState, Target};
 use route_failover::plan::{status, Status};
 
 fn managed(table: &str, dest: &str, eni: &str) -> ManagedRoute {
@@ -27,7 +30,7 @@ fn managed(table: &str, dest: &str, eni: &str) -> ManagedRoute {
 
 #[tokio::test]
 async fn describe_create_replace_delete_round_trip() {
-    let Some(url) = localstack::endpoint("describe_create_replace_delete_round_trip") else {
+    let Some(url) = gate::require_localstack("describe_create_replace_delete_round_trip") else {
         return;
     };
     let client = localstack::client(&url);
@@ -96,19 +99,13 @@ async fn describe_create_replace_delete_round_trip() {
 
 #[tokio::test]
 async fn unknown_tables_and_enis_are_classified() {
-    let Some(url) = localstack::endpoint("unknown_tables_and_enis_are_classified") else {
+    let Some(url) = gate::require_localstack("unknown_tables_and_enis_are_classified") else {
         return;
     };
     let client = localstack::client(&url);
     let w = localstack::world(&client, "unknown", 1, 1).await;
     let api = Ec2RouteApi::new(client);
     let missing_table = "rtb-0fffffffffffffff0".to_string();
-
-    let e = api
-        .describe_route_tables(&[w.tables[0].clone(), missing_table.clone()])
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::TableNotFound, "{e}");
 
     let e = api
         .create_route(&managed(&missing_table, "10.1.0.0/16", &w.enis[0]))
@@ -120,17 +117,193 @@ async fn unknown_tables_and_enis_are_classified() {
     assert_eq!(nis.len(), 1);
     assert_eq!(nis[0].id, w.enis[0]);
     assert_eq!(nis[0].subnet_id.as_deref(), Some(w.subnet.as_str()));
-    let e = api
-        .describe_network_interfaces(&["eni-0fffffffffffffff0".to_string()])
+    // A fresh interface belongs to no instance, and checks source/destination.
+    assert_eq!(nis[0].status, EniStatus::Available);
+    assert!(!nis[0].attached && nis[0].source_dest_check);
+    // An interface that does not exist is absent from the answer.
+    let mut asked = w.enis.clone();
+    asked.insert(0, "eni-0fffffffffffffff0".to_string());
+    let nis = api.describe_network_interfaces(&asked).await.unwrap();
+    let got: Vec<&str> = nis.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(got, [w.enis[0].as_str()]);
+}
+
+/// EC2's `route-table-id` filter, not `RouteTableIds`: a table deleted at
+/// runtime (or a typo) is absent from the answer and hides no other table.
+#[tokio::test]
+async fn a_deleted_table_is_absent_from_the_answer_and_hides_no_other() {
+    let Some(url) =
+        gate::require_localstack("a_deleted_table_is_absent_from_the_answer_and_hides_no_other")
+    else {
+        return;
+    };
+    let client = localstack::client(&url);
+    let w = localstack::world(&client, "deleted-table", 2, 1).await;
+    client
+        .delete_route_table()
+        .route_table_id(&w.tables[1])
+        .send()
         .await
-        .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::EniNotFound, "{e}");
+        .expect("DeleteRouteTable");
+    // What the filter replaces: explicit ids fail the whole call.
+    let explicit = client
+        .describe_route_tables()
+        .set_route_table_ids(Some(w.tables.clone()))
+        .send()
+        .await
+        .expect_err("explicit ids with a deleted table");
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&explicit),
+        Some("InvalidRouteTableID.NotFound")
+    );
+
+    let api = Ec2RouteApi::new(client);
+    let asked = [
+        w.tables[1].clone(),
+        w.tables[0].clone(),
+        w.tables[0].clone(),
+    ];
+    let tables = api
+        .describe_route_tables(&asked)
+        .await
+        .expect("no error for a deleted table");
+    let got: Vec<&str> = tables.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, [w.tables[0].as_str()]);
+    // Tags come back with the table (the world tags each table it makes).
+    assert_eq!(
+        tables[0]
+            .tags
+            .get("route-failover-test")
+            .map(String::as_str),
+        Some("deleted-table")
+    );
+    assert!(api
+        .describe_route_tables(std::slice::from_ref(&w.tables[1]))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// `check` reads every table (and interface) in one call, names the missing
+/// one, and goes on to check the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_missing_table_and_checks_the_rest() {
+    let Some(url) = gate::require_localstack("check_names_a_missing_table_and_checks_the_rest")
+    else {
+        return;
+    };
+    let client = localstack::client(&url);
+    let w = localstack::world(&client, "check-missing", 2, 1).await;
+    client
+        .delete_route_table()
+        .route_table_id(&w.tables[1])
+        .send()
+        .await
+        .expect("DeleteRouteTable");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let mut text = format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\nown_subnet_id = \"{}\"\n\
+         [probe]\ntargets = [\"198.18.0.10\"]\n",
+        w.subnet
+    );
+    for table in &w.tables {
+        text.push_str(&format!(
+            "[[routes]]\nroute_table_id = \"{table}\"\ndestination = \"10.1.0.0/16\"\ntarget_eni = \"{}\"\n",
+            w.enis[0]
+        ));
+    }
+    // And an interface that does not exist, beside the one that does.
+    text.push_str(&format!(
+        "[[routes]]\nroute_table_id = \"{}\"\ndestination = \"10.2.0.0/16\"\n\
+         target_eni = \"eni-0fffffffffffffff0\"\n",
+        w.tables[0]
+    ));
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_route-failover"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("✓ route table {} exists", w.tables[0])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("✗ route table {} not found", w.tables[1])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✗ network interface eni-0fffffffffffffff0 not found"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("✓ network interface {} exists", w.enis[0]))
+            || stdout.contains(&format!("✗ network interface {} has source", w.enis[0])),
+        "the existing interface was checked too: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+}
+
+/// What the appliance check reads: status, attachment, source/dest check.
+#[tokio::test]
+async fn interfaces_report_status_and_attachment() {
+    let Some(url) = gate::require_localstack("interfaces_report_status_and_attachment") else {
+        return;
+    };
+    let client = localstack::client(&url);
+    let w = localstack::world(&client, "eni-state", 1, 1).await;
+    let api = Ec2RouteApi::new(client.clone());
+    let read = || async {
+        let mut nis = api.describe_network_interfaces(&w.enis).await.unwrap();
+        assert_eq!(nis.len(), 1);
+        nis.remove(0)
+    };
+    let fresh = read().await;
+    assert_eq!(
+        (fresh.status.as_str(), fresh.attached),
+        ("available", false)
+    );
+    assert!(!fresh.is_forwarding_target());
+
+    let attachments = localstack::attach_enis(&client, &w).await;
+    let attached = read().await;
+    assert_eq!(
+        (attached.status.clone(), attached.attached),
+        (EniStatus::InUse, true)
+    );
+    assert!(attached.is_forwarding_target());
+
+    client
+        .modify_network_interface_attribute()
+        .network_interface_id(&w.enis[0])
+        .source_dest_check(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(false)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("ModifyNetworkInterfaceAttribute");
+    assert!(!read().await.source_dest_check);
+
+    client
+        .detach_network_interface()
+        .attachment_id(&attachments[0])
+        .send()
+        .await
+        .expect("DetachNetworkInterface");
+    let detached = read().await;
+    assert_eq!(
+        (detached.status, detached.attached),
+        (EniStatus::Available, false)
+    );
 }
 
 #[tokio::test]
 async fn connect_resolves_region_endpoint_and_credentials_like_the_agent() {
     let Some(url) =
-        localstack::endpoint("connect_resolves_region_endpoint_and_credentials_like_the_agent")
+        gate::require_localstack("connect_resolves_region_endpoint_and_credentials_like_the_agent")
     else {
         return;
     };
@@ -162,22 +335,30 @@ async fn connect_resolves_region_endpoint_and_credentials_like_the_agent() {
     api.delete_route(&w.tables[0], dest).await.unwrap();
 }
 
-/// LocalStack 4.14 is not EC2 everywhere: a duplicate CreateRoute succeeds
-/// there, while EC2 answers RouteAlreadyExists. The EC2 behaviour is
-/// asserted on the memory backend (which the agent tests use for that case),
-/// LocalStack's too, so an upgrade that changes it is noticed. VGW route
-/// propagation is not implemented in LocalStack either; the memory backend
-/// models propagated routes (see `cloud::memory` and the planner tests).
+/// LocalStack 4.14 is not EC2 everywhere. Each difference is asserted on
+/// both: EC2's behaviour on the memory backend (which the agent tests use
+/// for that case), LocalStack's on LocalStack, so that an upgrade that
+/// changes it is noticed:
+/// 1. a duplicate CreateRoute to an interface succeeds (EC2: RouteAlreadyExists);
+/// 2. a route to an interface that is not attached stays `active` (EC2: `blackhole`);
+/// 3. CreateRoute to an interface silently replaces a static route to a
+///    gateway for that prefix (EC2: RouteAlreadyExists);
+/// 4. DeleteTags on a table that does not exist succeeds (EC2:
+///    InvalidRouteTableID.NotFound, as for CreateTags, where LocalStack agrees).
+///
+/// VGW route propagation is not implemented in LocalStack either
+/// (EnableVgwRoutePropagation answers InternalFailure); the memory backend
+/// models propagated routes, withdrawn and restored (see `cloud::memory`).
 #[tokio::test]
 async fn where_localstack_differs_the_memory_backend_has_ec2_semantics() {
     let Some(url) =
-        localstack::endpoint("where_localstack_differs_the_memory_backend_has_ec2_semantics")
+        gate::require_localstack("where_localstack_differs_the_memory_backend_has_ec2_semantics")
     else {
         return;
     };
     let client = localstack::client(&url);
     let w = localstack::world(&client, "differences", 1, 1).await;
-    let api = Ec2RouteApi::new(client);
+    let api = Ec2RouteApi::new(client.clone());
     let memory = route_failover::cloud::memory::MemoryRouteApi::new();
     for t in api.describe_route_tables(&w.tables).await.unwrap() {
         memory.add_table(t);
@@ -202,8 +383,8 @@ async fn where_localstack_differs_the_memory_backend_has_ec2_semantics() {
         "LocalStack now rejects duplicates: update the notes"
     );
 
-    // 2. A route to an ENI that does not exist: EC2 answers
-    //    InvalidNetworkInterfaceID.NotFound.
+    // Where they agree: a route to an ENI that does not exist is
+    // InvalidNetworkInterfaceID.NotFound.
     let ghost = managed(&w.tables[0], "10.2.0.0/16", "eni-0fffffffffffffff0");
     assert_eq!(
         memory.create_route(&ghost).await.unwrap_err().kind,
@@ -212,5 +393,83 @@ async fn where_localstack_differs_the_memory_backend_has_ec2_semantics() {
     assert_eq!(
         api.create_route(&ghost).await.unwrap_err().kind,
         ErrorKind::EniNotFound
+    );
+
+    // 2. A route to an interface no instance holds (the world's are fresh).
+    let hole = |tables: &[route_failover::model::RouteTable]| {
+        tables[0]
+            .routes
+            .iter()
+            .find(|x| x.destination == r.destination)
+            .map(|x| x.state)
+    };
+    assert_eq!(
+        hole(&memory.describe_route_tables(&w.tables).await.unwrap()),
+        Some(RouteState::Blackhole)
+    );
+    assert_eq!(
+        hole(&api.describe_route_tables(&w.tables).await.unwrap()),
+        Some(RouteState::Active),
+        "LocalStack now reports blackholes: update the notes"
+    );
+
+    // 3. A static route to the VGW, then ours for the same prefix.
+    let vgw = localstack::attach_vgw(&client, &w).await;
+    let dx: IpNet = "10.6.0.0/16".parse().unwrap();
+    client
+        .create_route()
+        .route_table_id(&w.tables[0])
+        .destination_cidr_block(dx.to_string())
+        .gateway_id(&vgw)
+        .send()
+        .await
+        .expect("static route to the VGW");
+    memory
+        .insert_route(
+            &w.tables[0],
+            Route {
+                destination: dx,
+                target: Target::Gateway(vgw.clone()),
+                origin: Origin::CreateRoute,
+                state: RouteState::Active,
+            },
+        )
+        .unwrap();
+    let ours = managed(&w.tables[0], "10.6.0.0/16", &w.enis[0]);
+    assert_eq!(
+        memory.create_route(&ours).await.unwrap_err().kind,
+        ErrorKind::RouteAlreadyExists
+    );
+    assert_eq!(
+        api.create_route(&ours).await,
+        Ok(()),
+        "LocalStack now refuses: update the notes"
+    );
+    let tables = api.describe_route_tables(&w.tables).await.unwrap();
+    assert_eq!(
+        status(&ours, &NONE, &tables),
+        Status::Ours {
+            state: RouteState::Active,
+            eni: ours.target_eni.clone(),
+            stale: false,
+        },
+        "LocalStack replaced the VGW route"
+    );
+
+    // 4. DeleteTags on a table that does not exist.
+    let gone = ["route-failover:x".to_string()];
+    assert_eq!(
+        memory
+            .delete_tags("rtb-0fffffffffffffff0", &gone)
+            .await
+            .unwrap_err()
+            .code
+            .as_deref(),
+        Some("InvalidRouteTableID.NotFound")
+    );
+    assert_eq!(
+        api.delete_tags("rtb-0fffffffffffffff0", &gone).await,
+        Ok(()),
+        "LocalStack now checks the table: update the notes"
     );
 }

@@ -2,31 +2,42 @@
 //! the `ec2`-on-LocalStack backends give the same route tables at every step.
 
 mod common;
+#[path = "common/gate.rs"]
+mod gate;
 #[path = "common/localstack.rs"]
 mod localstack;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::Client;
+use ipnet::IpNet;
+
 use route_failover::cloud::ec2::Ec2RouteApi;
 use route_failover::cloud::memory::MemoryRouteApi;
 use route_failover::cloud::{CloudError, ErrorKind, RouteApi};
 use route_failover::config::Config;
 use route_failover::fsm::Via;
-use route_failover::model::{ManagedRoute, RouteTable};
+use route_failover::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
 use route_failover::probe::scripted::Reply;
 
-/// Tables as comparable text: one line per route, sorted.
+/// Tables as comparable text: one line per route and per tag, sorted.
 fn normalized(tables: &[RouteTable]) -> Vec<String> {
     let mut lines: Vec<String> = tables
         .iter()
         .flat_map(|t| {
-            t.routes.iter().map(move |r| {
+            let routes = t.routes.iter().map(move |r| {
                 format!(
                     "{} {} -> {} {:?} {:?}",
                     t.id, r.destination, r.target, r.origin, r.state
                 )
-            })
+            });
+            let tags = t
+                .tags
+                .iter()
+                .map(move |(k, v)| format!("{} tag {k}={v}", t.id));
+            routes.chain(tags)
         })
         .collect();
     lines.sort();
@@ -53,57 +64,186 @@ fn managed(table: &str, dest: &str, eni: &str) -> ManagedRoute {
     }
 }
 
+#[derive(Debug)]
 enum Step {
     Create(ManagedRoute),
     Replace(ManagedRoute),
     Delete(ManagedRoute),
+    /// A static route to the VGW made outside the agent: the DX route the
+    /// failback guard looks for where LocalStack cannot propagate.
+    StaticToVgw {
+        table: String,
+        destination: IpNet,
+    },
+    CreateTags(String, Vec<(String, String)>),
+    DeleteTags(String, Vec<String>),
 }
 
-async fn apply(api: &dyn RouteApi, step: &Step) -> Result<(), ErrorKind> {
+/// One side of the comparison.
+enum Side<'a> {
+    /// The agent's EC2 backend, and a raw client for what it never calls.
+    Ec2(&'a Ec2RouteApi, &'a Client, &'a str),
+    Memory(&'a MemoryRouteApi, &'a str),
+}
+
+/// The outcome as the agent sees it: the error's kind and EC2 code.
+type Outcome = Result<(), (ErrorKind, Option<String>)>;
+
+async fn apply(side: &Side<'_>, step: &Step) -> Outcome {
+    let api: &dyn RouteApi = match side {
+        Side::Ec2(api, ..) => *api,
+        Side::Memory(api, _) => *api,
+    };
     let r: Result<(), CloudError> = match step {
         Step::Create(r) => api.create_route(r).await,
         Step::Replace(r) => api.replace_route(r).await,
         Step::Delete(r) => api.delete_route(&r.route_table_id, r.destination).await,
+        Step::CreateTags(t, tags) => api.create_tags(t, tags).await,
+        Step::DeleteTags(t, keys) => api.delete_tags(t, keys).await,
+        Step::StaticToVgw { table, destination } => match side {
+            Side::Ec2(_, client, vgw) => client
+                .create_route()
+                .route_table_id(table)
+                .destination_cidr_block(destination.to_string())
+                .gateway_id(*vgw)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    let code = ProvideErrorMetadata::code(&e).unwrap_or("none").to_string();
+                    CloudError::from_code(&code, format!("{e:?}"))
+                }),
+            Side::Memory(memory, vgw) => memory.insert_route(
+                table,
+                Route {
+                    destination: *destination,
+                    target: Target::Gateway((*vgw).to_string()),
+                    origin: Origin::CreateRoute,
+                    state: RouteState::Active,
+                },
+            ),
+        },
     };
-    r.map_err(|e| e.kind)
+    r.map_err(|e| (e.kind, e.code))
+}
+
+fn tags(prefix: &str, n: usize, value: &str) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i}"), value.to_string()))
+        .collect()
 }
 
 #[tokio::test]
-async fn api_steps_give_the_same_tables_on_both_backends() {
-    let Some(url) = localstack::endpoint("api_steps_give_the_same_tables_on_both_backends") else {
+async fn api_steps_give_the_same_tables_and_error_codes_on_both_backends() {
+    let Some(url) =
+        gate::require_localstack("api_steps_give_the_same_tables_and_error_codes_on_both_backends")
+    else {
         return;
     };
-    let w = localstack::world(&localstack::client(&url), "parity-api", 2, 2).await;
-    let ec2 = Ec2RouteApi::new(localstack::client(&url));
+    let client = localstack::client(&url);
+    let w = localstack::world(&client, "parity-api", 2, 2).await;
+    localstack::attach_enis(&client, &w).await;
+    let vgw = localstack::attach_vgw(&client, &w).await;
+    let ec2 = Ec2RouteApi::new(client.clone());
     let memory = mirror(&ec2, &w.tables, &w.enis).await;
     let (t0, t1) = (&w.tables[0], &w.tables[1]);
     let (e0, e1) = (&w.enis[0], &w.enis[1]);
+    let missing_table = "rtb-0fffffffffffffff0";
+    let vgw_route = |table: &str, dest: &str| Step::StaticToVgw {
+        table: table.to_string(),
+        destination: dest.parse().unwrap(),
+    };
+    let ok: Outcome = Ok(());
+    let code = |kind, code: &str| -> Outcome { Err((kind, Some(code.to_string()))) };
     let steps = vec![
-        Step::Create(managed(t0, "10.1.0.0/16", e0)),
-        Step::Create(managed(t0, "fd00:1::/48", e0)),
-        Step::Create(managed(t1, "10.1.0.0/16", e0)),
-        Step::Create(managed(t1, "10.2.0.0/16", e1)),
-        Step::Replace(managed(t0, "10.1.0.0/16", e1)),
-        Step::Delete(managed(t0, "fd00:1::/48", e0)),
-        Step::Delete(managed(t1, "10.1.0.0/16", e0)),
-        // Errors must match too.
-        Step::Delete(managed(t1, "10.1.0.0/16", e0)),
-        Step::Replace(managed(t1, "10.1.0.0/16", e0)),
-        Step::Create(managed(t1, "10.4.0.0/16", "eni-0fffffffffffffff0")),
-        Step::Create(managed("rtb-0fffffffffffffff0", "10.1.0.0/16", e0)),
-        Step::Delete(managed("rtb-0fffffffffffffff0", "10.1.0.0/16", e0)),
+        (Step::Create(managed(t0, "10.1.0.0/16", e0)), ok.clone()),
+        (Step::Create(managed(t0, "fd00:1::/48", e0)), ok.clone()),
+        (Step::Create(managed(t1, "10.1.0.0/16", e0)), ok.clone()),
+        (Step::Create(managed(t1, "10.2.0.0/16", e1)), ok.clone()),
+        (Step::Replace(managed(t0, "10.1.0.0/16", e1)), ok.clone()),
+        (Step::Delete(managed(t0, "fd00:1::/48", e0)), ok.clone()),
+        (Step::Delete(managed(t1, "10.1.0.0/16", e0)), ok.clone()),
+        // Errors must match too, kind and code.
+        (
+            Step::Delete(managed(t1, "10.1.0.0/16", e0)),
+            code(ErrorKind::RouteNotFound, "InvalidRoute.NotFound"),
+        ),
+        (
+            Step::Replace(managed(t1, "10.1.0.0/16", e0)),
+            code(ErrorKind::Other, "InvalidParameterValue"),
+        ),
+        (
+            Step::Create(managed(t1, "10.4.0.0/16", "eni-0fffffffffffffff0")),
+            code(ErrorKind::EniNotFound, "InvalidNetworkInterfaceID.NotFound"),
+        ),
+        (
+            Step::Create(managed(missing_table, "10.1.0.0/16", e0)),
+            code(ErrorKind::TableNotFound, "InvalidRouteTableID.NotFound"),
+        ),
+        (
+            Step::Delete(managed(missing_table, "10.1.0.0/16", e0)),
+            code(ErrorKind::TableNotFound, "InvalidRouteTableID.NotFound"),
+        ),
+        // DX as a static route to the VGW (LocalStack cannot propagate):
+        // one per prefix, taken over with ReplaceRoute, given back by delete.
+        (vgw_route(t0, "10.5.0.0/16"), ok.clone()),
+        (
+            vgw_route(t0, "10.5.0.0/16"),
+            code(ErrorKind::RouteAlreadyExists, "RouteAlreadyExists"),
+        ),
+        (Step::Replace(managed(t0, "10.5.0.0/16", e0)), ok.clone()),
+        (Step::Delete(managed(t0, "10.5.0.0/16", e0)), ok.clone()),
+        (vgw_route(t1, "172.16.0.0/12"), ok.clone()),
+        // Tags: set, overwritten, deleted (a key not there is no error).
+        (
+            Step::CreateTags(t0.clone(), tags("route-failover:verdict:", 2, "Primary")),
+            ok.clone(),
+        ),
+        (
+            Step::CreateTags(t0.clone(), tags("route-failover:verdict:", 1, "Backup")),
+            ok.clone(),
+        ),
+        (
+            Step::DeleteTags(
+                t0.clone(),
+                vec!["route-failover:verdict:1".into(), "absent".into()],
+            ),
+            ok.clone(),
+        ),
+        // The world's own tag and one verdict are there: 48 more make 50...
+        (Step::CreateTags(t0.clone(), tags("k", 48, "v")), ok.clone()),
+        // ...and one more is past EC2's limit, all or nothing.
+        (
+            Step::CreateTags(t0.clone(), tags("x", 2, "v")),
+            code(ErrorKind::Other, "TagLimitExceeded"),
+        ),
+        // Overwriting at the limit adds nothing.
+        (Step::CreateTags(t0.clone(), tags("k", 3, "w")), ok.clone()),
+        (
+            Step::CreateTags(missing_table.into(), tags("k", 1, "v")),
+            code(ErrorKind::TableNotFound, "InvalidRouteTableID.NotFound"),
+        ),
     ];
-    for (i, step) in steps.iter().enumerate() {
-        let a = apply(&ec2, step).await;
-        let b = apply(&memory, step).await;
-        assert_eq!(a, b, "step {i}: results differ (ec2 vs memory)");
-        let seen_ec2 = normalized(&ec2.describe_route_tables(&w.tables).await.unwrap());
-        let seen_mem = normalized(&memory.describe_route_tables(&w.tables).await.unwrap());
+    // Every read also names a table that does not exist: absent, no error.
+    let mut read: Vec<String> = w.tables.clone();
+    read.push(missing_table.to_string());
+    let ec2_side = Side::Ec2(&ec2, &client, &vgw);
+    let memory_side = Side::Memory(&memory, &vgw);
+    for (i, (step, want)) in steps.iter().enumerate() {
+        let a = apply(&ec2_side, step).await;
+        let b = apply(&memory_side, step).await;
+        assert_eq!(a, b, "step {i} {step:?}: results differ (ec2 vs memory)");
+        assert_eq!(&a, want, "step {i} {step:?}: not what EC2 answers");
+        let seen_ec2 = normalized(&ec2.describe_route_tables(&read).await.unwrap());
+        let seen_mem = normalized(&memory.describe_route_tables(&read).await.unwrap());
         assert_eq!(
             seen_ec2, seen_mem,
-            "step {i}: tables differ (ec2 left, memory right)"
+            "step {i} {step:?}: tables differ (ec2 left, memory right)"
         );
     }
+    let last = memory.describe_route_tables(&read).await.unwrap();
+    assert_eq!(last.len(), 2);
+    assert_eq!(last[0].tags.len(), 50, "the steps reached the tag limit");
 }
 
 /// A fast-profile config for the LocalStack world's tables and ENI.
@@ -182,12 +322,16 @@ fn w_ids(config: &Config) -> Vec<String> {
 
 #[tokio::test]
 async fn the_agent_story_gives_the_same_tables_on_both_backends() {
-    let Some(url) = localstack::endpoint("the_agent_story_gives_the_same_tables_on_both_backends")
+    let Some(url) =
+        gate::require_localstack("the_agent_story_gives_the_same_tables_on_both_backends")
     else {
         return;
     };
     let client = localstack::client(&url);
     let w = localstack::world(&client, "parity-agent", 2, 1).await;
+    // Attached, as an appliance's interface is: EC2 would blackhole routes
+    // to a detached one, and LocalStack does not model that.
+    localstack::attach_enis(&client, &w).await;
     let config = agent_config(&w, &url);
     let ec2 = Arc::new(
         Ec2RouteApi::connect(&config.aws, &Default::default())

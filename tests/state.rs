@@ -246,7 +246,7 @@ async fn a_takeover_is_undone_on_failback() {
         origin: Origin::CreateRoute,
         state: RouteState::Active,
     };
-    api.insert_route(TABLE_B, transit.clone());
+    api.insert_route(TABLE_B, transit.clone()).unwrap();
     let mut h = Harness::start(&config, api.clone(), Reply::None);
     h.converged(Via::Backup, secs(10)).await;
     assert_eq!(our_routes(&api.tables()), all_managed(&config));
@@ -406,7 +406,7 @@ async fn a_foreign_route_swapped_in_before_our_delete_is_left_alone() {
     let api = Arc::new(Knobs::new(world.clone()).before_read(move |ids, w| {
         if ids == [TABLE_A.to_string()] && !f.swap(true, Ordering::SeqCst) {
             w.remove_static_route(&slot.route_table_id, slot.destination);
-            w.insert_route(&slot.route_table_id, t.clone());
+            w.insert_route(&slot.route_table_id, t.clone()).unwrap();
         }
     }));
     let mut h = Harness::start(&config, api, Reply::None);

@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+#[path = "common/gate.rs"]
+mod gate;
+
 const UNIT: &str = include_str!("../systemd/route-failover.service");
 const BIN: &str = env!("CARGO_BIN_EXE_route-failover");
 
@@ -33,13 +36,8 @@ fn the_unit_is_notify_with_watchdog_and_only_cap_net_raw() {
     assert_eq!(directives("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
 }
 
-fn analyze() -> Option<tempfile::TempDir> {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: systemd-analyze is not installed");
+fn analyze(test: &str) -> Option<tempfile::TempDir> {
+    if !gate::require_tool(test, "systemd-analyze") {
         return None;
     }
     // Point the unit at the binary just built: verify checks that it exists.
@@ -54,7 +52,9 @@ fn analyze() -> Option<tempfile::TempDir> {
 
 #[test]
 fn systemd_analyze_verify_passes() {
-    let Some(dir) = analyze() else { return };
+    let Some(dir) = analyze("systemd_analyze_verify_passes") else {
+        return;
+    };
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(dir.path().join("route-failover.service"))
@@ -66,7 +66,9 @@ fn systemd_analyze_verify_passes() {
 
 #[test]
 fn systemd_analyze_security_rates_it_ok_or_better() {
-    let Some(dir) = analyze() else { return };
+    let Some(dir) = analyze("systemd_analyze_security_rates_it_ok_or_better") else {
+        return;
+    };
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true"])
         .arg(dir.path().join("route-failover.service"))

@@ -43,6 +43,43 @@ pub fn aws_cli(action: &Action, region: Option<&str>) -> String {
     line
 }
 
+/// The AWS CLI command that sets (`Some` value) or deletes (`None`) tags.
+pub fn aws_cli_tags(
+    resource_id: &str,
+    tags: &[(String, Option<String>)],
+    region: Option<&str>,
+) -> String {
+    let deleting = tags.iter().all(|(_, v)| v.is_none());
+    let verb = if deleting {
+        "delete-tags"
+    } else {
+        "create-tags"
+    };
+    let mut line = format!("aws ec2 {verb} --resources {resource_id} --tags");
+    for (key, value) in tags {
+        let arg = match value {
+            Some(value) => format!("Key={key},Value={value}"),
+            None => format!("Key={key}"),
+        };
+        line.push(' ');
+        line.push_str(&shell_quote(&arg));
+    }
+    if let Some(region) = region {
+        line.push_str(&format!(" --region {region}"));
+    }
+    line
+}
+
+/// Quotes `arg` for a POSIX shell when it holds anything but plain characters.
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.,:/=@+".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 type Writer = Arc<Mutex<dyn Write + Send>>;
 
 /// The dry-run wrapper around any backend.
@@ -53,6 +90,8 @@ pub struct DryRun {
     /// (table, destination) → the target our pretend static route points
     /// at, or `None` for a pretend delete.
     overlay: Mutex<BTreeMap<(String, IpNet), Option<Target>>>,
+    /// (table, tag key) → the pretend value, or `None` for a pretend delete.
+    tag_overlay: Mutex<BTreeMap<(String, String), Option<String>>>,
     printed: Mutex<Vec<String>>,
 }
 
@@ -68,6 +107,7 @@ impl DryRun {
             region,
             out,
             overlay: Mutex::new(BTreeMap::new()),
+            tag_overlay: Mutex::new(BTreeMap::new()),
             printed: Mutex::new(Vec::new()),
         }
     }
@@ -80,9 +120,8 @@ impl DryRun {
             .clone()
     }
 
-    fn pretend(&self, action: &Action) {
-        let route = action.route();
-        let line = format!("DRY-RUN {}", aws_cli(action, self.region.as_deref()));
+    fn print(&self, command: &str) {
+        let line = format!("DRY-RUN {command}");
         {
             let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
             // A closed stdout must not stop the agent; the line is kept in `printed`.
@@ -92,6 +131,25 @@ impl DryRun {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(line);
+    }
+
+    fn pretend_tags(&self, resource_id: &str, tags: &[(String, Option<String>)]) {
+        if tags.is_empty() {
+            return;
+        }
+        self.print(&aws_cli_tags(resource_id, tags, self.region.as_deref()));
+        let mut overlay = self
+            .tag_overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in tags {
+            overlay.insert((resource_id.to_string(), key.clone()), value.clone());
+        }
+    }
+
+    fn pretend(&self, action: &Action) {
+        let route = action.route();
+        self.print(&aws_cli(action, self.region.as_deref()));
         let value = match action {
             Action::Delete(_) => None,
             Action::Restore { original, .. } => Some(original.clone()),
@@ -108,6 +166,21 @@ impl DryRun {
 impl RouteApi for DryRun {
     async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError> {
         let mut tables = self.inner.describe_route_tables(ids).await?;
+        let tag_overlay = self
+            .tag_overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for table in &mut tables {
+            for ((id, key), value) in tag_overlay.iter() {
+                if *id != table.id {
+                    continue;
+                }
+                match value {
+                    Some(value) => table.tags.insert(key.clone(), value.clone()),
+                    None => table.tags.remove(key),
+                };
+            }
+        }
         let overlay = self.overlay.lock().unwrap_or_else(PoisonError::into_inner);
         for table in &mut tables {
             for ((id, destination), target) in overlay.iter() {
@@ -186,6 +259,25 @@ impl RouteApi for DryRun {
     fn is_dry_run(&self) -> bool {
         true
     }
+
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        let tags: Vec<(String, Option<String>)> = tags
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        self.pretend_tags(resource_id, &tags);
+        Ok(())
+    }
+
+    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
+        let tags: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+        self.pretend_tags(resource_id, &tags);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -252,5 +344,66 @@ mod tests {
         assert!(text.starts_with("DRY-RUN aws ec2 create-route "));
         assert_eq!(dry.printed().len(), 2);
         assert!(inner.mutating_calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tag_writes_are_printed_not_made_and_reads_see_them() {
+        let r = managed("10.1.0.0/16");
+        let inner = Arc::new(MemoryRouteApi::seeded(std::slice::from_ref(&r)));
+        let t = r.route_table_id.as_str();
+        inner
+            .create_tags(
+                t,
+                &[("keep".into(), "1".into()), ("gone".into(), "2".into())],
+            )
+            .await
+            .unwrap();
+        let before = inner.mutating_calls().len();
+        let dry = DryRun::with_writer(inner.clone(), None, Arc::new(Mutex::new(Vec::new())));
+        dry.create_tags(
+            t,
+            &[("route-failover:verdict:i-1".into(), "Backup 3 down".into())],
+        )
+        .await
+        .unwrap();
+        dry.delete_tags(t, &["gone".to_string()]).await.unwrap();
+        assert_eq!(
+            inner.mutating_calls().len(),
+            before,
+            "dry run made a real call"
+        );
+        assert_eq!(
+            dry.printed(),
+            [
+                format!(
+                    "DRY-RUN aws ec2 create-tags --resources {t} \
+                     --tags 'Key=route-failover:verdict:i-1,Value=Backup 3 down'"
+                ),
+                format!("DRY-RUN aws ec2 delete-tags --resources {t} --tags Key=gone"),
+            ]
+        );
+        let seen = dry
+            .describe_route_tables(&[t.to_string(), "rtb-0fffffffffffffff0".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 1, "a missing table passes through as absent");
+        let keys: Vec<&str> = seen[0].tags.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["keep", "route-failover:verdict:i-1"]);
+        let real = inner.tables();
+        assert_eq!(real[0].tags.len(), 2);
+        assert!(real[0].tags.contains_key("gone"));
+    }
+
+    #[test]
+    fn tag_values_are_quoted_for_the_shell() {
+        let line = aws_cli_tags(
+            "rtb-1",
+            &[("k".into(), Some("it's".into()))],
+            Some("us-east-1"),
+        );
+        assert_eq!(
+            line,
+            "aws ec2 create-tags --resources rtb-1 --tags 'Key=k,Value=it'\\''s' --region us-east-1"
+        );
     }
 }

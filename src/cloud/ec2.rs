@@ -13,13 +13,15 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, RouteOrigin, RouteState as Ec2RouteState};
+use aws_sdk_ec2::types::{
+    AttachmentStatus, Filter, NetworkInterfaceStatus, RouteOrigin, RouteState as Ec2RouteState, Tag,
+};
 use aws_sdk_ec2::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use ipnet::IpNet;
 use tokio::sync::OnceCell;
 
-use super::{CloudError, ErrorKind, NetworkInterface, RouteApi};
+use super::{CloudError, EniStatus, ErrorKind, NetworkInterface, RouteApi};
 use crate::config::AwsConfig;
 use crate::instance::{self, Instance};
 use crate::model::Action;
@@ -35,6 +37,9 @@ pub struct Ec2RouteApi {
 
 /// Attempts per call: the first and three retries.
 const MAX_ATTEMPTS: u32 = 4;
+
+/// EC2 refuses more filter values than this in one call (`FilterLimitExceeded`).
+const MAX_FILTER_VALUES: usize = 200;
 
 /// SDK settings: bounded timeouts on every call, and standard retries
 /// (throttling, 5xx and connection errors; capped exponential backoff with
@@ -253,6 +258,25 @@ where
     }
 }
 
+/// `name` filters for the distinct `ids`, at most [`MAX_FILTER_VALUES`]
+/// values each; none for no ids. A filter, not the explicit id list: an
+/// unknown id is left out of the answer instead of failing the whole call
+/// (and no ids must never mean "everything").
+fn id_filters(name: &str, ids: &[String]) -> Vec<Filter> {
+    let mut wanted: Vec<String> = ids.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    wanted
+        .chunks(MAX_FILTER_VALUES)
+        .map(|chunk| {
+            Filter::builder()
+                .name(name)
+                .set_values(Some(chunk.to_vec()))
+                .build()
+        })
+        .collect()
+}
+
 fn convert_route(r: &aws_sdk_ec2::types::Route) -> Option<Route> {
     // Prefix-list routes have no CIDR and are never ours.
     let destination: IpNet = r
@@ -309,27 +333,55 @@ fn convert_table(t: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
             .collect(),
         main: associations.iter().any(|a| a.main() == Some(true)),
         routes: t.routes().iter().filter_map(convert_route).collect(),
+        tags: t
+            .tags()
+            .iter()
+            .filter_map(|tag| Some((tag.key()?.to_string(), tag.value()?.to_string())))
+            .collect(),
+    }
+}
+
+fn convert_eni(n: &aws_sdk_ec2::types::NetworkInterface) -> NetworkInterface {
+    let status = match n.status() {
+        Some(NetworkInterfaceStatus::Available) => EniStatus::Available,
+        Some(NetworkInterfaceStatus::Associated) => EniStatus::Associated,
+        Some(NetworkInterfaceStatus::Attaching) => EniStatus::Attaching,
+        Some(NetworkInterfaceStatus::InUse) => EniStatus::InUse,
+        Some(NetworkInterfaceStatus::Detaching) => EniStatus::Detaching,
+        Some(other) => EniStatus::Other(other.as_str().to_string()),
+        None => EniStatus::Other(String::new()),
+    };
+    NetworkInterface {
+        id: n.network_interface_id().unwrap_or_default().to_string(),
+        subnet_id: n.subnet_id().map(str::to_string),
+        status,
+        attached: n.attachment().and_then(|a| a.status()) == Some(&AttachmentStatus::Attached),
+        // Unknown counts as on: the check then asks the operator to look.
+        source_dest_check: n.source_dest_check().unwrap_or(true),
     }
 }
 
 #[async_trait]
 impl RouteApi for Ec2RouteApi {
     async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError> {
+        let filters = id_filters("route-table-id", ids);
         let mut tables = Vec::with_capacity(ids.len());
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .describe_route_tables()
-                .set_route_table_ids(Some(ids.to_vec()))
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(classify)?;
-            tables.extend(out.route_tables().iter().map(convert_table));
-            token = out.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
+        for filter in filters {
+            let mut token = None;
+            loop {
+                let out = self
+                    .client
+                    .describe_route_tables()
+                    .filters(filter.clone())
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                tables.extend(out.route_tables().iter().map(convert_table));
+                token = out.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
             }
         }
         Ok(tables)
@@ -339,22 +391,27 @@ impl RouteApi for Ec2RouteApi {
         &self,
         ids: &[String],
     ) -> Result<Vec<NetworkInterface>, CloudError> {
-        let out = self
-            .client
-            .describe_network_interfaces()
-            .set_network_interface_ids(Some(ids.to_vec()))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(out
-            .network_interfaces()
-            .iter()
-            .map(|n| NetworkInterface {
-                id: n.network_interface_id().unwrap_or_default().to_string(),
-                subnet_id: n.subnet_id().map(str::to_string),
-                source_dest_check: n.source_dest_check().unwrap_or(true),
-            })
-            .collect())
+        let filters = id_filters("network-interface-id", ids);
+        let mut enis = Vec::with_capacity(ids.len());
+        for filter in filters {
+            let mut token = None;
+            loop {
+                let out = self
+                    .client
+                    .describe_network_interfaces()
+                    .filters(filter.clone())
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                enis.extend(out.network_interfaces().iter().map(convert_eni));
+                token = out.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(enis)
     }
 
     async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
@@ -499,5 +556,44 @@ impl RouteApi for Ec2RouteApi {
                 ),
             )),
         }
+    }
+
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .create_tags()
+            .resources(resource_id)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
+        // An empty list would delete every tag on the resource.
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .delete_tags()
+            .resources(resource_id)
+            .set_tags(Some(
+                keys.iter().map(|k| Tag::builder().key(k).build()).collect(),
+            ))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 }

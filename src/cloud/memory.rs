@@ -3,8 +3,16 @@
 //! It keeps EC2's semantics where LocalStack does not: a duplicate
 //! `CreateRoute` fails with `RouteAlreadyExists`, a static route can sit
 //! beside a propagated one for the same prefix, `ReplaceRoute` cannot
-//! replace a propagated route (`InvalidParameterValue`, as EC2 answers), and
-//! the `local` route cannot be touched.
+//! replace a propagated route (`InvalidParameterValue`, as EC2 answers), the
+//! `local` route cannot be touched, and a route to an interface that is
+//! detached or deleted reads as `blackhole`. The world around the agent
+//! (interfaces detached, BGP routes withdrawn, routes added by hand) is
+//! changed through the helpers in `world`.
+
+mod world;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -20,6 +28,8 @@ use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
 pub const SEED_VPC_CIDR: &str = "10.0.0.0/16";
 /// The virtual private gateway that seeded tables learn DX routes from.
 pub const SEED_VGW: &str = "vgw-0a1b2c3d4e5f60718";
+/// EC2's limit of user tags on one resource.
+pub const MAX_TAGS: usize = 50;
 
 /// One call made to the fake, for tests to assert on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +44,8 @@ pub struct Call {
 struct State {
     tables: BTreeMap<String, RouteTable>,
     enis: BTreeMap<String, NetworkInterface>,
+    /// Interfaces deleted while routes may still point at them.
+    deleted_enis: BTreeSet<String>,
     /// Subnet → its VPC.
     subnets: BTreeMap<String, String>,
     /// Operations the credentials may not make (for `is_permitted`).
@@ -41,6 +53,28 @@ struct State {
     /// Errors to return, in order, from the next calls of an operation.
     faults: Vec<(&'static str, CloudError)>,
     calls: Vec<Call>,
+}
+
+impl State {
+    /// A table as DescribeRouteTables shows it: a route's state follows its
+    /// interface (EC2 derives it; it is never stored).
+    fn observed(&self, table: &RouteTable) -> RouteTable {
+        let mut table = table.clone();
+        for route in &mut table.routes {
+            if let Target::NetworkInterface(id) = &route.target {
+                if let Some(eni) = self.enis.get(id) {
+                    route.state = if eni.attached {
+                        RouteState::Active
+                    } else {
+                        RouteState::Blackhole
+                    };
+                } else if self.deleted_enis.contains(id) {
+                    route.state = RouteState::Blackhole;
+                }
+            }
+        }
+        table
+    }
 }
 
 /// The fake itself. Cheap to share behind an `Arc`.
@@ -54,98 +88,14 @@ impl MemoryRouteApi {
         Self::default()
     }
 
-    /// A world in which every managed table exists with its `local` route
-    /// and a route propagated from Direct Connect for each managed
-    /// destination, and every target ENI exists with source/dest check off.
-    pub fn seeded(routes: &[ManagedRoute]) -> Self {
-        let api = Self::new();
-        {
-            let mut state = api.lock();
-            for r in routes {
-                let table = state
-                    .tables
-                    .entry(r.route_table_id.clone())
-                    .or_insert_with(|| RouteTable {
-                        id: r.route_table_id.clone(),
-                        vpc_id: Some("vpc-0123456789abcdef0".to_string()),
-                        routes: vec![Route {
-                            destination: SEED_VPC_CIDR.parse().expect("valid CIDR"),
-                            target: Target::Gateway("local".to_string()),
-                            origin: Origin::CreateRouteTable,
-                            state: RouteState::Active,
-                        }],
-                        ..RouteTable::default()
-                    });
-                let propagated = Route {
-                    destination: r.destination,
-                    target: Target::Gateway(SEED_VGW.to_string()),
-                    origin: Origin::Propagated,
-                    state: RouteState::Active,
-                };
-                if !table.routes.contains(&propagated) {
-                    table.routes.push(propagated);
-                }
-                state
-                    .enis
-                    .entry(r.target_eni.clone())
-                    .or_insert_with(|| NetworkInterface {
-                        id: r.target_eni.clone(),
-                        subnet_id: Some("subnet-0123456789abcdef0".to_string()),
-                        source_dest_check: false,
-                    });
-            }
-        }
-        api
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn add_table(&self, table: RouteTable) {
-        self.lock().tables.insert(table.id.clone(), table);
-    }
-
-    pub fn add_network_interface(&self, eni: NetworkInterface) {
-        self.lock().enis.insert(eni.id.clone(), eni);
-    }
-
-    /// Adds a subnet of `vpc_id`; associate it by listing it in a table's `subnets`.
-    pub fn add_subnet(&self, subnet_id: &str, vpc_id: &str) {
-        self.lock()
-            .subnets
-            .insert(subnet_id.to_string(), vpc_id.to_string());
-    }
-
-    /// Makes `is_permitted` answer no for `op` (e.g. "DeleteRoute").
-    pub fn deny(&self, op: &'static str) {
-        self.lock().denied.insert(op);
-    }
-
-    /// Adds a route as if made by hand or by another tool.
-    pub fn insert_route(&self, route_table_id: &str, route: Route) {
-        if let Some(t) = self.lock().tables.get_mut(route_table_id) {
-            t.routes.push(route);
-        }
-    }
-
-    /// Removes the static route for `destination`, as an operator might by hand.
-    pub fn remove_static_route(&self, route_table_id: &str, destination: IpNet) {
-        if let Some(t) = self.lock().tables.get_mut(route_table_id) {
-            t.routes
-                .retain(|r| !(r.is_static() && r.destination == destination));
-        }
-    }
-
-    /// A snapshot of every table, in id order.
+    /// A snapshot of every table as a describe would show it, in id order.
     pub fn tables(&self) -> Vec<RouteTable> {
-        self.lock().tables.values().cloned().collect()
-    }
-
-    /// Makes the next call of `op` (e.g. "CreateRoute") fail with `error`.
-    /// Several faults for one op are returned in the order injected.
-    pub fn inject_fault(&self, op: &'static str, error: CloudError) {
-        self.lock().faults.push((op, error));
+        let state = self.lock();
+        state.tables.values().map(|t| state.observed(t)).collect()
     }
 
     /// Every call made so far, in order.
@@ -153,11 +103,12 @@ impl MemoryRouteApi {
         self.lock().calls.clone()
     }
 
-    /// The calls that would change a table (create, replace, delete).
+    /// The calls that would change something (routes, tags); neither reads
+    /// nor DryRun permission checks.
     pub fn mutating_calls(&self) -> Vec<Call> {
         self.calls()
             .into_iter()
-            .filter(|c| !c.op.starts_with("Describe"))
+            .filter(|c| !c.op.starts_with("Describe") && c.op != DRY_RUN)
             .collect()
     }
 
@@ -182,6 +133,9 @@ impl MemoryRouteApi {
     }
 }
 
+/// The op name `is_permitted` is recorded under.
+const DRY_RUN: &str = "DryRun";
+
 fn table_not_found(id: &str) -> CloudError {
     CloudError::from_code(
         "InvalidRouteTableID.NotFound",
@@ -196,6 +150,20 @@ fn route_not_found(id: &str, destination: IpNet) -> CloudError {
     )
 }
 
+fn route_already_exists(destination: IpNet) -> CloudError {
+    CloudError::from_code(
+        "RouteAlreadyExists",
+        format!("The route identified by {destination} already exists."),
+    )
+}
+
+fn eni_not_found(id: &str) -> CloudError {
+    CloudError::from_code(
+        "InvalidNetworkInterfaceID.NotFound",
+        format!("The networkInterface ID '{id}' does not exist"),
+    )
+}
+
 fn table_mut<'a>(state: &'a mut State, id: &str) -> Result<&'a mut RouteTable, CloudError> {
     state.tables.get_mut(id).ok_or_else(|| table_not_found(id))
 }
@@ -204,10 +172,7 @@ fn check_eni(state: &State, id: &str) -> Result<(), CloudError> {
     if state.enis.contains_key(id) {
         Ok(())
     } else {
-        Err(CloudError::from_code(
-            "InvalidNetworkInterfaceID.NotFound",
-            format!("The networkInterface ID '{id}' does not exist"),
-        ))
+        Err(eni_not_found(id))
     }
 }
 
@@ -247,11 +212,16 @@ fn subject(route_table_id: &str, destination: IpNet) -> String {
 #[async_trait]
 impl RouteApi for MemoryRouteApi {
     async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError> {
-        // As EC2's route-table-id filter: what exists, no error for the rest.
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         self.call("DescribeRouteTables", ids.join(","), |state| {
+            let mut seen = BTreeSet::new();
             Ok(ids
                 .iter()
-                .filter_map(|id| state.tables.get(id).cloned())
+                .filter(|id| seen.insert(id.as_str()))
+                .filter_map(|id| state.tables.get(id))
+                .map(|t| state.observed(t))
                 .collect())
         })
     }
@@ -260,13 +230,16 @@ impl RouteApi for MemoryRouteApi {
         &self,
         ids: &[String],
     ) -> Result<Vec<NetworkInterface>, CloudError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         self.call("DescribeNetworkInterfaces", ids.join(","), |state| {
-            ids.iter()
-                .map(|id| {
-                    check_eni(state, id)?;
-                    Ok(state.enis[id].clone())
-                })
-                .collect()
+            let mut seen = BTreeSet::new();
+            Ok(ids
+                .iter()
+                .filter(|id| seen.insert(id.as_str()))
+                .filter_map(|id| state.enis.get(id).cloned())
+                .collect())
         })
     }
 
@@ -281,13 +254,7 @@ impl RouteApi for MemoryRouteApi {
                 .iter()
                 .any(|r| r.is_static() && r.destination == route.destination)
             {
-                return Err(CloudError::from_code(
-                    "RouteAlreadyExists",
-                    format!(
-                        "The route identified by {} already exists.",
-                        route.destination
-                    ),
-                ));
+                return Err(route_already_exists(route.destination));
             }
             table.routes.push(our_route(route));
             Ok(())
@@ -405,139 +372,54 @@ impl RouteApi for MemoryRouteApi {
     async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError> {
         let route = action.route();
         let subject = subject(&route.route_table_id, route.destination);
-        self.call("DryRun", subject, |state| {
+        self.call(DRY_RUN, subject, |state| {
             Ok(Some(!state.denied.contains(action.op())))
         })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::fixtures::managed;
-
-    #[tokio::test]
-    async fn behaves_like_ec2() {
-        let r = managed("10.1.0.0/16");
-        let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
-        let ids = vec![r.route_table_id.clone()];
-
-        // Static route beside the propagated one.
-        api.create_route(&r).await.unwrap();
-        let t = &api.describe_route_tables(&ids).await.unwrap()[0];
-        let for_prefix: Vec<Origin> = t
-            .routes
-            .iter()
-            .filter(|x| x.destination == r.destination)
-            .map(|x| x.origin)
-            .collect();
-        assert_eq!(for_prefix, [Origin::Propagated, Origin::CreateRoute]);
-
-        let dup = api.create_route(&r).await.unwrap_err();
-        assert_eq!(dup.kind, ErrorKind::RouteAlreadyExists);
-        assert_eq!(dup.code.as_deref(), Some("RouteAlreadyExists"));
-
-        api.delete_route(&r.route_table_id, r.destination)
-            .await
-            .unwrap();
-        let missing = api
-            .delete_route(&r.route_table_id, r.destination)
-            .await
-            .unwrap_err();
-        assert_eq!(missing.kind, ErrorKind::RouteNotFound);
-        // Deleting our static route leaves the propagated one.
-        let t = &api.describe_route_tables(&ids).await.unwrap()[0];
-        assert!(t
-            .routes
-            .iter()
-            .any(|x| x.destination == r.destination && x.origin == Origin::Propagated));
-
-        // ReplaceRoute cannot replace a propagated route.
-        let e = api.replace_route(&r).await.unwrap_err();
-        assert_eq!(e.code.as_deref(), Some("InvalidParameterValue"));
-        assert!(e.message.contains("Use CreateRoute instead"));
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = tags.iter().map(|(k, _)| k.as_str()).collect();
+        let subject = format!("{resource_id} {}", keys.join(","));
+        self.call("CreateTags", subject, |state| {
+            let table = table_mut(state, resource_id)?;
+            let added = keys
+                .iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| !table.tags.contains_key(**k))
+                .count();
+            // All or nothing, as EC2: one call past the limit changes no tag.
+            if table.tags.len() + added > MAX_TAGS {
+                return Err(CloudError::from_code(
+                    "TagLimitExceeded",
+                    "The maximum number of Tags for a resource has been reached.",
+                ));
+            }
+            for (key, value) in tags {
+                table.tags.insert(key.clone(), value.clone());
+            }
+            Ok(())
+        })
     }
 
-    #[tokio::test]
-    async fn unknown_tables_and_enis_fail_with_ec2_codes() {
-        let r = managed("10.1.0.0/16");
-        let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
-        let bad_table = ManagedRoute {
-            route_table_id: "rtb-ffffffff".into(),
-            ..r.clone()
-        };
-        assert_eq!(
-            api.create_route(&bad_table).await.unwrap_err().kind,
-            ErrorKind::TableNotFound
-        );
-        // Like EC2's route-table-id filter: one unknown id hides nothing.
-        let found = api
-            .describe_route_tables(&[r.route_table_id.clone(), "rtb-ffffffff".into()])
-            .await
-            .unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].id, r.route_table_id);
-        let bad_eni = ManagedRoute {
-            target_eni: "eni-ffffffff".into(),
-            ..r.clone()
-        };
-        assert_eq!(
-            api.create_route(&bad_eni).await.unwrap_err().kind,
-            ErrorKind::EniNotFound
-        );
-        assert_eq!(
-            api.describe_network_interfaces(&["eni-ffffffff".into()])
-                .await
-                .unwrap_err()
-                .kind,
-            ErrorKind::EniNotFound
-        );
-    }
-
-    #[tokio::test]
-    async fn the_local_route_cannot_be_deleted_or_replaced() {
-        let r = managed(SEED_VPC_CIDR);
-        let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
-        let e = api
-            .delete_route(&r.route_table_id, r.destination)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code.as_deref(), Some("InvalidParameterValue"));
-        assert_eq!(
-            api.replace_route(&r).await.unwrap_err().kind,
-            ErrorKind::Other
-        );
-        assert_eq!(
-            api.create_route(&r).await.unwrap_err().kind,
-            ErrorKind::RouteAlreadyExists
-        );
-    }
-
-    #[tokio::test]
-    async fn injected_faults_fail_the_next_call_of_that_op_only() {
-        let r = managed("10.1.0.0/16");
-        let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
-        api.inject_fault(
-            "CreateRoute",
-            CloudError::from_code("RequestLimitExceeded", "slow down"),
-        );
-        assert!(api
-            .describe_route_tables(std::slice::from_ref(&r.route_table_id))
-            .await
-            .is_ok());
-        assert_eq!(
-            api.create_route(&r).await.unwrap_err().kind,
-            ErrorKind::Throttled
-        );
-        api.create_route(&r).await.unwrap();
-        let ops: Vec<(&str, bool)> = api.calls().iter().map(|c| (c.op, c.ok)).collect();
-        assert_eq!(
-            ops,
-            [
-                ("DescribeRouteTables", true),
-                ("CreateRoute", false),
-                ("CreateRoute", true)
-            ]
-        );
+    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let subject = format!("{resource_id} {}", keys.join(","));
+        self.call("DeleteTags", subject, |state| {
+            let table = table_mut(state, resource_id)?;
+            for key in keys {
+                table.tags.remove(key);
+            }
+            Ok(())
+        })
     }
 }

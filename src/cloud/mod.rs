@@ -105,13 +105,57 @@ impl fmt::Display for CloudError {
     }
 }
 
-/// A network interface as the preflight check needs it.
+/// A network interface's `Status` as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EniStatus {
+    Available,
+    Associated,
+    Attaching,
+    /// Attached to an instance: the only status in which it forwards.
+    InUse,
+    Detaching,
+    /// A status this version does not know, as EC2 spelled it.
+    Other(String),
+}
+
+impl EniStatus {
+    /// EC2's own spelling (`in-use`, `available`, …).
+    pub fn as_str(&self) -> &str {
+        match self {
+            EniStatus::Available => "available",
+            EniStatus::Associated => "associated",
+            EniStatus::Attaching => "attaching",
+            EniStatus::InUse => "in-use",
+            EniStatus::Detaching => "detaching",
+            EniStatus::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for EniStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A network interface as the preflight and the appliance checks need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkInterface {
     pub id: String,
     pub subnet_id: Option<String>,
+    pub status: EniStatus,
+    /// Whether its attachment's status is `attached`. A route to an
+    /// interface that is not attached is a blackhole.
+    pub attached: bool,
     /// Must be false on the VPN appliance, or it drops forwarded traffic.
     pub source_dest_check: bool,
+}
+
+impl NetworkInterface {
+    /// Whether traffic routed to it can reach an instance: `in-use` and attached.
+    pub fn is_forwarding_target(&self) -> bool {
+        self.status == EniStatus::InUse && self.attached
+    }
 }
 
 /// The calls the agent makes. Implementations return EC2's semantics:
@@ -119,10 +163,17 @@ pub struct NetworkInterface {
 /// `RouteNotFound`, an unknown table or ENI is reported as such.
 #[async_trait]
 pub trait RouteApi: Send + Sync {
-    /// Reads the given tables in one call; fails if any of them is unknown.
+    /// Reads those of the given tables that exist, each once, as EC2's
+    /// `route-table-id` filter does: a table that does not exist (deleted,
+    /// or a typo) is simply absent from the answer, so one missing table
+    /// cannot hide the others. (Naming the ids in `RouteTableIds` instead
+    /// fails the whole call with `InvalidRouteTableID.NotFound`.) No ids,
+    /// no tables: never "every table in the account".
     async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError>;
 
-    /// Reads the given network interfaces; fails if any of them is unknown.
+    /// Reads those of the given network interfaces that exist, each once, as
+    /// EC2's `network-interface-id` filter does: an interface that does not
+    /// exist is absent from the answer, not an error that hides the others.
     async fn describe_network_interfaces(
         &self,
         ids: &[String],
@@ -162,4 +213,36 @@ pub trait RouteApi: Send + Sync {
     fn is_dry_run(&self) -> bool {
         false
     }
+
+    /// Sets tags on a route table (EC2 `CreateTags`): a key already there
+    /// gets the new value. More than 50 tags on the resource fail the whole
+    /// call with `TagLimitExceeded`; an unknown table is
+    /// `InvalidRouteTableID.NotFound`. No tags, no call.
+    ///
+    /// The default refuses, so that a wrapper which forgets to forward it
+    /// fails loudly instead of dropping a write.
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        let _ = tags;
+        Err(unsupported("CreateTags", resource_id))
+    }
+
+    /// Removes tags by key, whatever their values (EC2 `DeleteTags`); keys
+    /// that are not there are no error. No keys, no call: EC2 would read an
+    /// empty list as "delete every tag".
+    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
+        let _ = keys;
+        Err(unsupported("DeleteTags", resource_id))
+    }
+}
+
+fn unsupported(op: &str, resource_id: &str) -> CloudError {
+    CloudError::new(
+        ErrorKind::Other,
+        None,
+        format!("{op} on {resource_id}: not implemented by this backend"),
+    )
 }

@@ -60,24 +60,43 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         }
         Err(e) => fail(format!("✗ {e}")),
     }
-    // One call per id, so that a failure names the id at fault.
-    for id in &tables {
-        match api.describe_route_tables(std::slice::from_ref(id)).await {
-            Ok(_) => println!("✓ route table {id} exists"),
-            Err(e) => fail(format!(
-                "✗ route table {id}: {e}\n    fix: check routes[].route_table_id and the region"
-            )),
+    // One read for all: a table absent from the answer does not exist.
+    let observed = match api.describe_route_tables(&tables).await {
+        Ok(observed) => {
+            for id in &tables {
+                if observed.iter().any(|t| &t.id == id) {
+                    println!("✓ route table {id} exists");
+                } else {
+                    fail(format!(
+                        "✗ route table {id} not found\n    fix: check routes[].route_table_id and the region"
+                    ));
+                }
+            }
+            Some(observed)
         }
-    }
-    for id in &enis {
-        match api.describe_network_interfaces(std::slice::from_ref(id)).await {
-            Ok(found) if found.iter().any(|n| n.source_dest_check) => fail(format!(
-                "✗ network interface {id} has source/destination check enabled: the VPN appliance cannot forward\n    \
-                 fix: aws ec2 modify-network-interface-attribute --network-interface-id {id} --no-source-dest-check"
-            )),
-            Ok(_) => println!("✓ network interface {id} exists, source/destination check off"),
-            Err(e) => fail(format!("✗ network interface {id}: {e}\n    fix: check routes[].target_eni")),
+        Err(e) => {
+            fail(format!("✗ cannot read the route tables: {e}"));
+            None
         }
+    };
+    match api.describe_network_interfaces(&enis).await {
+        Ok(found) => {
+            for id in &enis {
+                match found.iter().find(|n| &n.id == id) {
+                    None => fail(format!(
+                        "✗ network interface {id} not found\n    fix: check routes[].target_eni"
+                    )),
+                    Some(n) if n.source_dest_check => fail(format!(
+                        "✗ network interface {id} has source/destination check enabled: the VPN appliance cannot forward\n    \
+                         fix: aws ec2 modify-network-interface-attribute --network-interface-id {id} --no-source-dest-check"
+                    )),
+                    Some(_) => {
+                        println!("✓ network interface {id} exists, source/destination check off");
+                    }
+                }
+            }
+        }
+        Err(e) => fail(format!("✗ cannot read the network interfaces: {e}")),
     }
     // IAM, with EC2's DryRun: one route per table, each operation the agent uses.
     for id in &tables {
@@ -108,7 +127,7 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Ok(observed) = api.describe_route_tables(&tables).await {
+    if let Some(observed) = observed {
         let ledger = super::ledger(config);
         let inputs = plan::Inputs {
             takeover: false,

@@ -7,41 +7,6 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 
-/// The LocalStack endpoint, or `None` (with a visible note) when the suite
-/// was not started by `scripts/test.sh`.
-pub fn endpoint(test: &str) -> Option<String> {
-    match std::env::var("ROUTE_FAILOVER_LOCALSTACK") {
-        Ok(url) => {
-            // The agent's own client resolves credentials through the
-            // standard chain. Without these, that chain would fall through to
-            // the instance metadata service, an address tests must never touch.
-            for (var, want) in [
-                ("AWS_EC2_METADATA_DISABLED", Some("true")),
-                ("AWS_ACCESS_KEY_ID", Some("test")),
-                ("AWS_SECRET_ACCESS_KEY", Some("test")),
-            ] {
-                let got = std::env::var(var).ok();
-                assert_eq!(
-                    got.as_deref(),
-                    want,
-                    "{var} must be {want:?} for LocalStack tests: run scripts/test.sh"
-                );
-            }
-            assert!(
-                url.starts_with("http://127.")
-                    || url.starts_with("http://localhost")
-                    || url.starts_with("http://[::1]"),
-                "LocalStack must be on loopback, not {url}"
-            );
-            Some(url)
-        }
-        Err(_) => {
-            eprintln!("SKIPPED {test}: ROUTE_FAILOVER_LOCALSTACK is not set; run scripts/test.sh");
-            None
-        }
-    }
-}
-
 pub fn client(endpoint: &str) -> Client {
     let config = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -168,4 +133,69 @@ pub async fn world(client: &Client, test: &str, tables: usize, enis: usize) -> W
         enis: eni_ids,
         vgw,
     }
+}
+
+/// Attaches every interface of the world to one new instance (device
+/// index 1, 2, …), as a VPN appliance's interface is: `in-use`, attached.
+/// Returns the attachment ids, in the order of `w.enis`.
+pub async fn attach_enis(client: &Client, w: &World) -> Vec<String> {
+    // LocalStack ships a catalogue of images; any one will do.
+    let image = client
+        .describe_images()
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_string))
+        .expect("LocalStack lists an image");
+    let instance = client
+        .run_instances()
+        .image_id(image)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&w.subnet)
+        .send()
+        .await
+        .expect("RunInstances")
+        .instances()
+        .first()
+        .and_then(|i| i.instance_id().map(str::to_string))
+        .expect("instance id");
+    let mut attachments = Vec::new();
+    for (i, eni) in w.enis.iter().enumerate() {
+        let id = client
+            .attach_network_interface()
+            .network_interface_id(eni)
+            .instance_id(&instance)
+            .device_index(i32::try_from(i).unwrap() + 1)
+            .send()
+            .await
+            .expect("AttachNetworkInterface")
+            .attachment_id
+            .expect("attachment id");
+        attachments.push(id);
+    }
+    attachments
+}
+
+/// A virtual private gateway attached to the world's VPC; returns its id.
+pub async fn attach_vgw(client: &Client, w: &World) -> String {
+    let vgw = client
+        .create_vpn_gateway()
+        .r#type(aws_sdk_ec2::types::GatewayType::Ipsec1)
+        .send()
+        .await
+        .expect("CreateVpnGateway")
+        .vpn_gateway
+        .and_then(|g| g.vpn_gateway_id)
+        .expect("vgw id");
+    client
+        .attach_vpn_gateway()
+        .vpn_gateway_id(&vgw)
+        .vpc_id(&w.vpc)
+        .send()
+        .await
+        .expect("AttachVpnGateway");
+    vgw
 }
