@@ -2,7 +2,10 @@
 # The whole test suite: starts LocalStack (installing it on first use), runs
 # every test against it, and stops what it started, even on failure. As root
 # it also runs the end-to-end tests in network namespaces (installing
-# nftables for them when missing). Extra arguments go to the test binaries.
+# nftables for them when missing), and installs what the deploy and package
+# tests need when missing: promtool (Debian's prometheus package) and rpm.
+# cargo-deb and cargo-generate-rpm are installed (pinned) by
+# scripts/package.sh. Extra arguments go to the test binaries.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,10 +15,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [[ $EUID -eq 0 ]] && ! command -v nft >/dev/null; then
-    echo "test.sh: installing nftables for the network-namespace tests" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+if [[ $EUID -eq 0 ]]; then
+    missing=()
+    command -v nft >/dev/null || missing+=(nftables)    # network-namespace tests
+    command -v promtool >/dev/null || missing+=(prometheus)    # alert rule tests
+    command -v rpm >/dev/null || missing+=(rpm)    # package tests
+    if ((${#missing[@]})); then
+        echo "test.sh: installing ${missing[*]}" >&2
+        apt-get update -qq
+        # No recommends: promtool is all the tests want of prometheus.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
 fi
+scripts/package.sh --tools
 
 if ! scripts/localstack.sh status >/dev/null 2>&1; then
     scripts/localstack.sh start
