@@ -431,6 +431,7 @@ fn the_deb_installs_everything_and_its_unit_verifies() {
     }
     assert!(read("postinst").contains("daemon-reload"));
     assert!(read("prerm").contains("stop route-failover.service"));
+    assert!(read("postinst").contains("try-restart route-failover.service"));
     assert!(
         !read("postinst").contains("deb-systemd-invoke start"),
         "must not start before the config is edited"
@@ -473,6 +474,10 @@ fn the_rpm_installs_everything_marks_the_config_noreplace_and_erases() {
     let scripts = stdout(&run("rpm", &["-qp", "--scripts", rpm]));
     assert!(
         scripts.contains("disable --now route-failover.service"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("try-restart route-failover.service"),
         "{scripts}"
     );
     assert!(!scripts.contains("enable route-failover"), "{scripts}");
