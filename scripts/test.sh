@@ -2,8 +2,10 @@
 # The whole test suite: starts LocalStack (installing it on first use), runs
 # every test against it, and stops what it started, even on failure. Tests
 # that need root run as root only (the ICMP and network-namespace ones fail
-# otherwise: they may not skip here); missing tools are installed as root.
-# Extra arguments go to the test binaries.
+# otherwise: they may not skip here); missing tools are installed as root:
+# nftables, iproute2, systemd-analyze, promtool (Debian's prometheus package)
+# and rpm. cargo-deb and cargo-generate-rpm are installed (pinned) by
+# scripts/package.sh. Extra arguments go to the test binaries.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,10 +21,13 @@ missing=()
 command -v nft >/dev/null || missing+=(nftables)             # random loss in e2e
 command -v ip >/dev/null || missing+=(iproute2)              # network namespaces
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # the unit file checks
+command -v promtool >/dev/null || missing+=(prometheus)      # alert rule tests
+command -v rpm >/dev/null || missing+=(rpm)                  # package tests
 if ((${#missing[@]})); then
     if [[ $EUID -eq 0 ]]; then
         echo "test.sh: installing ${missing[*]} for the tests" >&2
         apt-get update -qq
+        # No recommends: promtool is all the tests want of prometheus.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "test.sh: missing ${missing[*]}; the tests that need them will fail (run as root to install)" >&2
@@ -31,6 +36,7 @@ fi
 if [[ $EUID -ne 0 ]]; then
     echo "test.sh: not root: the ICMP and network-namespace tests will fail, not skip" >&2
 fi
+scripts/package.sh --tools
 
 if ! scripts/localstack.sh status >/dev/null 2>&1; then
     scripts/localstack.sh start

@@ -1,9 +1,12 @@
 //! The `route-failover` command: argument parsing and wiring only.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use clap_mangen::roff::{bold, roman, Roff};
 
 use route_failover::config::{Config, ConfigError, EXIT_CONFIG};
 use route_failover::fsm::Via;
@@ -95,7 +98,21 @@ enum PathArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = with_generators(Cli::command()).get_matches();
+    match matches.subcommand() {
+        Some(("man", args)) => {
+            let dir: &PathBuf = expect_arg(args, "dir");
+            return generated(write_man_pages(dir));
+        }
+        Some(("completions", args)) => {
+            let shell: &Shell = expect_arg(args, "shell");
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(*shell, &mut Cli::command(), "route-failover", &mut out);
+            return generated(out.flush());
+        }
+        _ => {}
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.log_format, matches!(cli.command, Command::Demo));
     // One thread: the agent waits on sockets and timers nearly all the time,
     // and worker threads waking each other for every echo cost more CPU than
@@ -121,6 +138,97 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The packaging helpers `man DIR` and `completions SHELL`: hidden, and
+/// kept out of [`Cli`] so that what they write describes only the
+/// operator's commands.
+fn with_generators(cli: clap::Command) -> clap::Command {
+    cli.subcommand(
+        clap::Command::new("man")
+            .hide(true)
+            .about("Write the man pages (one per command) into DIR")
+            .arg(
+                clap::Arg::new("dir")
+                    .value_name("DIR")
+                    .required(true)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            ),
+    )
+    .subcommand(
+        clap::Command::new("completions")
+            .hide(true)
+            .about("Print the completion script for SHELL")
+            .arg(
+                clap::Arg::new("shell")
+                    .value_name("SHELL")
+                    .required(true)
+                    .value_parser(clap::value_parser!(Shell)),
+            ),
+    )
+}
+
+/// A required argument clap has already checked.
+fn expect_arg<'a, T: Clone + Send + Sync + 'static>(args: &'a clap::ArgMatches, id: &str) -> &'a T {
+    args.get_one(id).expect("clap enforces required arguments")
+}
+
+fn generated(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `route-failover.1` and one page per subcommand, each with the exit
+/// codes its `--help` lists as an EXIT STATUS section.
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    // `help` is --help by another name: no page of its own.
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let mut pages = vec![cli.clone()];
+    pages.extend(cli.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    for page in pages {
+        let exit_codes = page.get_after_help().map(ToString::to_string);
+        let man = clap_mangen::Man::new(page.after_help(None::<&str>))
+            .source(concat!("route-failover ", env!("CARGO_PKG_VERSION")));
+        let mut text = Vec::new();
+        man.render(&mut text)?;
+        let mut text = String::from_utf8(text).expect("clap_mangen writes UTF-8");
+        if let Some(codes) = exit_codes {
+            // Before VERSION, where man-pages(7) puts EXIT STATUS.
+            let at = text.find(".SH VERSION").unwrap_or(text.len());
+            text.insert_str(at, &exit_status_section(&codes));
+        }
+        std::fs::write(dir.join(man.get_filename()), text)?;
+    }
+    Ok(())
+}
+
+/// [`EXIT_CODES`] as a roff EXIT STATUS section, one tagged paragraph a code.
+fn exit_status_section(codes: &str) -> String {
+    let mut roff = Roff::new();
+    roff.control("SH", ["EXIT STATUS"]);
+    for line in codes
+        .lines()
+        .skip_while(|l| !l.starts_with("Exit status"))
+        .skip(1)
+    {
+        if let Some((code, meaning)) = line.trim().split_once(char::is_whitespace) {
+            roff.control("TP", [])
+                .text([bold(code)])
+                .text([roman(meaning.trim())]);
+        }
+    }
+    // Without the preamble that every rendering starts with: the page has it.
+    let preamble = Roff::new().render();
+    roff.render()
+        .strip_prefix(&preamble)
+        .map(str::to_string)
+        .unwrap_or_default()
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {

@@ -25,10 +25,10 @@ const API_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 /// turned into label strings.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Serves `/metrics` on `listen` (127.0.0.1 unless the operator says otherwise).
-pub fn install(listen: SocketAddr) -> Result<(), String> {
+/// The exporter's settings (histogram buckets), shared by [`install`] and
+/// [`render`] so both export the same series.
+fn builder() -> Result<PrometheusBuilder, String> {
     PrometheusBuilder::new()
-        .with_http_listener(listen)
         .set_buckets_for_metric(
             Matcher::Full("route_failover_probe_rtt_seconds".into()),
             RTT_BUCKETS,
@@ -39,11 +39,27 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
                 API_BUCKETS,
             )
         })
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Serves `/metrics` on `listen` (127.0.0.1 unless the operator says otherwise).
+pub fn install(listen: SocketAddr) -> Result<(), String> {
+    builder()?
+        .with_http_listener(listen)
         .install()
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
     INSTALLED.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// What `/metrics` would serve after `events`, in the Prometheus text format,
+/// without installing anything: lets tests check that the shipped alert
+/// rules and dashboard only name series the agent really exports.
+pub fn render(events: &[Event]) -> Result<String, String> {
+    let recorder = builder()?.build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || events.iter().for_each(record));
+    Ok(handle.render())
 }
 
 fn path_label(path: Via) -> &'static str {
@@ -70,15 +86,14 @@ pub struct MetricsSink;
 
 impl Sink for MetricsSink {
     fn record(&self, event: &Event) {
-        record(event);
+        if INSTALLED.load(Ordering::Relaxed) {
+            record(event);
+        }
     }
 }
 
-/// Updates the metrics an event speaks of.
+/// Updates the metrics an event speaks of, in the current recorder.
 fn record(event: &Event) {
-    if !INSTALLED.load(Ordering::Relaxed) {
-        return;
-    }
     match event {
         Event::Started { .. } => gauge!("route_failover_routes_converged").set(0.0),
         Event::Adopted { adoption, .. } => set_path(match adoption {
@@ -99,6 +114,12 @@ fn record(event: &Event) {
                 gauge!("route_failover_probe_success", "target" => target.clone())
                     .set(f64::from(u8::from(t.is_up(*policy))));
                 gauge!("route_failover_probe_loss_ratio", "target" => target.clone()).set(t.loss());
+                // A local send failure ("network unreachable", no permission)
+                // makes the target look down without the network saying so.
+                if t.error.is_some() {
+                    counter!("route_failover_probe_errors_total", "target" => target.clone())
+                        .increment(1);
+                }
                 for rtt in &t.rtts {
                     histogram!("route_failover_probe_rtt_seconds", "target" => target.clone())
                         .record(rtt.as_secs_f64());

@@ -44,9 +44,15 @@ fn analyze(test: &str) -> Option<tempfile::TempDir> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("route-failover.service"),
-        UNIT.replace("/usr/local/bin/route-failover", BIN),
+        UNIT.replace("/usr/bin/route-failover", BIN),
     )
     .unwrap();
+    // Documentation= names man:route-failover(1), which verify looks up:
+    // the pages the binary generates for the packages, found via MANPATH.
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    let out = Command::new(BIN).arg("man").arg(&man1).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
     Some(dir)
 }
 
@@ -58,6 +64,7 @@ fn systemd_analyze_verify_passes() {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(dir.path().join("route-failover.service"))
+        .env("MANPATH", dir.path().join("man"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
