@@ -20,6 +20,7 @@
 //! - [`state`]: the ownership ledger: routes we created or replaced, kept on disk.
 //! - [`lock`]: one agent per config on a host.
 //! - [`metrics`]: Prometheus metrics recorded from the agent's events.
+//! - [`notify`]: `[[notify]]` hooks (exec, webhook), fed from events without ever blocking.
 //! - [`systemd`]: READY / WATCHDOG / STATUS notifications.
 //! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 failback.
 //! - [`commands`]: the bodies of `run`, `check`, `status` and `plan`.
@@ -40,6 +41,7 @@ pub mod instance;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod plan;
 pub mod probe;
 pub mod reconcile;
