@@ -13,10 +13,11 @@ use super::{connect, own_subnet};
 use crate::agent::{Agent, AgentError, Control};
 use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::{Config, ConfigError, EXIT_CONFIG};
 use crate::guard::{self, GuardError, Verdict};
 use crate::instance::Instance;
 use crate::metrics::{self, MetricsSink};
+use crate::notify::{Notifier, Origin};
 use crate::probe::icmp::IcmpProber;
 use crate::probe::Prober;
 use crate::reconcile::{CheckFailure, StartupCheck};
@@ -72,6 +73,10 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
         info!(%listen, "serving Prometheus metrics on /metrics");
     }
+    let notifier = Arc::new(
+        Notifier::start(&config.notify, Origin::local(dry_run), env_var)
+            .map_err(|(key, why)| ConfigError::at_key(&config, key, why))?,
+    );
     let (mut api, instance) = connect(&config).await?;
     let check = guard_check(&config, &api, &instance);
     // A dry run records nothing: it creates nothing.
@@ -90,16 +95,18 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         .with_ledger(ledger)
         .with_startup_check(check)
         .with_sink(Arc::new(MetricsSink))
-        .with_sink(Arc::new(SystemdSink));
+        .with_sink(Arc::new(SystemdSink))
+        .with_sink(Arc::clone(&notifier) as _);
     let shutdown = CancellationToken::new();
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let control = agent.control();
     signals::install(shutdown.clone(), control.clone(), reload_tx)
         .context("cannot install signal handlers")?;
+    let hooks = Arc::clone(&notifier);
     tokio::spawn(async move {
         let mut running = config;
         while reload_rx.recv().await.is_some() {
-            match reload(&running, api.as_ref(), &instance, &control).await {
+            match reload(&running, api.as_ref(), &instance, &control, &hooks).await {
                 Ok(new) => running = new,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
@@ -107,7 +114,9 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    match agent.run(shutdown).await {
+    let stopped = agent.run(shutdown).await;
+    notifier.close(NOTIFY_GRACE).await;
+    match stopped {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // The agent's setup contradicts the config (say, it manages its
         // own subnet's table): restarting will not help.
@@ -119,6 +128,14 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long hooks may take at shutdown to deliver what they hold (well
+/// inside the unit's TimeoutStopSec).
+const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// Reads the config again and hands it to the agent, or explains why not.
 /// `[aws]` and `[metrics]` need a restart; the rest applies at once.
 async fn reload(
@@ -126,6 +143,7 @@ async fn reload(
     api: &dyn RouteApi,
     instance: &Instance,
     control: &Control,
+    notifier: &Notifier,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
     if new.aws != running.aws || new.metrics_listen != running.metrics_listen {
@@ -141,6 +159,9 @@ async fn reload(
             IcmpProber::new(&new.probe).context("cannot probe with the new settings")?,
         ))
     };
+    notifier
+        .reload(&new.notify, env_var)
+        .map_err(|(key, why)| ConfigError::at_key(&new, key, why))?;
     control.reload(new.clone(), prober);
     Ok(new)
 }
