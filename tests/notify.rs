@@ -9,6 +9,10 @@
 mod common;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/netns.rs"]
+mod netns;
+#[path = "common/process.rs"]
+mod process;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -712,4 +716,138 @@ async fn the_agents_own_failover_reaches_a_webhook() {
         .unwrap()
         .starts_with("3 consecutive down rounds"));
     h.stop().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_route-failover");
+
+#[test]
+fn run_refuses_to_start_when_a_hook_cannot_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = "[[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n\
+                  header = \"Authorization\"\nheader_env = \"TEST_NEVER_SET_TOKEN\"\n";
+    let text = format!("{BASE}\n{notify}");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("TEST_NEVER_SET_TOKEN")
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env("STATE_DIRECTORY", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let line = text.lines().position(|l| l.contains("header_env")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}: notify[0].header_env: the environment variable TEST_NEVER_SET_TOKEN is not set",
+            config.display()
+        )),
+        "{stderr}"
+    );
+}
+
+/// Root: the real binary, probing a target in a namespace this test makes,
+/// tells an exec hook and a webhook of its failover and failback.
+#[tokio::test]
+async fn the_running_agent_tells_its_hooks_of_failover_and_failback() {
+    const TEST: &str = "the_running_agent_tells_its_hooks_of_failover_and_failback";
+    if !netns::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{TEST} needs root (network namespaces) and CI is set"
+        );
+        eprintln!("SKIPPED {TEST}: needs root to create network namespaces");
+        return;
+    }
+    let net = netns::TargetNet::create(231);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let hook = script(
+        dir.path(),
+        "hook",
+        "echo \"$ROUTE_FAILOVER_EVENT $ROUTE_FAILOVER_FROM $ROUTE_FAILOVER_TO\" >> \"$1\"\n",
+    );
+    let endpoint = Endpoint::start(vec![Some(200)]).await;
+    // SIGHUP points the exec hook elsewhere: `out` then `out2`.
+    let text = |out: &Path| {
+        format!(
+            r#"[aws]
+backend = "memory"
+
+[probe]
+targets = ["{}"]
+interval = "100ms"
+timeout = "50ms"
+count = 1
+
+[failover]
+fall = 2
+rise = 3
+hold_down = "300ms"
+
+[[routes]]
+route_table_id = "rtb-0123456789abcdef0"
+destination = "10.1.0.0/16"
+target_eni = "eni-0123456789abcdef0"
+
+{}
+{}"#,
+            net.target_v4,
+            exec_hook(&hook, &[out], "events = [\"transition\"]"),
+            endpoint.hook(
+                "events = [\"transition\"]\nheader = \"X-Token\"\nheader_env = \"TEST_AGENT_TOKEN\""
+            ),
+        )
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, text(&out)).unwrap();
+    let runtime = dir.path().display().to_string();
+    let agent = process::Agent::start_with(
+        &config,
+        "info",
+        &[
+            ("RUNTIME_DIRECTORY", &runtime),
+            ("TEST_AGENT_TOKEN", "t0ken"),
+        ],
+    );
+    agent.wait_log("started", Duration::from_secs(10)).await;
+    // Let it adopt Primary before the link goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    net.link(false);
+    let sent = agent
+        .wait_lines("notification sent", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let out2 = dir.path().join("out2");
+    std::fs::write(&config, text(&out2)).unwrap();
+    agent.signal("HUP");
+    agent
+        .wait_log("configuration reloaded", Duration::from_secs(5))
+        .await;
+    net.link(true);
+    let sent = agent
+        .wait_lines("notification sent", 4, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert!(agent.lines("notification failed").is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "transition Primary Backup\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out2).unwrap(),
+        "transition Backup Primary\n"
+    );
+    let requests = endpoint.requests.lock().unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].1.header("x-token"), Some("t0ken"));
+    let body: Value = serde_json::from_str(&requests[1].1.body).unwrap();
+    assert_eq!(
+        (body["from"].as_str(), body["to"].as_str()),
+        (Some("Backup"), Some("Primary"))
+    );
+    drop(requests);
+    assert!(agent.terminate().success());
 }
