@@ -851,3 +851,34 @@ target_eni = "eni-0123456789abcdef0"
     drop(requests);
     assert!(agent.terminate().success());
 }
+
+/// The commented-out `[[notify]]` examples in config.example.toml, once
+/// uncommented, are valid.
+#[test]
+fn the_examples_in_config_example_toml_are_valid() {
+    let example = include_str!("../config.example.toml");
+    let notify = &example[example.find("# Notifications.").expect("a notify section")..];
+    let uncommented: String = notify
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with("[[notify]]")
+                || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::parse(
+        &format!("{example}\n{uncommented}"),
+        Path::new("config.example.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let names: Vec<(&str, &str)> = c
+        .notify
+        .iter()
+        .map(|h| (h.name.as_str(), h.kind_label()))
+        .collect();
+    assert_eq!(
+        names,
+        [("slack-netops", "webhook"), ("page-oncall", "exec")]
+    );
+}
