@@ -770,6 +770,10 @@ async fn the_running_agent_tells_its_hooks_of_failover_and_failback() {
         "echo \"$ROUTE_FAILOVER_EVENT $ROUTE_FAILOVER_FROM $ROUTE_FAILOVER_TO\" >> \"$1\"\n",
     );
     let endpoint = Endpoint::start(vec![Some(200)]).await;
+    let metrics = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().to_string()
+    };
     // SIGHUP points the exec hook elsewhere: `out` then `out2`.
     let text = |out: &Path| {
         format!(
@@ -787,6 +791,9 @@ fall = 2
 rise = 3
 hold_down = "300ms"
 
+[metrics]
+listen = "{}"
+
 [[routes]]
 route_table_id = "rtb-0123456789abcdef0"
 destination = "10.1.0.0/16"
@@ -795,6 +802,7 @@ target_eni = "eni-0123456789abcdef0"
 {}
 {}"#,
             net.target_v4,
+            metrics,
             exec_hook(&hook, &[out], "events = [\"transition\"]"),
             endpoint.hook(
                 "events = [\"transition\"]\nheader = \"X-Token\"\nheader_env = \"TEST_AGENT_TOKEN\""
@@ -849,7 +857,43 @@ target_eni = "eni-0123456789abcdef0"
         (Some("Backup"), Some("Primary"))
     );
     drop(requests);
+    // The changed exec hook kept its name, so its counters go on.
+    let scraped = scrape(&metrics);
+    for (kind, hook) in [("exec", "hook"), ("webhook", "chat")] {
+        assert_eq!(
+            sample(&scraped, "route_failover_notify_sent_total", kind, hook),
+            Some(2.0),
+            "{scraped}"
+        );
+        assert_eq!(
+            sample(&scraped, "route_failover_notify_failures_total", kind, hook),
+            Some(0.0),
+            "{scraped}"
+        );
+    }
     assert!(agent.terminate().success());
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of `metric{kind, hook}` in a Prometheus text exposition.
+fn sample(text: &str, metric: &str, kind: &str, hook: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| {
+            l.contains(&format!("kind=\"{kind}\"")) && l.contains(&format!("hook=\"{hook}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// The commented-out `[[notify]]` examples in config.example.toml, once
@@ -880,5 +924,39 @@ fn the_examples_in_config_example_toml_are_valid() {
     assert_eq!(
         names,
         [("slack-netops", "webhook"), ("page-oncall", "exec")]
+    );
+}
+
+#[tokio::test]
+async fn a_changed_hook_runs_after_its_old_self_has_finished_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let hook = script(
+        dir.path(),
+        "hook",
+        r#"[ -e "$1.running" ] && echo OVERLAP >> "$1"
+touch "$1.running"
+sleep 0.2
+echo "$2 $ROUTE_FAILOVER_EVENT" >> "$1"
+rm "$1.running"
+"#,
+    );
+    let v1 = Path::new("v1");
+    let v2 = Path::new("v2");
+    let notifier = start(&exec_hook(&hook, &[&out, v1], ""));
+    notifier.record(&transition(Via::Primary, Via::Backup));
+    notifier.record(&Event::Pinned(true));
+    let changed = config(&exec_hook(&hook, &[&out, v2], "")).unwrap().notify;
+    notifier.reload(&changed, no_env).unwrap();
+    notifier.record(&finding());
+    // Reloading the same entries again keeps the running worker.
+    notifier.reload(&changed, no_env).unwrap();
+    notifier.record(&Event::Pinned(false));
+    settle(&notifier, Duration::from_secs(20), |s| s.pending == 0).await;
+    let s = status(&notifier);
+    assert_eq!((s.sent, s.failed), (4, 0), "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "v1 transition\nv1 pinned\nv2 finding\nv2 pinned\n"
     );
 }

@@ -21,7 +21,7 @@ pub mod webhook;
 
 use std::collections::HashMap;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -152,6 +152,8 @@ fn fail(config: &HookConfig, counters: &Counters, event: EventKind, failure: &Fa
 pub struct Notifier {
     origin: Origin,
     hooks: Mutex<Vec<Hook>>,
+    /// Set by [`Notifier::close`]: a late reload must not start hooks again.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -176,6 +178,7 @@ impl Notifier {
         let notifier = Self {
             origin,
             hooks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
         };
         notifier.reload(hooks, env)?;
         Ok(notifier)
@@ -202,6 +205,10 @@ impl Notifier {
             });
         }
         let mut current = self.hooks();
+        // Checked under the lock `close` takes after setting it.
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut old: HashMap<String, Hook> = current
             .drain(..)
             .map(|h| (h.config.name.clone(), h))
@@ -209,14 +216,13 @@ impl Notifier {
         for (config, runner) in hooks.iter().zip(runners) {
             let previous = old.remove(&config.name);
             let hook = match (runner, previous) {
-                (None, Some(hook)) => hook,
-                (runner, previous) => {
-                    let runner = match runner {
-                        Some(r) => r,
-                        // Unchanged yet not found by name: cannot happen.
-                        None => build(config, &env)?,
-                    };
-                    spawn(config.clone(), runner, previous)
+                (None, Some(hook)) if hook.config == *config => hook,
+                (Some(runner), previous) => spawn(config.clone(), runner, previous),
+                (None, _) => {
+                    // Only a reload racing this one gets here; `run` makes
+                    // them one after another.
+                    warn!(hook = %config.name, "hook changed during a reload; reload again");
+                    continue;
                 }
             };
             current.push(hook);
@@ -244,6 +250,7 @@ impl Notifier {
     /// Stops taking notices and gives the hooks up to `grace` to deliver
     /// what they hold; what is left then is logged and counted as failed.
     pub async fn close(&self, grace: Duration) {
+        self.closed.store(true, Ordering::Relaxed);
         let hooks = std::mem::take(&mut *self.hooks());
         let deadline = tokio::time::Instant::now() + grace;
         for hook in hooks {
