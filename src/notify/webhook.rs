@@ -189,3 +189,61 @@ fn chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_client_builds_on_the_system_roots_and_hides_its_token() {
+        // Building reads the CA store; nothing is contacted.
+        let header = Some((
+            HeaderName::from_static("authorization"),
+            HeaderValue::from_static("Bearer s3cret"),
+        ));
+        let hook = WebhookHook::new(
+            "chat",
+            "https://hooks.example.com/services/T0/B0/secret",
+            header,
+            Duration::from_secs(5),
+            3,
+            Duration::from_secs(30),
+        );
+        let have_roots = std::path::Path::new("/etc/ssl/certs").is_dir();
+        match hook {
+            Ok(hook) => {
+                assert!(matches!(hook.transport, Transport::Tls(_)));
+                let shown = format!("{hook:?}");
+                assert!(
+                    !shown.contains("s3cret") && !shown.contains("secret"),
+                    "{shown}"
+                );
+                assert!(hook.header.as_ref().unwrap().1.is_sensitive());
+            }
+            Err(e) => {
+                assert!(!have_roots, "with /etc/ssl/certs: {e}");
+                assert!(e.contains("ca-certificates"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn which_answers_are_worth_another_attempt() {
+        for (code, again) in [
+            (500, true),
+            (503, true),
+            (429, true),
+            (408, true),
+            (400, false),
+            (401, false),
+            (404, false),
+            (301, false),
+        ] {
+            assert_eq!(
+                retryable(StatusCode::from_u16(code).unwrap()),
+                again,
+                "{code}"
+            );
+        }
+    }
+}
