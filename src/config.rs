@@ -119,6 +119,8 @@ pub struct Config {
     /// Where to serve Prometheus metrics; none when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub routes: Vec<ManagedRoute>,
+    /// `[[notify]]` hooks told of transitions, pinning, findings and operator actions.
+    pub notify: Vec<crate::notify::HookConfig>,
 }
 
 /// Why a configuration was refused.
@@ -141,6 +143,23 @@ impl fmt::Display for ConfigError {
             write!(f, ": {key}")?;
         }
         write!(f, ": {}", self.reason)
+    }
+}
+
+impl ConfigError {
+    /// An error about `key` of the file `config` came from, found after
+    /// validation (say, an environment variable a `[[notify]]` hook needs
+    /// is unset): the line is looked up in the file as it is now.
+    pub fn at_key(config: &Config, key: String, reason: String) -> Self {
+        let line = std::fs::read_to_string(&config.source)
+            .ok()
+            .and_then(|text| key_line(&text, &key));
+        Self {
+            file: config.source.clone(),
+            key: Some(key),
+            line,
+            reason,
+        }
     }
 }
 
@@ -216,6 +235,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let probe = validate_probe(raw.probe)?;
     let (policy, reconcile) = validate_failover(raw.failover)?;
     let routes = validate_routes(raw.routes)?;
+    let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
         Some(text) => Some(text.parse().map_err(|_| {
@@ -233,6 +253,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
         reconcile,
         metrics_listen,
         routes,
+        notify,
     })
 }
 

@@ -22,6 +22,7 @@
 //! - [`state`]: the ownership ledger: routes we created or replaced, kept on disk.
 //! - [`lock`]: one agent per config and per route table on a host.
 //! - [`metrics`]: Prometheus metrics recorded from the agent's events.
+//! - [`notify`]: `[[notify]]` hooks (exec, webhook), fed from events without ever blocking.
 //! - [`systemd`]: READY / WATCHDOG / STATUS notifications.
 //! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 failback.
 //! - [`commands`]: the bodies of `run`, `check`, `status` and `plan`.
@@ -43,6 +44,7 @@ pub mod judge;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod peers;
 pub mod plan;
 pub mod probe;

@@ -195,3 +195,30 @@ fn record(event: &Event) {
         Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
     }
 }
+
+/// Creates a hook's counters at zero, so alerts on their increase see the
+/// first failure.
+pub fn notify_register(kind: &'static str, hook: &str) {
+    if INSTALLED.load(Ordering::Relaxed) {
+        counter!("route_failover_notify_sent_total", "kind" => kind, "hook" => hook.to_string())
+            .increment(0);
+        counter!("route_failover_notify_failures_total", "kind" => kind, "hook" => hook.to_string())
+            .increment(0);
+    }
+}
+
+/// A notice delivered by a `[[notify]]` hook.
+pub fn notify_sent(kind: &'static str, hook: &str) {
+    if INSTALLED.load(Ordering::Relaxed) {
+        counter!("route_failover_notify_sent_total", "kind" => kind, "hook" => hook.to_string())
+            .increment(1);
+    }
+}
+
+/// `n` notices a hook failed to deliver, dropped, or left at shutdown.
+pub fn notify_failed(kind: &'static str, hook: &str, n: u64) {
+    if INSTALLED.load(Ordering::Relaxed) {
+        counter!("route_failover_notify_failures_total", "kind" => kind, "hook" => hook.to_string())
+            .increment(n);
+    }
+}

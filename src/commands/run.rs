@@ -19,6 +19,7 @@ use crate::instance::Instance;
 use crate::lock::{self, AgentLocks};
 use crate::metrics::{self, MetricsSink};
 use crate::model::table_ids;
+use crate::notify::{Notifier, Origin};
 use crate::probe::icmp::IcmpProber;
 use crate::probe::Prober;
 use crate::reconcile::{CheckFailure, StartupCheck};
@@ -89,6 +90,10 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
         info!(%listen, "serving Prometheus metrics on /metrics");
     }
+    let notifier = Arc::new(
+        Notifier::start(&config.notify, Origin::local(dry_run), env_var)
+            .map_err(|(key, why)| ConfigError::at_key(&config, key, why))?,
+    );
     let (mut api, instance) = connect(&config).await?;
     // A metadata service that answered but failed is not "off EC2": refuse
     // now, before probing, rather than skip the guard.
@@ -111,17 +116,28 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         .with_operator_store(operator)?
         .with_startup_check(check)
         .with_sink(Arc::new(MetricsSink))
-        .with_sink(Arc::new(SystemdSink));
+        .with_sink(Arc::new(SystemdSink))
+        .with_sink(Arc::clone(&notifier) as _);
     let shutdown = CancellationToken::new();
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let control = agent.control();
     signals::install(shutdown.clone(), control.clone(), reload_tx)
         .context("cannot install signal handlers")?;
     let reload_locks = Arc::clone(&locks);
+    let hooks = Arc::clone(&notifier);
     tokio::spawn(async move {
         let mut running = config;
         while reload_rx.recv().await.is_some() {
-            match reload(&running, api.as_ref(), &instance, &control, &reload_locks).await {
+            match reload(
+                &running,
+                api.as_ref(),
+                &instance,
+                &control,
+                &reload_locks,
+                &hooks,
+            )
+            .await
+            {
                 Ok(new) => running = new,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
@@ -129,7 +145,9 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let result = match agent.run(shutdown).await {
+    let stopped = agent.run(shutdown).await;
+    notifier.close(NOTIFY_GRACE).await;
+    let result = match stopped {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // The agent's setup contradicts the config (say, it manages its
         // own subnet's table): restarting will not help.
@@ -143,6 +161,14 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     result
 }
 
+/// How long hooks may take at shutdown to deliver what they hold (well
+/// inside the unit's TimeoutStopSec).
+const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// Reads the config again and hands it to the agent, or explains why not.
 /// `[aws]` and `[metrics]` need a restart; the rest applies at once.
 async fn reload(
@@ -151,6 +177,7 @@ async fn reload(
     instance: &Instance,
     control: &Control,
     locks: &Mutex<AgentLocks>,
+    notifier: &Notifier,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
     check_watchdog(&new)?;
@@ -172,6 +199,9 @@ async fn reload(
         .lock()
         .map_err(|_| anyhow::anyhow!("the lock set was poisoned"))?
         .add_tables(&table_ids(&new.routes))?;
+    notifier
+        .reload(&new.notify, env_var)
+        .map_err(|(key, why)| ConfigError::at_key(&new, key, why))?;
     control.reload(new.clone(), prober);
     Ok(new)
 }

@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     pub(super) metrics: RawMetrics,
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub(super) notify: Vec<crate::notify::config::RawHook>,
 }
 
 #[derive(Debug, Deserialize)]
