@@ -14,6 +14,7 @@ use crate::agent::{Agent, AgentError, Control};
 use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
 use crate::config::{Config, EXIT_CONFIG};
+use crate::control::{self, snapshot::StatusSink};
 use crate::guard::{self, GuardError, Verdict};
 use crate::instance::Instance;
 use crate::metrics::{self, MetricsSink};
@@ -68,6 +69,11 @@ fn guard_check(config: &Config, api: &Arc<dyn RouteApi>, instance: &Instance) ->
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let _lock = lock::acquire(&config.source)?;
+    // Before anything else is set up: a socket another agent answers on
+    // stops this one here.
+    let socket = control::socket_path(&config.control);
+    let socket = control::server::bind(&socket, config.control.group.as_ref())
+        .context("cannot set up the control socket")?;
     if let Some(listen) = config.metrics_listen {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
         info!(%listen, "serving Prometheus metrics on /metrics");
@@ -86,21 +92,32 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         (ledger, OperatorStore::for_config(&config.source))
     };
     let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
+    // A corrupt record stops the agent just below; the view starts empty then.
+    let restored = operator.load().unwrap_or_default();
+    let (status_sink, status_view) = control::snapshot::channel(&config, dry_run, restored);
     let agent = Agent::new(config.clone(), Box::new(prober), Arc::clone(&api))
         .with_ledger(ledger)
         .with_operator_store(operator)?
         .with_startup_check(check)
         .with_sink(Arc::new(MetricsSink))
-        .with_sink(Arc::new(SystemdSink));
+        .with_sink(Arc::new(SystemdSink))
+        .with_sink(Arc::new(status_sink.clone()));
     let shutdown = CancellationToken::new();
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let control = agent.control();
     signals::install(shutdown.clone(), control.clone(), reload_tx)
         .context("cannot install signal handlers")?;
+    let stop_serving = CancellationToken::new();
+    let server = tokio::spawn(control::server::serve(
+        socket,
+        control.clone(),
+        status_view,
+        stop_serving.clone(),
+    ));
     tokio::spawn(async move {
         let mut running = config;
         while reload_rx.recv().await.is_some() {
-            match reload(&running, api.as_ref(), &instance, &control).await {
+            match reload(&running, api.as_ref(), &instance, &control, &status_sink).await {
                 Ok(new) => running = new,
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays")
@@ -108,7 +125,11 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    match agent.run(shutdown).await {
+    let result = agent.run(shutdown).await;
+    // The socket goes with the agent (removed on a clean exit).
+    stop_serving.cancel();
+    let _ = server.await;
+    match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // The agent's setup contradicts the config (say, it manages its
         // own subnet's table): restarting will not help.
@@ -121,18 +142,25 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads the config again and hands it to the agent, or explains why not.
-/// `[aws]` and `[metrics]` need a restart; the rest applies at once.
+/// `[aws]`, `[metrics]` and `[control]` need a restart; the rest applies at once.
 async fn reload(
     running: &Config,
     api: &dyn RouteApi,
     instance: &Instance,
     control: &Control,
+    status: &StatusSink,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
-    if new.aws != running.aws || new.metrics_listen != running.metrics_listen {
-        warn!("changes to [aws] and [metrics] take effect on restart; applying the rest");
+    if new.aws != running.aws
+        || new.metrics_listen != running.metrics_listen
+        || new.control != running.control
+    {
+        warn!(
+            "changes to [aws], [metrics] and [control] take effect on restart; applying the rest"
+        );
         new.aws = running.aws.clone();
         new.metrics_listen = running.metrics_listen;
+        new.control = running.control.clone();
     }
     run_guard(&new, api, instance).await?;
     let prober: Option<Box<dyn Prober>> = if new.probe == running.probe {
@@ -143,5 +171,6 @@ async fn reload(
         ))
     };
     control.reload(new.clone(), prober);
+    status.set_config(&new);
     Ok(new)
 }
