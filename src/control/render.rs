@@ -231,18 +231,175 @@ fn write_probes(out: &mut String, s: &Status) -> std::fmt::Result {
 }
 
 fn write_target(out: &mut String, t: &TargetView, width: usize) -> std::fmt::Result {
-    writeln!(
-        out,
-        "  {:<width$}  {:>7}  {:>4.0}%  {:<26}  {}",
+    let rtt = format!(
+        "{}/{}/{}",
+        opt_ms(t.rtt_min_ms),
+        opt_ms(t.rtt_avg_ms),
+        opt_ms(t.rtt_max_ms)
+    );
+    let line = format!(
+        "  {:<width$}  {:>7}  {:>4.0}%  {rtt:<26}  {}",
         t.target,
         format!("{}/{}", t.up_rounds, t.rounds),
         t.loss_ratio * 100.0,
-        format!(
-            "{}/{}/{}",
-            opt_ms(t.rtt_min_ms),
-            opt_ms(t.rtt_avg_ms),
-            opt_ms(t.rtt_max_ms)
-        ),
         t.error.as_deref().unwrap_or("")
-    )
+    );
+    writeln!(out, "{}", line.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{
+        ActionView, AgentView, MachineView, OperatorView, ProbesView, RoundView, RoutesView,
+        TransitionView,
+    };
+    use crate::fsm::Via;
+
+    fn held() -> Status {
+        Status {
+            agent: AgentView {
+                pid: 812,
+                version: "0.1.0".into(),
+                config: "/etc/route-failover/config.toml".into(),
+                dry_run: false,
+                started: "2026-02-27T19:55:00Z".into(),
+                uptime_seconds: 266_700.0,
+                prober: "icmp (2 targets)".into(),
+            },
+            path: Some(Via::Backup),
+            why: "an operator holds this path until released (`ctl release` ends it)".into(),
+            state_machine: MachineView {
+                verdict: Some(Via::Primary),
+                phase: "settled".into(),
+                down_streak: 0,
+                fall: 3,
+                up_streak: 214,
+                rise: 10,
+                hold_down_left_seconds: None,
+                pinned: false,
+            },
+            operator: OperatorView {
+                hold: Some(Via::Backup),
+                paused: false,
+                last_action: Some(ActionView {
+                    action: OperatorAction::FailoverHold,
+                    uid: Some(1001),
+                    at: "2026-03-02T22:00:07Z".into(),
+                    age_seconds: 214.2,
+                }),
+            },
+            routes: RoutesView {
+                tables_read: true,
+                adoption: Some("Primary".into()),
+                converged: true,
+                why_not: None,
+                pending: Vec::new(),
+            },
+            probes: ProbesView {
+                window: 10,
+                interval_seconds: 1.0,
+                last_round: Some(RoundView {
+                    number: 268_004,
+                    up: true,
+                    targets_down: 0,
+                    targets_total: 2,
+                    loss_ratio: 0.0,
+                    summary: "0/2 targets down, loss 0%, rtt avg 1.9ms".into(),
+                    age_seconds: 0.3,
+                    label: None,
+                }),
+                targets: vec![
+                    TargetView {
+                        target: "10.1.0.10".into(),
+                        rounds: 10,
+                        up_rounds: 10,
+                        up: true,
+                        loss_ratio: 0.0,
+                        rtt_min_ms: Some(1.71),
+                        rtt_avg_ms: Some(1.88),
+                        rtt_max_ms: Some(2.4),
+                        error: None,
+                    },
+                    TargetView {
+                        target: "10.1.0.11".into(),
+                        rounds: 10,
+                        up_rounds: 7,
+                        up: true,
+                        loss_ratio: 0.2,
+                        rtt_min_ms: Some(1.8),
+                        rtt_avg_ms: Some(1.93),
+                        rtt_max_ms: Some(2.21),
+                        error: None,
+                    },
+                ],
+                overruns: 0,
+            },
+            last_transition: Some(TransitionView {
+                from: Via::Primary,
+                to: Via::Backup,
+                reason: "an operator holds Backup".into(),
+                at: "2026-03-02T22:00:07Z".into(),
+                age_seconds: 214.2,
+            }),
+            backup: crate::control::protocol::BackupView {
+                state: "not watched".into(),
+                both_paths_down: false,
+                no_redundancy: false,
+            },
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn a_hold_comes_first_and_loud_then_one_line_per_concern() {
+        let text = status(&held());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("route-failover 0.1.0, pid 812, up 3days 2h 5m"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("!!! OPERATOR HOLD: Backup is held"),
+            "{text}"
+        );
+        for needle in [
+            "path:            Backup: an operator holds this path",
+            "state machine:   Primary (settled); down 0 of 3 (fall), up 214 of 10 (rise); no hold-down; not pinned",
+            "routes:          converged",
+            "last transition: Primary -> Backup, 3m 34s ago (2026-03-02T22:00:07Z): an operator holds Backup",
+            "last API error:  none since start",
+            "last action:     failover-hold by uid 1001, 3m 34s ago",
+            "last round:      #268004 up, 0.3s ago",
+            "  10.1.0.11     7/10    20%  1.80/1.93/2.21\n",
+            "peers:           none ([ha] not configured)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn what_needs_attention_is_marked() {
+        let mut s = held();
+        s.operator.hold = None;
+        assert!(!status(&s).contains("!!!"));
+        s.operator.paused = true;
+        s.agent.dry_run = true;
+        s.backup.both_paths_down = true;
+        s.state_machine.pinned = true;
+        s.routes.converged = false;
+        s.routes.why_not = Some("paused by an operator: no route calls".into());
+        s.routes.pending = vec!["create a".into(), "create b".into()];
+        let text = status(&s);
+        for needle in [
+            "!!! PAUSED",
+            "!!! DRY RUN",
+            "!!! BOTH PATHS DOWN",
+            "!!! FLAPPING",
+            "routes:          NOT converged: paused by an operator: no route calls",
+            "  would:         create a\n                 create b\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
 }
