@@ -118,6 +118,7 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Where to serve Prometheus metrics; none when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub control: ControlConfig,
     pub routes: Vec<ManagedRoute>,
     /// `[[notify]]` hooks told of transitions, pinning, findings and operator actions.
     pub notify: Vec<crate::notify::HookConfig>,
@@ -236,6 +237,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let (policy, reconcile) = validate_failover(raw.failover)?;
     let routes = validate_routes(raw.routes)?;
     let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
+    let control = validate_control(raw.control)?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
         Some(text) => Some(text.parse().map_err(|_| {
@@ -252,6 +254,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
         policy,
         reconcile,
         metrics_listen,
+        control,
         routes,
         notify,
     })
@@ -557,5 +560,82 @@ fn check_aws_id(id: &str, prefix: &str, key: &str) -> Result<(), Invalid> {
             key,
             format!("{id:?} is not an id of the form {prefix}-0123456789abcdef0"),
         ))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub(crate) socket: Option<String>,
+    pub(crate) group: Option<String>,
+}
+
+/// The control socket that `route-failover ctl` talks to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// `None`: `$RUNTIME_DIRECTORY/control.sock`, else
+    /// `/run/route-failover/control.sock` (see [`crate::control::socket_path`]).
+    pub socket: Option<PathBuf>,
+    /// The group whose members may use the socket (mode 0660).
+    pub group: Option<ControlGroup>,
+}
+
+/// A group that exists on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// `sun_path` holds 108 bytes, the last one a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+fn validate_control(raw: RawControl) -> Result<ControlConfig, Invalid> {
+    let socket = match raw.socket {
+        None => None,
+        Some(text) => {
+            let path = PathBuf::from(&text);
+            if !path.is_absolute() || text.ends_with('/') {
+                return Err(invalid(
+                    "control.socket",
+                    format!("{text:?} is not an absolute file path such as \"/run/route-failover/control.sock\""),
+                ));
+            }
+            if text.len() > MAX_SOCKET_PATH {
+                return Err(invalid(
+                    "control.socket",
+                    format!(
+                        "{} bytes long; a Unix socket path has at most {MAX_SOCKET_PATH}: choose a shorter one",
+                        text.len()
+                    ),
+                ));
+            }
+            Some(path)
+        }
+    };
+    let group = match raw.group {
+        None => None,
+        Some(name) => Some(lookup_group(&name).map_err(|reason| invalid("control.group", reason))?),
+    };
+    Ok(ControlConfig { socket, group })
+}
+
+/// A group by name (or number), as this host's name service knows it.
+fn lookup_group(name: &str) -> Result<ControlGroup, String> {
+    if name.is_empty() {
+        return Err("must name a group, such as \"route-failover-ops\"".to_string());
+    }
+    let found = match name.parse::<u32>() {
+        Ok(gid) => uzers::get_group_by_gid(gid),
+        Err(_) => uzers::get_group_by_name(name),
+    };
+    match found {
+        Some(group) => Ok(ControlGroup {
+            name: group.name().to_string_lossy().into_owned(),
+            gid: group.gid(),
+        }),
+        None => Err(format!(
+            "no group {name:?} on this host: create it (groupadd --system {name}) and add the operators to it, or name an existing group"
+        )),
     }
 }

@@ -25,7 +25,8 @@
 //! - [`notify`]: `[[notify]]` hooks (exec, webhook), fed from events without ever blocking.
 //! - [`systemd`]: READY / WATCHDOG / STATUS notifications.
 //! - [`signals`]: SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 failback.
-//! - [`commands`]: the bodies of `run`, `check`, `status` and `plan`.
+//! - [`control`]: the control socket (live status, operator actions) and the `ctl` client.
+//! - [`commands`]: the bodies of `run`, `check`, `status`, `plan` and `ctl`.
 //! - [`demo`]: the scripted demo behind `route-failover demo`.
 
 pub mod agent;
@@ -34,6 +35,7 @@ pub mod backup;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod decide;
 pub mod demo;
 pub mod events;

@@ -8,7 +8,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 use clap_mangen::roff::{bold, roman, Roff};
 
+use route_failover::agent::OperatorAction;
 use route_failover::config::{Config, ConfigError, EXIT_CONFIG};
+use route_failover::control::protocol::Request;
 use route_failover::fsm::Via;
 use route_failover::{commands, demo};
 
@@ -22,6 +24,16 @@ Exit status:
   2   bad command-line usage
   78  invalid configuration (file, line, key and reason on standard error), or run refused to
       manage routes the config should not name (its own subnet's table); nothing was changed";
+
+const CTL_EXIT_CODES: &str = "\
+Exit status:
+  0   the agent answered, and did what was asked
+  1   the agent refused the request (the error says why)
+  2   bad command-line usage
+  69  the agent is not running: no socket, or nothing answers on it
+  75  the agent did not answer within 30 s
+  76  the answer was not understood (ctl and agent of different versions?)
+  77  permission denied on the socket: run as root, or as a member of its group ([control] group)";
 
 #[derive(Parser)]
 #[command(
@@ -89,6 +101,62 @@ enum Command {
     /// Run the agent against a scripted outage and the in-memory backend (no AWS, no root).
     #[command(after_help = EXIT_CODES)]
     Demo,
+    /// Ask the running agent: live status, maintenance failover, hold, pause.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Ctl {
+        /// The agent's control socket [default: $RUNTIME_DIRECTORY/control.sock, else /run/route-failover/control.sock].
+        #[arg(long, global = true, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Answer in JSON, for machines.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// The agent's live view: path and why, streaks, hold-down, convergence, probes, last transition and API error.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Status,
+    /// Move to Backup now and stay there until `ctl release` (planned DX maintenance).
+    #[command(after_help = CTL_EXIT_CODES)]
+    Failover {
+        /// Required: hold Backup until `ctl release` (a failover the probes would undo at once has no use).
+        #[arg(long, required = true)]
+        hold: bool,
+    },
+    /// Stay on the current path whatever the probes say, until `ctl release`.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Hold,
+    /// End a hold: the probes decide again.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Release,
+    /// Fail back once `rise` good rounds are in hand (failback = "manual", or after flap damping); as SIGUSR1.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Failback,
+    /// Make no route call until `ctl resume`; probing, deciding and reporting go on, and what would be done is logged.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Pause,
+    /// Allow route calls again after `ctl pause`.
+    #[command(after_help = CTL_EXIT_CODES)]
+    Resume,
+}
+
+impl CtlCommand {
+    fn request(&self) -> Request {
+        let action = match self {
+            CtlCommand::Status => return Request::Status {},
+            CtlCommand::Failover { .. } => OperatorAction::FailoverHold,
+            CtlCommand::Hold => OperatorAction::Hold,
+            CtlCommand::Release => OperatorAction::Release,
+            CtlCommand::Failback => OperatorAction::Failback,
+            CtlCommand::Pause => OperatorAction::Pause,
+            CtlCommand::Resume => OperatorAction::Resume,
+        };
+        Request::Operate { action }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,7 +181,11 @@ fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_logging(cli.log_format, matches!(cli.command, Command::Demo));
+    // The demo and ctl print for a human; only errors go to the log.
+    init_logging(
+        cli.log_format,
+        matches!(cli.command, Command::Demo | Command::Ctl { .. }),
+    );
     // One thread: the agent waits on sockets and timers nearly all the time,
     // and worker threads waking each other for every echo cost more CPU than
     // the probing itself (BENCHMARKS.md, footprint).
@@ -264,6 +336,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             demo::run(&mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl {
+            socket,
+            json,
+            command,
+        } => {
+            let socket = socket.unwrap_or_else(route_failover::control::default_socket);
+            commands::ctl::ctl(&socket, json, command.request()).await
         }
     }
 }

@@ -173,13 +173,12 @@ fn run_probes_loopback_changes_nothing_and_stops_cleanly_on_sigterm() {
             .replacen("interval = \"1s\"", "", 1)
             .replacen("timeout = \"800ms\"", "", 1);
     std::fs::write(cfg.path(), text_cfg).unwrap();
-    // Its own lock directory: the table lock is per host, and other test
-    // runs on this machine manage the same example table.
-    let locks = tempfile::tempdir().unwrap();
+    // The lock and the control socket in a directory of its own.
+    let runtime = tempfile::tempdir().unwrap();
     let child = Command::new(BIN)
         .args(["run", "--dry-run", "--config", cfg.path().to_str().unwrap()])
         .env("RUST_LOG", "debug")
-        .env("RUNTIME_DIRECTORY", locks.path())
+        .env("RUNTIME_DIRECTORY", runtime.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

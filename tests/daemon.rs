@@ -311,7 +311,13 @@ async fn a_second_config_sharing_a_table_refuses_to_start() {
 
     // With only the other table it runs beside the first...
     let disjoint = f.dir.path().join("disjoint.toml");
-    let disjoint_text = config_text(3, "").replace("rtb-0123456789abcdef0", OTHER);
+    // Its own control socket: the lock directory is shared on purpose.
+    let socket = f.dir.path().join("disjoint.sock");
+    let disjoint_text = config_text(
+        3,
+        &format!("\n[control]\nsocket = \"{}\"", socket.display()),
+    )
+    .replace("rtb-0123456789abcdef0", OTHER);
     std::fs::write(&disjoint, &disjoint_text).unwrap();
     let mut beside = Agent::start_with(&disjoint, "info", &env);
     beside.wait_log("started", Duration::from_secs(10)).await;

@@ -4,8 +4,10 @@
 //! - [`check`]: the preflight.
 //! - [`status`]: what the route tables show.
 //! - [`plan`]: the calls a switch would make.
+//! - [`ctl`]: asks the running agent (live status, operator actions).
 
 pub mod check;
+pub mod ctl;
 pub mod plan;
 pub mod run;
 pub mod status;

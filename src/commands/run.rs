@@ -14,6 +14,7 @@ use crate::agent::{Agent, AgentError, Control};
 use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
 use crate::config::{Config, ConfigError, EXIT_CONFIG};
+use crate::control::{self, snapshot::StatusSink};
 use crate::guard::{self, GuardError, Verdict};
 use crate::instance::Instance;
 use crate::lock::{self, AgentLocks};
@@ -86,6 +87,11 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         &table_ids(&config.routes),
         None,
     )?));
+    // Before anything else is set up: a socket another agent answers on
+    // stops this one here.
+    let socket = control::socket_path(&config.control);
+    let socket = control::server::bind(&socket, config.control.group.as_ref())
+        .context("cannot set up the control socket")?;
     if let Some(listen) = config.metrics_listen {
         metrics::install(listen).map_err(anyhow::Error::msg)?;
         info!(%listen, "serving Prometheus metrics on /metrics");
@@ -111,18 +117,29 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         (ledger, OperatorStore::for_config(&config.source))
     };
     let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
+    // A corrupt record stops the agent just below; the view starts empty then.
+    let restored = operator.load().unwrap_or_default();
+    let (status_sink, status_view) = control::snapshot::channel(&config, dry_run, restored);
     let agent = Agent::new(config.clone(), Box::new(prober), Arc::clone(&api))
         .with_ledger(ledger)
         .with_operator_store(operator)?
         .with_startup_check(check)
         .with_sink(Arc::new(MetricsSink))
         .with_sink(Arc::new(SystemdSink))
-        .with_sink(Arc::clone(&notifier) as _);
+        .with_sink(Arc::clone(&notifier) as _)
+        .with_sink(Arc::new(status_sink.clone()));
     let shutdown = CancellationToken::new();
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let control = agent.control();
     signals::install(shutdown.clone(), control.clone(), reload_tx)
         .context("cannot install signal handlers")?;
+    let stop_serving = CancellationToken::new();
+    let server = tokio::spawn(control::server::serve(
+        socket,
+        control.clone(),
+        status_view,
+        stop_serving.clone(),
+    ));
     let reload_locks = Arc::clone(&locks);
     let hooks = Arc::clone(&notifier);
     tokio::spawn(async move {
@@ -135,6 +152,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
                 &control,
                 &reload_locks,
                 &hooks,
+                &status_sink,
             )
             .await
             {
@@ -146,6 +164,9 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
     });
     let stopped = agent.run(shutdown).await;
+    // The socket goes with the agent (removed on a clean exit).
+    stop_serving.cancel();
+    let _ = server.await;
     notifier.close(NOTIFY_GRACE).await;
     let result = match stopped {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -170,7 +191,7 @@ fn env_var(name: &str) -> Option<String> {
 }
 
 /// Reads the config again and hands it to the agent, or explains why not.
-/// `[aws]` and `[metrics]` need a restart; the rest applies at once.
+/// `[aws]`, `[metrics]` and `[control]` need a restart; the rest applies at once.
 async fn reload(
     running: &Config,
     api: &dyn RouteApi,
@@ -178,13 +199,20 @@ async fn reload(
     control: &Control,
     locks: &Mutex<AgentLocks>,
     notifier: &Notifier,
+    status: &StatusSink,
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
     check_watchdog(&new)?;
-    if new.aws != running.aws || new.metrics_listen != running.metrics_listen {
-        warn!("changes to [aws] and [metrics] take effect on restart; applying the rest");
+    if new.aws != running.aws
+        || new.metrics_listen != running.metrics_listen
+        || new.control != running.control
+    {
+        warn!(
+            "changes to [aws], [metrics] and [control] take effect on restart; applying the rest"
+        );
         new.aws = running.aws.clone();
         new.metrics_listen = running.metrics_listen;
+        new.control = running.control.clone();
     }
     run_guard(&new, api, own_subnet(&new, instance)?).await?;
     let prober: Option<Box<dyn Prober>> = if new.probe == running.probe {
@@ -203,5 +231,6 @@ async fn reload(
         .reload(&new.notify, env_var)
         .map_err(|(key, why)| ConfigError::at_key(&new, key, why))?;
     control.reload(new.clone(), prober);
+    status.set_config(&new);
     Ok(new)
 }

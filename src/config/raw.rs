@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) metrics: RawMetrics,
     #[serde(default)]
+    pub(super) control: super::RawControl,
+    #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) notify: Vec<crate::notify::config::RawHook>,

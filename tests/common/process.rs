@@ -4,7 +4,7 @@
 #![allow(dead_code)] // shared by several test crates; each uses part of it
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +17,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_route-failover");
 pub struct Agent {
     child: Option<Child>,
     logs: Arc<Mutex<Vec<Value>>>,
+    runtime: PathBuf,
+}
+
+/// Where an agent run on `config` keeps its lock and control socket
+/// (`$RUNTIME_DIRECTORY`), unless the test says otherwise.
+pub fn runtime_dir(config: &Path) -> PathBuf {
+    let name = config.file_name().expect("a config file").to_string_lossy();
+    config.with_file_name(format!("{name}.run"))
 }
 
 impl Agent {
@@ -26,13 +34,18 @@ impl Agent {
 
     /// `debug` also logs every round; `env` is added to the agent's environment.
     pub fn start_with(config: &Path, level: &str, env: &[(&str, &str)]) -> Self {
-        // The ownership ledger beside the test's config, not in /var/lib.
+        // The ownership ledger beside the test's config, not in /var/lib;
+        // the lock and the control socket in a directory of the config's
+        // own (tests run at once, and some keep configs in /tmp itself).
         let state = config.parent().expect("the config is in a directory");
+        let runtime = runtime_dir(config);
+        std::fs::create_dir_all(&runtime).expect("a runtime directory");
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .env("RUST_LOG", level)
             .env("STATE_DIRECTORY", state)
+            .env("RUNTIME_DIRECTORY", &runtime)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,6 +63,7 @@ impl Agent {
         Self {
             child: Some(child),
             logs,
+            runtime,
         }
     }
 
@@ -115,6 +129,7 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.runtime);
     }
 }
 
