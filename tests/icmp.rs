@@ -113,3 +113,29 @@ async fn a_silent_target_is_lost_by_the_deadline_and_answers_again_after() {
     net.blackhole(false);
     assert_eq!(received(&prober.round().await), vec![(3, 3); 3]);
 }
+
+#[tokio::test]
+async fn a_round_cut_short_keeps_the_replies_it_got() {
+    if !gate::require_root(
+        "a_round_cut_short_keeps_the_replies_it_got",
+        "ICMP sockets need root or CAP_NET_RAW",
+    ) {
+        return;
+    }
+    let config = config(r#""127.0.0.1", "::1""#);
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    // The first wave leaves at once and loopback answers in microseconds;
+    // the second leaves 100 ms in. Cut the round at 50 ms, as the agent
+    // does with one that overruns its interval.
+    let cut = tokio::time::timeout(Duration::from_millis(50), prober.round()).await;
+    assert!(cut.is_err(), "the round finished in 50 ms");
+    let salvaged = prober.salvage().expect("what the round had gathered");
+    for t in &salvaged.targets {
+        assert_eq!(t.received(), 1, "{t:?}");
+    }
+    assert!(summarize(&salvaged, config.probe.round).up);
+    // Taken once; the next full round is whole again.
+    assert!(prober.salvage().is_none());
+    let next = prober.round().await;
+    assert!(next.targets.iter().all(|t| t.received() == 3), "{next:?}");
+}

@@ -33,6 +33,9 @@ pub struct IcmpProber {
     v6: Option<Client>,
     ident: PingIdentifier,
     next_seq: u16,
+    /// The round in progress, filled in as echoes come back, so that a
+    /// round the agent gives up on still has its replies ([`Prober::salvage`]).
+    gathered: std::sync::Arc<std::sync::Mutex<Option<RoundReport>>>,
 }
 
 impl IcmpProber {
@@ -71,6 +74,7 @@ impl IcmpProber {
             v6,
             ident: PingIdentifier(rand::random()),
             next_seq: rand::random(),
+            gathered: std::sync::Arc::default(),
         })
     }
 
@@ -81,6 +85,10 @@ impl IcmpProber {
             .as_ref()
             .expect("socket for the target's address family")
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The outcome of one echo: its round-trip time, or a send error worth reporting.
@@ -101,7 +109,7 @@ async fn echo(mut pinger: Pinger, seq: u16) -> Echo {
 #[async_trait]
 impl Prober for IcmpProber {
     async fn round(&mut self) -> RoundReport {
-        let mut reports: Vec<TargetReport> = self
+        let reports: Vec<TargetReport> = self
             .targets
             .iter()
             .map(|&target| TargetReport {
@@ -111,6 +119,10 @@ impl Prober for IcmpProber {
                 error: None,
             })
             .collect();
+        *lock(&self.gathered) = Some(RoundReport {
+            targets: reports,
+            label: None,
+        });
         // Echo k of every target leaves at the same instant, k spacings into
         // the round, and all of them share one deadline: one sleep and one
         // deadline per wave instead of a sleep and a timeout per echo and
@@ -131,35 +143,36 @@ impl Prober for IcmpProber {
             }
             let delay = self.spacing * k;
             let timeout = self.timeout;
+            let gathered = std::sync::Arc::clone(&self.gathered);
             waves.push(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let mut answered = Vec::with_capacity(wave.len());
-                // Echoes still pending at the deadline are lost.
+                // Echoes still pending at the deadline are lost. Each result
+                // is recorded as it comes, so an interrupted round keeps it.
                 let _ = tokio::time::timeout(timeout, async {
-                    while let Some(result) = wave.next().await {
-                        answered.push(result);
+                    while let Some((i, result)) = wave.next().await {
+                        if let Some(round) = lock(&gathered).as_mut() {
+                            let report = &mut round.targets[i];
+                            match result {
+                                Echo::Reply(rtt) => report.rtts.push(rtt),
+                                Echo::Lost => {}
+                                Echo::Failed(e) => {
+                                    report.error.get_or_insert(e);
+                                }
+                            }
+                        }
                     }
                 })
                 .await;
-                answered
             });
         }
-        for (i, result) in join_all(waves).await.into_iter().flatten() {
-            let report = &mut reports[i];
-            match result {
-                Echo::Reply(rtt) => report.rtts.push(rtt),
-                Echo::Lost => {}
-                Echo::Failed(e) => {
-                    report.error.get_or_insert(e);
-                }
-            }
-        }
-        RoundReport {
-            targets: reports,
-            label: None,
-        }
+        join_all(waves).await;
+        lock(&self.gathered).take().unwrap_or_default()
+    }
+
+    fn salvage(&mut self) -> Option<RoundReport> {
+        lock(&self.gathered).take()
     }
 
     fn describe(&self) -> String {
