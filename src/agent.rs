@@ -57,6 +57,20 @@ pub enum OperatorAction {
     Resume,
 }
 
+impl OperatorAction {
+    /// Its name as `ctl`, logs, metrics and notices spell it (`failover-hold`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OperatorAction::FailoverHold => "failover-hold",
+            OperatorAction::Hold => "hold",
+            OperatorAction::Release => "release",
+            OperatorAction::Failback => "failback",
+            OperatorAction::Pause => "pause",
+            OperatorAction::Resume => "resume",
+        }
+    }
+}
+
 /// Requests to a running agent.
 pub enum Request {
     /// Allow failback to Primary once `rise` good rounds are in hand.

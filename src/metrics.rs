@@ -52,13 +52,19 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// What `/metrics` would serve after `events`, in the Prometheus text format,
-/// without installing anything: lets tests check that the shipped alert
+/// What `/metrics` would serve after `events` (and with `hooks`, as
+/// (kind, name), registered), in the Prometheus text format, without
+/// installing anything: lets tests check that the shipped alert
 /// rules and dashboard only name series the agent really exports.
-pub fn render(events: &[Event]) -> Result<String, String> {
+pub fn render(events: &[Event], hooks: &[(&'static str, &str)]) -> Result<String, String> {
     let recorder = builder()?.build_recorder();
     let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || events.iter().for_each(record));
+    metrics::with_local_recorder(&recorder, || {
+        events.iter().for_each(record);
+        for (kind, hook) in hooks {
+            register_hook(kind, hook);
+        }
+    });
     Ok(handle.render())
 }
 
@@ -180,11 +186,8 @@ fn record(event: &Event) {
             paused,
             ..
         } => {
-            let action = serde_json::to_value(action)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            counter!("route_failover_operator_actions_total", "action" => action).increment(1);
+            counter!("route_failover_operator_actions_total", "action" => action.name())
+                .increment(1);
             for p in [Via::Primary, Via::Backup] {
                 let held = *operator == Operator::Hold(p);
                 gauge!("route_failover_operator_hold", "path" => path_label(p))
@@ -200,11 +203,15 @@ fn record(event: &Event) {
 /// first failure.
 pub fn notify_register(kind: &'static str, hook: &str) {
     if INSTALLED.load(Ordering::Relaxed) {
-        counter!("route_failover_notify_sent_total", "kind" => kind, "hook" => hook.to_string())
-            .increment(0);
-        counter!("route_failover_notify_failures_total", "kind" => kind, "hook" => hook.to_string())
-            .increment(0);
+        register_hook(kind, hook);
     }
+}
+
+fn register_hook(kind: &'static str, hook: &str) {
+    counter!("route_failover_notify_sent_total", "kind" => kind, "hook" => hook.to_string())
+        .increment(0);
+    counter!("route_failover_notify_failures_total", "kind" => kind, "hook" => hook.to_string())
+        .increment(0);
 }
 
 /// A notice delivered by a `[[notify]]` hook.

@@ -177,7 +177,11 @@ struct Exported {
 
 impl Exported {
     fn render() -> Self {
-        let text = route_failover::metrics::render(&representative_events()).unwrap();
+        let text = route_failover::metrics::render(
+            &representative_events(),
+            &[("exec", "pager"), ("webhook", "chat")],
+        )
+        .unwrap();
         let mut series: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
         let mut families = BTreeSet::new();
         for line in text.lines() {

@@ -5,7 +5,6 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::protocol::{Status, TargetView};
-use crate::agent::OperatorAction;
 
 /// An age in seconds, as "0.4s" or "5m 3s".
 fn age(seconds: f64) -> String {
@@ -18,13 +17,6 @@ fn age(seconds: f64) -> String {
 
 fn opt_ms(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
-}
-
-fn action_name(action: OperatorAction) -> String {
-    serde_json::to_value(action)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{action:?}"))
 }
 
 /// The whole status, several lines, newline-terminated.
@@ -117,7 +109,7 @@ fn write_status(out: &mut String, s: &Status) -> std::fmt::Result {
         writeln!(
             out,
             "last action:     {} by {}, {} ago ({})",
-            action_name(action.action),
+            action.action.name(),
             action
                 .uid
                 .map_or_else(|| "an unknown uid".to_string(), |u| format!("uid {u}")),
@@ -250,6 +242,7 @@ fn write_target(out: &mut String, t: &TargetView, width: usize) -> std::fmt::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::OperatorAction;
     use crate::control::protocol::{
         ActionView, AgentView, MachineView, OperatorView, ProbesView, RoundView, RoutesView,
         TransitionView,

@@ -195,10 +195,7 @@ impl Notice {
                 operator,
                 paused,
             } => {
-                let action = serde_json::to_value(action)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let action = action.name().to_string();
                 let hold = match operator {
                     Operator::Auto => "auto".to_string(),
                     Operator::Hold(path) => path.to_string(),

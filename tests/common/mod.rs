@@ -226,20 +226,7 @@ pub fn routes_to(tables: &[route_failover::model::RouteTable], eni: &str) -> Vec
 
 /// Our static routes present in `tables`, as (table, destination) strings.
 pub fn our_routes(tables: &[route_failover::model::RouteTable]) -> Vec<String> {
-    let mut out: Vec<String> = tables
-        .iter()
-        .flat_map(|t| {
-            t.routes
-                .iter()
-                .filter(|r| {
-                    r.origin == Origin::CreateRoute
-                        && r.target == Target::NetworkInterface(ENI.into())
-                })
-                .map(move |r| format!("{} {}", t.id, r.destination))
-        })
-        .collect();
-    out.sort();
-    out
+    routes_to(tables, ENI)
 }
 
 pub fn all_managed(config: &Config) -> Vec<String> {
