@@ -375,6 +375,14 @@ impl Agent {
                 judge.set_operator(now, Operator::Hold(Via::Backup)),
                 "holding Backup until `ctl release`".to_string(),
             ),
+            // Holding "the current path" needs one: not before the tables
+            // are read, nor while a partial start awaits probe evidence.
+            OperatorAction::Hold if judge.desired().is_none() => (
+                Verdict::default(),
+                "not held: the path is not decided yet (the route tables are unread, or a partial \
+                 set awaits probe evidence); `ctl pause` freezes the tables as they are"
+                    .to_string(),
+            ),
             OperatorAction::Hold => {
                 let path = judge.path();
                 (

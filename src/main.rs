@@ -22,8 +22,7 @@ Exit status:
   0   success (run: stopped by SIGTERM/SIGINT; check: every check passed)
   1   failure (check: a check failed; run: cannot start, e.g. the ownership ledger is unreadable)
   2   bad command-line usage
-  78  invalid configuration (file, line, key and reason on standard error), or run refused to
-      manage routes the config should not name (its own subnet's table); nothing was changed";
+  78  invalid configuration (file, line, key, reason on standard error; nothing changed), or its own subnet's table is managed";
 
 const CTL_EXIT_CODES: &str = "\
 Exit status:

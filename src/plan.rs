@@ -148,11 +148,12 @@ pub fn status(route: &ManagedRoute, ledger: &Record, observed: &[RouteTable]) ->
     let Some(r) = found else {
         return Status::Absent;
     };
-    let created = ledger.created_eni(&route.route_table_id, route.destination);
+
     match &r.target {
         Target::NetworkInterface(eni)
             if r.origin == Origin::CreateRoute
-                && (*eni == route.target_eni || created == Some(eni.as_str())) =>
+                && (*eni == route.target_eni
+                    || ledger.created_with(&route.route_table_id, route.destination, eni)) =>
         {
             Status::Ours {
                 state: r.state,

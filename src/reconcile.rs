@@ -355,11 +355,11 @@ impl Reconciler {
                 matches!(
                     plan::status(r, self.ledger.record(), observed),
                     Status::Ours { stale: false, .. }
-                ) && self
-                    .ledger
-                    .record()
-                    .created_eni(&r.route_table_id, r.destination)
-                    .is_none()
+                ) && !self.ledger.record().created_with(
+                    &r.route_table_id,
+                    r.destination,
+                    &r.target_eni,
+                )
             })
             .cloned()
             .collect();

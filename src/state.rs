@@ -34,8 +34,11 @@ pub type Slot = (String, IpNet);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     version: u32,
-    /// Static routes we created: (table, destination) -> the ENI they point at.
-    created: BTreeMap<String, BTreeMap<IpNet, String>>,
+    /// Static routes we created: (table, destination) -> every ENI we have
+    /// pointed them at. A retarget adds the new ENI before its call and
+    /// keeps the old one, so a failed or not yet visible ReplaceRoute never
+    /// leaves our route looking foreign.
+    created: BTreeMap<String, BTreeMap<IpNet, BTreeSet<String>>>,
     /// Foreign routes we replaced: (table, destination) -> their original target.
     replaced: BTreeMap<String, BTreeMap<IpNet, Target>>,
 }
@@ -51,11 +54,20 @@ impl Default for Record {
 }
 
 impl Record {
-    /// The ENI our route at `slot` was created with, if we created one.
+    /// Whether we pointed the route at `slot` to `eni` at some point.
+    pub fn created_with(&self, table: &str, destination: IpNet, eni: &str) -> bool {
+        self.created
+            .get(table)
+            .and_then(|m| m.get(&destination))
+            .is_some_and(|enis| enis.contains(eni))
+    }
+
+    /// An ENI we created the route at `slot` with (the first, sorted), if any.
     pub fn created_eni(&self, table: &str, destination: IpNet) -> Option<&str> {
         self.created
             .get(table)
             .and_then(|m| m.get(&destination))
+            .and_then(|enis| enis.iter().next())
             .map(String::as_str)
     }
 
@@ -90,7 +102,9 @@ impl Record {
         self.created
             .entry(route.route_table_id.clone())
             .or_default()
-            .insert(route.destination, route.target_eni.clone());
+            .entry(route.destination)
+            .or_default()
+            .insert(route.target_eni.clone());
     }
 
     fn insert_replaced(&mut self, route: &ManagedRoute, original: &Target) {
@@ -129,7 +143,7 @@ impl Record {
                 .find(|r| r.is_static() && r.destination == destination)
                 .is_some_and(|r| match &r.target {
                     Target::NetworkInterface(eni) => {
-                        self.created_eni(&table_id, destination) == Some(eni.as_str())
+                        self.created_with(&table_id, destination, eni)
                             || current_eni(&table_id, destination).as_deref() == Some(eni.as_str())
                     }
                     _ => false,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use common::*;
 use route_failover::agent::OperatorAction;
 use route_failover::cloud::memory::MemoryRouteApi;
+use route_failover::cloud::RouteApi;
 use route_failover::decide::Operator;
 use route_failover::events::Event;
 use route_failover::fsm::{Reason, Via};
@@ -164,5 +165,34 @@ async fn a_hold_and_a_pause_survive_a_restart() {
         .unwrap();
     h.converged(Via::Primary, secs(30)).await;
     assert!(our_routes(&api.tables()).is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_is_refused_until_the_path_is_decided() {
+    let config = config();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    for r in &config.routes {
+        world.create_route(r).await.unwrap();
+    }
+    let api = Arc::new(common::apis::Knobs::new(world.clone()));
+    api.fail_reads(Some(route_failover::cloud::CloudError::new(
+        route_failover::cloud::ErrorKind::Transient,
+        None,
+        "connection refused",
+    )));
+    let mut h = Harness::start(&config, api.clone(), Reply::None);
+    h.run_for(secs(5)).await;
+    // The tables are unread: "the current path" is not known.
+    let answer = h.control.operate(OperatorAction::Hold, None).await.unwrap();
+    assert!(answer.starts_with("not held"), "{answer}");
+    api.fail_reads(None);
+    h.converged(Via::Backup, secs(40)).await;
+    // Adopted Backup: holding it now is meaningful, and nothing is deleted.
+    let answer = h.control.operate(OperatorAction::Hold, None).await.unwrap();
+    assert!(answer.contains("holding Backup"), "{answer}");
+    h.script.set("DX restored", Reply::All);
+    h.run_for(secs(120)).await;
+    assert_eq!(our_routes(&world.tables()), all_managed(&config));
     h.stop().await;
 }

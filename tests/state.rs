@@ -194,6 +194,34 @@ async fn a_replaced_vpn_eni_gets_our_routes_moved_on_backup() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_retarget_keeps_the_old_route_ours_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.json");
+    let old = config();
+    let new = with_eni(&old, NEW_ENI);
+    let api = world_for(&[&old, &new]);
+    fail_over_with(&old, &api, &ledger).await;
+    // The first ReplaceRoute fails: the ledger already names the new ENI,
+    // and must still know the old one, or the route turns foreign for good.
+    api.inject_fault(
+        "ReplaceRoute",
+        CloudError::new(ErrorKind::Transient, None, "connection reset"),
+    );
+    let l = Ledger::open(&ledger).unwrap();
+    let mut h = Harness::start_with(&new, api.clone(), Reply::None, |a| a.with_ledger(l));
+    h.converged(Via::Backup, secs(60)).await;
+    assert_eq!(routes_to(&api.tables(), NEW_ENI), all_managed(&new));
+    assert!(routes_to(&api.tables(), ENI).is_empty());
+    assert!(
+        !h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Finding(Finding::Foreign { .. }))),
+        "our old route was taken for a foreign one"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_replaced_vpn_eni_on_healthy_dx_lets_traffic_return() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.json");
