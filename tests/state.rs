@@ -160,14 +160,22 @@ async fn fail_over_with(old: &Config, api: &Arc<MemoryRouteApi>, ledger: &std::p
     assert_eq!(routes_to(&api.tables(), ENI), all_managed(old));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_replaced_vpn_eni_gets_our_routes_moved_on_backup() {
+/// The VPN appliance was replaced after a failover: the ledger on disk
+/// (`ledger.json` in the returned directory) knows our routes to the old
+/// ENI, and the returned config names the new one.
+async fn after_eni_replaced() -> (tempfile::TempDir, Config, Arc<MemoryRouteApi>) {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.json");
     let old = config();
     let new = with_eni(&old, NEW_ENI);
     let api = world_for(&[&old, &new]);
-    fail_over_with(&old, &api, &ledger).await;
+    fail_over_with(&old, &api, &dir.path().join("ledger.json")).await;
+    (dir, new, api)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_vpn_eni_gets_our_routes_moved_on_backup() {
+    let (dir, new, api) = after_eni_replaced().await;
+    let ledger = dir.path().join("ledger.json");
     let before = api.mutating_calls().len();
 
     let l = Ledger::open(&ledger).unwrap();
@@ -195,12 +203,8 @@ async fn a_replaced_vpn_eni_gets_our_routes_moved_on_backup() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_retarget_keeps_the_old_route_ours_and_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, new, api) = after_eni_replaced().await;
     let ledger = dir.path().join("ledger.json");
-    let old = config();
-    let new = with_eni(&old, NEW_ENI);
-    let api = world_for(&[&old, &new]);
-    fail_over_with(&old, &api, &ledger).await;
     // The first ReplaceRoute fails: the ledger already names the new ENI,
     // and must still know the old one, or the route turns foreign for good.
     api.inject_fault(
@@ -223,12 +227,8 @@ async fn a_failed_retarget_keeps_the_old_route_ours_and_is_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replaced_vpn_eni_on_healthy_dx_lets_traffic_return() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, new, api) = after_eni_replaced().await;
     let ledger = dir.path().join("ledger.json");
-    let old = config();
-    let new = with_eni(&old, NEW_ENI);
-    let api = world_for(&[&old, &new]);
-    fail_over_with(&old, &api, &ledger).await;
 
     let l = Ledger::open(&ledger).unwrap();
     let mut h = Harness::start_with(&new, api.clone(), Reply::All, |a| a.with_ledger(l));
