@@ -6,6 +6,7 @@
 //! - [`config`]: TOML schema, defaults and validation into a typed [`config::Config`].
 //! - [`probe`]: the [`probe::Prober`] trait, round/quorum rule, ICMP and scripted probers.
 //! - [`fsm`]: the pure hysteresis state machine (`fall`, `rise`, hold-down, flap damping).
+//! - [`detect`]: the pure silence detector (suspicion probing, RTT-aware deadlines).
 //! - [`model`]: route tables and routes as the planner sees them.
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
 //! - [`cloud`]: the [`cloud::RouteApi`] trait; EC2, in-memory and dry-run backends.
@@ -28,6 +29,7 @@ pub mod cloud;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod events;
 pub mod fsm;
 pub mod guard;
