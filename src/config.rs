@@ -13,8 +13,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::detect::{DetectConfig, DetectorKind};
 use crate::fsm::{Failback, Policy};
 use crate::model::ManagedRoute;
+use crate::probe::rtt::Deadline;
 use crate::probe::RoundPolicy;
 
 /// Exit status for an unusable configuration (`EX_CONFIG` from sysexits.h).
@@ -99,6 +101,40 @@ struct RawProbe {
     #[serde(default = "default_min_replies")]
     min_replies: u32,
     quorum: Option<u32>,
+    // The detector's keys (src/detect.rs), checked by validate_detect.
+    detector: Option<DetectorKind>,
+    #[serde(default, with = "humantime_serde")]
+    silence: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    suspect_interval: Option<Duration>,
+    adaptive_timeout: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    timeout_floor: Option<Duration>,
+    timeout_k: Option<u32>,
+}
+
+/// The detector's keys of `[probe]`, taken apart before the rest is validated.
+#[derive(Debug, Clone, Copy)]
+struct RawDetect {
+    detector: Option<DetectorKind>,
+    silence: Option<Duration>,
+    suspect_interval: Option<Duration>,
+    adaptive_timeout: Option<bool>,
+    timeout_floor: Option<Duration>,
+    timeout_k: Option<u32>,
+}
+
+impl RawDetect {
+    fn of(raw: &RawProbe) -> Self {
+        Self {
+            detector: raw.detector,
+            silence: raw.silence,
+            suspect_interval: raw.suspect_interval,
+            adaptive_timeout: raw.adaptive_timeout,
+            timeout_floor: raw.timeout_floor,
+            timeout_k: raw.timeout_k,
+        }
+    }
 }
 
 fn default_interval() -> Duration {
@@ -227,6 +263,8 @@ pub struct Config {
     pub source: PathBuf,
     pub aws: AwsConfig,
     pub probe: ProbeConfig,
+    /// Which detector judges the path, and its settings.
+    pub detect: DetectConfig,
     pub policy: Policy,
     pub reconcile: ReconcileConfig,
     /// Where to serve Prometheus metrics; none when unset.
@@ -301,8 +339,10 @@ impl Config {
 
 fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let aws = validate_aws(raw.aws)?;
+    let raw_detect = RawDetect::of(&raw.probe);
     let probe = validate_probe(raw.probe)?;
     let (policy, reconcile) = validate_failover(raw.failover)?;
+    let detect = validate_detect(raw_detect, &probe, &policy)?;
     let routes = validate_routes(raw.routes)?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
@@ -317,6 +357,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
         source: source.to_path_buf(),
         aws,
         probe,
+        detect,
         policy,
         reconcile,
         metrics_listen,
@@ -439,6 +480,72 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             min_replies: raw.min_replies,
             quorum,
         },
+    })
+}
+
+/// The detector's keys. Silence-only keys are refused with the round rule,
+/// so a setting never silently does nothing.
+fn validate_detect(
+    raw: RawDetect,
+    probe: &ProbeConfig,
+    policy: &Policy,
+) -> Result<DetectConfig, Invalid> {
+    let kind = raw.detector.unwrap_or(DetectorKind::Rounds);
+    if kind == DetectorKind::Rounds {
+        let set = [
+            ("probe.silence", raw.silence.is_some()),
+            ("probe.suspect_interval", raw.suspect_interval.is_some()),
+            ("probe.adaptive_timeout", raw.adaptive_timeout.is_some()),
+            ("probe.timeout_floor", raw.timeout_floor.is_some()),
+            ("probe.timeout_k", raw.timeout_k.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                *key,
+                "only applies with probe.detector = \"silence\"; the round rule waits the fixed timeout",
+            ));
+        }
+    }
+    let steady = probe.interval / probe.count;
+    // Unset: as long as `fall` rounds of the round rule.
+    let silence = raw.silence.unwrap_or(probe.interval * policy.fall);
+    if silence < Duration::from_millis(10) {
+        return Err(invalid("probe.silence", "must be at least 10ms"));
+    }
+    let suspect_interval = raw.suspect_interval.unwrap_or(Duration::from_millis(50));
+    if suspect_interval < Duration::from_millis(10) || suspect_interval > steady {
+        return Err(invalid(
+            "probe.suspect_interval",
+            format!(
+                "must be between 10ms and probe.interval / probe.count ({}ms): suspect probing is denser than steady probing",
+                steady.as_millis()
+            ),
+        ));
+    }
+    let floor = raw.timeout_floor.unwrap_or(Duration::from_millis(20));
+    if floor.is_zero() || floor > probe.timeout {
+        return Err(invalid(
+            "probe.timeout_floor",
+            format!(
+                "must be greater than zero and at most probe.timeout ({})",
+                humantime::format_duration(probe.timeout)
+            ),
+        ));
+    }
+    let k = raw.timeout_k.unwrap_or(4);
+    if !(1..=16).contains(&k) {
+        return Err(invalid("probe.timeout_k", "must be between 1 and 16"));
+    }
+    let deadline = if raw.adaptive_timeout.unwrap_or(true) {
+        Deadline::Adaptive { floor, k }
+    } else {
+        Deadline::Fixed
+    };
+    Ok(DetectConfig {
+        kind,
+        silence,
+        suspect_interval,
+        deadline,
     })
 }
 
