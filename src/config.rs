@@ -512,7 +512,7 @@ fn validate_detect(
     if silence < Duration::from_millis(10) {
         return Err(invalid("probe.silence", "must be at least 10ms"));
     }
-    let suspect_interval = raw.suspect_interval.unwrap_or(Duration::from_millis(50));
+    let suspect_interval = raw.suspect_interval.unwrap_or(Duration::from_millis(25));
     if suspect_interval < Duration::from_millis(10) || suspect_interval > steady {
         return Err(invalid(
             "probe.suspect_interval",

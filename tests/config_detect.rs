@@ -46,7 +46,7 @@ fn silence_defaults_to_fall_intervals_with_an_adaptive_deadline() {
     assert_eq!(c.detect.kind, DetectorKind::Silence);
     // fall 3 × interval 1 s
     assert_eq!(c.detect.silence, Duration::from_secs(3));
-    assert_eq!(c.detect.suspect_interval, Duration::from_millis(50));
+    assert_eq!(c.detect.suspect_interval, Duration::from_millis(25));
     assert_eq!(
         c.detect.deadline,
         Deadline::Adaptive {
@@ -64,13 +64,13 @@ fn every_silence_key_is_read() {
     let c = parse(&with_probe(
         r#"detector = "silence"
 silence = "300ms"
-suspect_interval = "25ms"
+suspect_interval = "40ms"
 timeout_floor = "5ms"
 timeout_k = 6"#,
     ))
     .unwrap();
     assert_eq!(c.detect.silence, Duration::from_millis(300));
-    assert_eq!(c.detect.suspect_interval, Duration::from_millis(25));
+    assert_eq!(c.detect.suspect_interval, Duration::from_millis(40));
     assert_eq!(
         c.detect.deadline,
         Deadline::Adaptive {

@@ -14,13 +14,13 @@ fn addrs(n: usize) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The shipped default: 3 echoes per target per second, 3 s of silence,
-/// suspect probing every 50 ms, deadline clamp(srtt + 4·rttvar, 20ms, 800ms).
+/// The shipped defaults: 3 echoes per target per second, 3 s of silence,
+/// suspect probing every 25 ms, deadline clamp(srtt + 4·rttvar, 20ms, 800ms).
 fn config(targets: u32) -> SilenceConfig {
     SilenceConfig {
         silence: ms(3000),
         period: ms(333),
-        suspect_period: ms(50),
+        suspect_period: ms(25),
         timeout: ms(800),
         deadline: Deadline::Adaptive {
             floor: ms(20),
@@ -208,12 +208,12 @@ fn a_silent_cut_is_detected_within_the_worst_case_and_not_before_silence() {
 }
 
 #[test]
-fn the_fast_setting_detects_a_cut_in_under_400ms() {
+fn the_fast_setting_detects_a_cut_in_under_350ms() {
     let cfg = SilenceConfig {
         silence: ms(300),
         ..config(2)
     };
-    assert_eq!(cfg.worst_case(2, ms(20)), ms(370));
+    assert_eq!(cfg.worst_case(2, ms(20)), ms(345));
     let mut worst = Duration::ZERO;
     for cut_ms in (10_000u32..10_666).step_by(3) {
         let t0 = Instant::now();
@@ -223,9 +223,9 @@ fn the_fast_setting_detects_a_cut_in_under_400ms() {
         let log = drive(&mut det, t0, ms(12_000), Via::Primary, &path);
         worst = worst.max(log.silent_at[0].duration_since(t0 + ms(u64::from(cut_ms))));
     }
-    assert!(worst <= ms(370), "{worst:?}");
+    assert!(worst <= ms(345), "{worst:?}");
     // And the bound is nearly reached: it is a worst case, not a guess.
-    assert!(worst >= ms(330), "{worst:?}");
+    assert!(worst >= ms(320), "{worst:?}");
 }
 
 #[test]
@@ -244,8 +244,8 @@ fn suspicion_probes_densely_until_a_reply_and_only_on_primary() {
             .filter(|(_, s, _)| (ms(5000)..ms(5400)).contains(&s.duration_since(t0)))
             .count();
         match via {
-            // Both targets every 50 ms once the first loss expired.
-            Via::Primary => assert!(in_burst >= 8, "{in_burst} echoes in the burst"),
+            // Both targets every 25 ms once the first loss expired.
+            Via::Primary => assert!(in_burst >= 16, "{in_burst} echoes in the burst"),
             // Steady only: 2 targets × 400/333.
             Via::Backup => assert!(in_burst <= 3, "{in_burst} echoes in the burst"),
         }
@@ -330,9 +330,9 @@ fn a_send_error_is_a_loss_at_once() {
     assert!(det.poll(t0, Via::Primary).is_empty());
     // The loss makes it suspect: the next echo leaves one suspect period
     // later, not a steady period.
-    assert_eq!(det.next_wake(Via::Primary), t0 + ms(50));
-    assert_eq!(det.poll(t0 + ms(50), Via::Primary).len(), 1);
-    let (report, _) = det.close_window(t0 + ms(50), Via::Primary);
+    assert_eq!(det.next_wake(Via::Primary), t0 + ms(25));
+    assert_eq!(det.poll(t0 + ms(25), Via::Primary).len(), 1);
+    let (report, _) = det.close_window(t0 + ms(25), Via::Primary);
     assert_eq!(
         report.targets[0].error.as_deref(),
         Some("network unreachable")
@@ -379,7 +379,7 @@ fn fsm_policy_fails_over_on_the_first_silent_verdict_only_in_silence_mode() {
     let mut detect = DetectConfig {
         kind: DetectorKind::Silence,
         silence: ms(3000),
-        suspect_interval: ms(50),
+        suspect_interval: ms(25),
         deadline: Deadline::Fixed,
     };
     assert_eq!(detect.fsm_policy(&policy).fall, 1);
