@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use route_failover::config::Config;
-use route_failover::probe::icmp::SilenceProber;
+use route_failover::probe::silence::SilenceProber;
 use route_failover::probe::Prober;
 
 fn config(targets: &str) -> Config {
@@ -38,7 +38,7 @@ async fn loopback_targets_keep_every_round_up_at_the_steady_rate() {
         return;
     }
     let config = config(r#""127.0.0.1", "127.0.0.2", "::1""#);
-    let mut prober = SilenceProber::new(&config.probe, &config.detect).expect("ICMP sockets");
+    let mut prober = SilenceProber::icmp(&config.probe, &config.detect).expect("ICMP sockets");
     let mut sent = 0;
     for _ in 0..6 {
         let started = Instant::now();
@@ -76,7 +76,7 @@ async fn a_blackholed_path_ends_the_round_within_the_worst_case() {
     }
     let net = netns::TargetNet::create(231);
     let config = config(&format!(r#""{}", "{}""#, net.target_v4, net.target_v6));
-    let mut prober = SilenceProber::new(&config.probe, &config.detect).expect("ICMP sockets");
+    let mut prober = SilenceProber::icmp(&config.probe, &config.detect).expect("ICMP sockets");
     for _ in 0..4 {
         prober.round().await;
         assert!(prober.verdict().unwrap().up);

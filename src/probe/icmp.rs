@@ -1,32 +1,28 @@
 //! The real prober: ICMP echo over IPv4 and IPv6 with surge-ping.
 //!
-//! [`IcmpProber`] runs the round rule's rounds; [`SilenceProber`] probes
-//! continuously for the silence detector.
+//! [`IcmpProber`] runs the round rule's rounds; [`IcmpPath`] carries the
+//! silence detector's echoes ([`SilenceProber`]).
 //!
 //! One socket per address family, shared by every target; surge-ping's
 //! receive task hands each reply to the request waiting on its source
 //! address, identifier and sequence, so a late reply (its waiter already
 //! timed out) or a reply to someone else never counts.
 
-use std::future::Future;
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
 use surge_ping::{
     Client, Config as PingConfig, PingIdentifier, PingSequence, Pinger, SurgeError, ICMP,
 };
-use tokio::time::Instant;
 
-use super::{Prober, RoundReport, RoundSummary, TargetReport};
+use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
+use super::{Prober, RoundReport, TargetReport};
 use crate::config::ProbeConfig;
-use crate::detect::{round_margin, DetectConfig, Detector, EchoId, SilenceConfig};
-use crate::fsm::Via;
+use crate::detect::DetectConfig;
 
 const PAYLOAD: &[u8] = b"route-failover probe";
 /// How much longer than the round's timeout a pinger would wait on its own.
@@ -100,13 +96,6 @@ fn client_for<'a>(v4: &'a Option<Client>, v6: &'a Option<Client>, target: IpAddr
     client
         .as_ref()
         .expect("socket for the target's address family")
-}
-
-/// The outcome of one echo: its round-trip time, or a send error worth reporting.
-enum Echo {
-    Reply(Duration),
-    Lost,
-    Failed(String),
 }
 
 async fn echo(mut pinger: Pinger, seq: u16) -> Echo {
@@ -186,122 +175,52 @@ impl Prober for IcmpProber {
     }
 }
 
-/// An echo on its way: which one, and how it ended.
-type InFlight = Pin<Box<dyn Future<Output = (EchoId, Echo)> + Send>>;
-
-/// Probes continuously for the silence detector ([`crate::detect`]): each
-/// target on its own staggered clock, densely while suspect, every echo
-/// judged by its RTT-aware deadline and still counted if its reply comes
-/// within `timeout`. A round lasts until just before the next interval, or
-/// ends at once when the path is judged silent.
-pub struct SilenceProber {
-    targets: Vec<IpAddr>,
+/// The ICMP transport for [`SilenceProber`]: one echo at a time over the
+/// shared sockets, waiting at most the configured timeout for its reply.
+pub struct IcmpPath {
+    targets: usize,
     v4: Option<Client>,
     v6: Option<Client>,
     ident: PingIdentifier,
-    config: SilenceConfig,
-    interval: Duration,
-    /// Started by the first round, so silence is never measured from
-    /// before probing began.
-    detector: Option<Detector>,
-    on_primary: bool,
-    in_flight: FuturesUnordered<InFlight>,
-    verdict: Option<RoundSummary>,
 }
 
-impl SilenceProber {
-    /// Opens the sockets the targets need (see [`IcmpProber::new`]).
-    pub fn new(probe: &ProbeConfig, detect: &DetectConfig) -> io::Result<Self> {
-        let (v4, v6) = open_clients(&probe.targets)?;
+impl IcmpPath {
+    /// Opens the sockets the targets need (see `open_clients`).
+    pub fn new(targets: &[IpAddr]) -> io::Result<Self> {
+        let (v4, v6) = open_clients(targets)?;
         Ok(Self {
-            targets: probe.targets.clone(),
+            targets: targets.len(),
             v4,
             v6,
             ident: PingIdentifier(rand::random()),
-            config: detect.silence_config(probe.interval, probe.count, probe.timeout, probe.round),
-            interval: probe.interval,
-            detector: None,
-            on_primary: true,
-            in_flight: FuturesUnordered::new(),
-            verdict: None,
         })
-    }
-
-    async fn send(&mut self, echo: EchoId) {
-        let target = self.targets[echo.target];
-        let mut pinger = client_for(&self.v4, &self.v6, target)
-            .pinger(target, self.ident)
-            .await;
-        // Replies count until the configured timeout; the detector's own
-        // deadline only decides when an echo is evidence of silence.
-        pinger.timeout(self.config.timeout);
-        // Sequence numbers wrap; an echo lives far shorter than 65536 echoes.
-        let seq = echo.seq as u16;
-        self.in_flight.push(Box::pin(
-            async move { (echo, self::echo(pinger, seq).await) },
-        ));
-    }
-
-    fn handle(detector: &mut Detector, echo: EchoId, outcome: Echo) {
-        match outcome {
-            Echo::Reply(rtt) => detector.reply(echo, rtt),
-            // The detector gives up on it at the same timeout.
-            Echo::Lost => {}
-            Echo::Failed(e) => detector.send_failed(echo, e, Instant::now()),
-        }
     }
 }
 
 #[async_trait]
-impl Prober for SilenceProber {
-    async fn round(&mut self) -> RoundReport {
-        let start = Instant::now();
-        let end = start + self.interval.saturating_sub(round_margin(self.interval));
-        let path = if self.on_primary {
-            Via::Primary
-        } else {
-            Via::Backup
-        };
-        let mut detector = match self.detector.take() {
-            Some(d) => d,
-            None => Detector::new(self.config.clone(), &self.targets, start),
-        };
-        let now = loop {
-            let now = Instant::now();
-            for echo in detector.poll(now, path) {
-                self.send(echo).await;
-            }
-            // Polling the set sends what was just queued, and may finish
-            // echoes that failed at once.
-            while let Some(Some((echo, outcome))) = self.in_flight.next().now_or_never() {
-                Self::handle(&mut detector, echo, outcome);
-            }
-            if (path == Via::Primary && detector.silent(now, path)) || now >= end {
-                break now;
-            }
-            let wake = detector.next_wake(path).min(end);
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
-                Some((echo, outcome)) = self.in_flight.next() => {
-                    Self::handle(&mut detector, echo, outcome);
-                }
-            }
-        };
-        let (report, summary) = detector.close_window(now, path);
-        self.detector = Some(detector);
-        self.verdict = Some(summary);
-        report
+impl EchoPath for IcmpPath {
+    async fn echo(
+        &mut self,
+        target: IpAddr,
+        _index: usize,
+        seq: u16,
+        timeout: Duration,
+    ) -> InFlight {
+        let mut pinger = client_for(&self.v4, &self.v6, target)
+            .pinger(target, self.ident)
+            .await;
+        pinger.timeout(timeout);
+        Box::pin(echo(pinger, seq))
     }
 
     fn describe(&self) -> String {
-        format!("icmp, silence detector ({} targets)", self.targets.len())
+        format!("icmp, silence detector ({} targets)", self.targets)
     }
+}
 
-    fn set_on_primary(&mut self, on_primary: bool) {
-        self.on_primary = on_primary;
-    }
-
-    fn verdict(&mut self) -> Option<RoundSummary> {
-        self.verdict.take()
+impl SilenceProber<IcmpPath> {
+    /// The silence detector over ICMP.
+    pub fn icmp(probe: &ProbeConfig, detect: &DetectConfig) -> io::Result<Self> {
+        Ok(Self::new(probe, detect, IcmpPath::new(&probe.targets)?))
     }
 }

@@ -5,10 +5,15 @@
 //!   rounds for the round rule, continuous probing for the silence detector.
 //! - `scripted`: a labelled synthetic source for the demo and for tests.
 //! - `rtt`: per-target RTT estimate and the adaptive echo deadline (pure).
+//! - `silence`: the async driver of the silence detector, over any `EchoPath`.
+//! - `simulated`: a synthetic `EchoPath` (delays and loss per echo) on
+//!   tokio's clock, for tests of the silence detector's driver.
 
 pub mod icmp;
 pub mod rtt;
 pub mod scripted;
+pub mod silence;
+pub mod simulated;
 
 use std::fmt;
 use std::net::IpAddr;
