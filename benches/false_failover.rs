@@ -13,11 +13,12 @@
 //! per day, the oracle's at that same detection time on the same traces,
 //! and the echoes it cost. Then a sweep of detection time for the plot.
 //!
-//! Writes bench/results/false_failover.csv, false_failover_sweep.csv and
-//! oracle_curve.csv. Run: cargo bench --profile release --bench false_failover
+//! Writes bench/results/false_failover.csv, false_failover_sweep.csv,
+//! oracle_curve.csv and false_failover_goals.csv. Run: cargo bench --profile release --bench false_failover
 //! (bench/run.sh does). Environment: FF_DAYS (4), FF_SWEEP_DAYS (8),
-//! FF_CUTS (300), FF_THREADS (all cores), FF_ONLY (table|sweep, or fast:
-//! the candidate sub-second settings the shipped one was chosen from).
+//! FF_GOAL_DAYS (100), FF_CUTS (300), FF_THREADS (all cores), FF_ONLY
+//! (table|sweep|goals, or fast: the candidate sub-second settings the
+//! shipped one was chosen from).
 
 #[path = "false_failover/model.rs"]
 mod model;
@@ -458,9 +459,75 @@ fn fast_variants(days: u64, cuts: u32, threads: usize) {
     }
 }
 
+/// The cells the goals name, on enough seeded days that a ratio to the
+/// oracle means something: the shipped silence settings and the round
+/// rule's default, under silent bursts and random loss.
+fn goals(days: u64, cuts: u32, threads: usize) {
+    let profiles = [
+        silence("silence default (3s)", "silence", 3000, 3),
+        silence("silence fast (300ms)", "silence", 300, 3),
+        silence("silence economy (3s, count 1)", "silence-1", 3000, 1),
+        rounds(
+            "rounds default (1s, count 3, fall 3)",
+            "rounds",
+            1000,
+            800,
+            3,
+            3,
+            2,
+        ),
+    ];
+    let models = [
+        PathModel::silent_bursts(0.5),
+        PathModel::silent_bursts(1.0),
+        PathModel::silent_bursts(2.0),
+        PathModel::iid(0.10),
+        PathModel::iid(0.20),
+        PathModel::iid(0.40),
+    ];
+    let jobs: Vec<(usize, usize)> = (0..profiles.len())
+        .flat_map(|p| (0..models.len()).map(move |m| (p, m)))
+        .collect();
+    let cells = parallel(&jobs, threads, |&(p, m)| {
+        cell(&profiles[p], &models[m], days, cuts)
+    });
+    println!("\nGoal cells, {days} seeded days each\n");
+    let mut csv = String::from("profile,model,worst_case_ms,days,false_failovers,per_day,oracle_failovers,oracle_per_day,ratio,echoes_per_s\n");
+    for (&(p, m), c) in jobs.iter().zip(&cells) {
+        println!(
+            "{:<38} {:<22} worst {:>5}ms {:>6} false ({:>8.3}/day)  ideal {:>6} ({:>8.3}/day)  ratio {:>5}  {:>5.1} echoes/s",
+            profiles[p].name,
+            models[m].name,
+            millis(c.worst),
+            c.failovers,
+            c.failovers as f64 / days as f64,
+            c.oracle,
+            c.oracle as f64 / days as f64,
+            ratio(c.failovers, c.oracle),
+            c.echoes_per_s,
+        );
+        let _ = writeln!(
+            csv,
+            "\"{}\",\"{}\",{},{days},{},{:.3},{},{:.3},{},{:.2}",
+            profiles[p].name,
+            models[m].name,
+            millis(c.worst),
+            c.failovers,
+            c.failovers as f64 / days as f64,
+            c.oracle,
+            c.oracle as f64 / days as f64,
+            ratio(c.failovers, c.oracle),
+            c.echoes_per_s,
+        );
+    }
+    std::fs::write(out("false_failover_goals.csv"), csv).expect("write the CSV");
+    println!("\nwrote {}", out("false_failover_goals.csv"));
+}
+
 fn main() {
     let days = env("FF_DAYS", 4);
     let sweep_days = env("FF_SWEEP_DAYS", 8);
+    let goal_days = env("FF_GOAL_DAYS", 100);
     let cuts = u32::try_from(env("FF_CUTS", 300)).unwrap_or(300);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = usize::try_from(env("FF_THREADS", cores as u64)).unwrap_or(1);
@@ -473,5 +540,8 @@ fn main() {
     }
     if only.is_empty() || only == "sweep" {
         sweep(sweep_days, cuts, threads);
+    }
+    if only.is_empty() || only == "goals" {
+        goals(goal_days, cuts, threads);
     }
 }

@@ -100,6 +100,13 @@ impl<P: EchoPath> SilenceProber<P> {
             .push(Box::pin(outcome.map(move |outcome| (echo, outcome))));
     }
 
+    /// Hands every echo that has finished to the detector, without waiting.
+    fn drain(&mut self, detector: &mut Detector) {
+        while let Some(Some((echo, outcome))) = self.in_flight.next().now_or_never() {
+            Self::handle(detector, echo, outcome);
+        }
+    }
+
     fn handle(detector: &mut Detector, echo: EchoId, outcome: Echo) {
         match outcome {
             Echo::Reply(rtt) => detector.reply(echo, rtt),
@@ -125,15 +132,16 @@ impl<P: EchoPath> Prober for SilenceProber<P> {
             None => Detector::new(self.config.clone(), &self.targets, start),
         };
         let now = loop {
+            // Replies already in hand first: a wake-up that came late on a
+            // busy machine must not judge an answered echo as late.
+            self.drain(&mut detector);
             let now = Instant::now();
             for echo in detector.poll(now, path) {
                 self.send(echo).await;
             }
             // Polling the set sends what was just queued, and may finish
             // echoes that failed at once.
-            while let Some(Some((echo, outcome))) = self.in_flight.next().now_or_never() {
-                Self::handle(&mut detector, echo, outcome);
-            }
+            self.drain(&mut detector);
             if (path == Via::Primary && detector.silent(now, path)) || now >= end {
                 break now;
             }
