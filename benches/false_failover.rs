@@ -18,7 +18,8 @@
 //! (bench/run.sh does). Environment: FF_DAYS (4), FF_SWEEP_DAYS (8),
 //! FF_GOAL_DAYS (100), FF_CUTS (300), FF_THREADS (all cores), FF_ONLY
 //! (table|sweep|goals, or fast: the candidate sub-second settings the
-//! shipped one was chosen from).
+//! shipped one was chosen from), FF_PROFILE and FF_MODEL (keep only the
+//! table's and goals' profiles and models whose names contain them).
 
 #[path = "false_failover/model.rs"]
 mod model;
@@ -42,6 +43,18 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Keeps the items whose names contain the value of `var` (when set), for
+/// a long run of a few cells: FF_PROFILE and FF_MODEL.
+fn keep<T>(items: Vec<T>, var: &str, name: impl Fn(&T) -> &str) -> Vec<T> {
+    match std::env::var(var) {
+        Ok(want) if !want.is_empty() => items
+            .into_iter()
+            .filter(|i| name(i).contains(&want))
+            .collect(),
+        _ => items,
+    }
 }
 
 fn ms(n: u64) -> Duration {
@@ -296,8 +309,8 @@ fn out(name: &str) -> String {
 }
 
 fn table(days: u64, cuts: u32, threads: usize) {
-    let profiles = table_profiles();
-    let models = table_models();
+    let profiles = keep(table_profiles(), "FF_PROFILE", |p| &p.name);
+    let models = keep(table_models(), "FF_MODEL", |m| &m.name);
     let jobs: Vec<(usize, usize)> = (0..profiles.len())
         .flat_map(|p| (0..models.len()).map(move |m| (p, m)))
         .collect();
@@ -463,10 +476,11 @@ fn fast_variants(days: u64, cuts: u32, threads: usize) {
 /// oracle means something: the shipped silence settings and the round
 /// rule's default, under silent bursts and random loss.
 fn goals(days: u64, cuts: u32, threads: usize) {
-    let profiles = [
+    let profiles = vec![
         silence("silence default (3s)", "silence", 3000, 3),
         silence("silence fast (300ms)", "silence", 300, 3),
         silence("silence economy (3s, count 1)", "silence-1", 3000, 1),
+        silence("silence 3s, count 4", "silence-4", 3000, 4),
         rounds(
             "rounds default (1s, count 3, fall 3)",
             "rounds",
@@ -477,7 +491,7 @@ fn goals(days: u64, cuts: u32, threads: usize) {
             2,
         ),
     ];
-    let models = [
+    let models = vec![
         PathModel::silent_bursts(0.5),
         PathModel::silent_bursts(1.0),
         PathModel::silent_bursts(2.0),
@@ -485,6 +499,8 @@ fn goals(days: u64, cuts: u32, threads: usize) {
         PathModel::iid(0.20),
         PathModel::iid(0.40),
     ];
+    let profiles = keep(profiles, "FF_PROFILE", |p| &p.name);
+    let models = keep(models, "FF_MODEL", |m| &m.name);
     let jobs: Vec<(usize, usize)> = (0..profiles.len())
         .flat_map(|p| (0..models.len()).map(move |m| (p, m)))
         .collect();

@@ -86,77 +86,89 @@ impl<P: EchoPath> SilenceProber<P> {
         }
     }
 
-    async fn send(&mut self, echo: EchoId) {
-        let target = self.targets[echo.target];
-        // Sequence numbers wrap; an echo lives far shorter than 65536 echoes.
-        let seq = echo.seq as u16;
-        // Replies count until the configured timeout; the detector's own
-        // deadline only decides when an echo is evidence of silence.
-        let outcome = self
-            .path
-            .echo(target, echo.target, seq, self.config.timeout)
-            .await;
-        self.in_flight
-            .push(Box::pin(outcome.map(move |outcome| (echo, outcome))));
-    }
-
-    /// Hands every echo that has finished to the detector, without waiting.
-    fn drain(&mut self, detector: &mut Detector) {
-        while let Some(Some((echo, outcome))) = self.in_flight.next().now_or_never() {
-            Self::handle(detector, echo, outcome);
+    fn via(&self) -> Via {
+        if self.on_primary {
+            Via::Primary
+        } else {
+            Via::Backup
         }
     }
+}
 
-    fn handle(detector: &mut Detector, echo: EchoId, outcome: Echo) {
-        match outcome {
-            Echo::Reply(rtt) => detector.reply(echo, rtt),
-            // The detector gives up on it at the same timeout.
-            Echo::Lost => {}
-            Echo::Failed(e) => detector.send_failed(echo, e, Instant::now()),
-        }
+/// Sends `echo` over `path` and keeps its outcome in `in_flight`.
+async fn send<P: EchoPath>(
+    path: &mut P,
+    in_flight: &mut FuturesUnordered<Tagged>,
+    target: IpAddr,
+    timeout: Duration,
+    echo: EchoId,
+) {
+    // Sequence numbers wrap; an echo lives far shorter than 65536 echoes.
+    let seq = echo.seq as u16;
+    // Replies count until the configured timeout; the detector's own
+    // deadline only decides when an echo is evidence of silence.
+    let outcome = path.echo(target, echo.target, seq, timeout).await;
+    in_flight.push(Box::pin(outcome.map(move |outcome| (echo, outcome))));
+}
+
+/// Hands every echo that has finished to the detector, without waiting.
+fn drain(in_flight: &mut FuturesUnordered<Tagged>, detector: &mut Detector) {
+    while let Some(Some((echo, outcome))) = in_flight.next().now_or_never() {
+        handle(detector, echo, outcome);
+    }
+}
+
+fn handle(detector: &mut Detector, echo: EchoId, outcome: Echo) {
+    match outcome {
+        Echo::Reply(rtt) => detector.reply(echo, rtt),
+        // The detector gives up on it at the same timeout.
+        Echo::Lost => {}
+        Echo::Failed(e) => detector.send_failed(echo, e, Instant::now()),
     }
 }
 
 #[async_trait]
 impl<P: EchoPath> Prober for SilenceProber<P> {
+    /// Cancel-safe: the detector and the echoes in flight live in the
+    /// prober, so a round cut short by the caller loses nothing.
     async fn round(&mut self) -> RoundReport {
         let start = Instant::now();
         let end = start + self.interval.saturating_sub(round_margin(self.interval));
-        let path = if self.on_primary {
-            Via::Primary
-        } else {
-            Via::Backup
-        };
-        let mut detector = match self.detector.take() {
-            Some(d) => d,
-            None => Detector::new(self.config.clone(), &self.targets, start),
-        };
+        let via = self.via();
+        let Self {
+            path,
+            targets,
+            config,
+            detector,
+            in_flight,
+            verdict,
+            ..
+        } = self;
+        let detector =
+            detector.get_or_insert_with(|| Detector::new(config.clone(), targets, start));
         let now = loop {
             // Replies already in hand first: a wake-up that came late on a
             // busy machine must not judge an answered echo as late.
-            self.drain(&mut detector);
+            drain(in_flight, detector);
             let now = Instant::now();
-            for echo in detector.poll(now, path) {
-                self.send(echo).await;
+            for echo in detector.poll(now, via) {
+                send(path, in_flight, targets[echo.target], config.timeout, echo).await;
             }
             // Polling the set sends what was just queued, and may finish
             // echoes that failed at once.
-            self.drain(&mut detector);
-            if (path == Via::Primary && detector.silent(now, path)) || now >= end {
+            drain(in_flight, detector);
+            if (via == Via::Primary && detector.silent(now, via)) || now >= end {
                 break now;
             }
-            let wake = detector.next_wake(path).min(end);
+            let wake = detector.next_wake(via).min(end);
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
-                Some((echo, outcome)) = self.in_flight.next() => {
-                    Self::handle(&mut detector, echo, outcome);
-                }
+                Some((echo, outcome)) = in_flight.next() => handle(detector, echo, outcome),
             }
         };
-        let (mut report, summary) = detector.close_window(now, path);
-        report.label = self.path.label();
-        self.detector = Some(detector);
-        self.verdict = Some(summary);
+        let (mut report, summary) = detector.close_window(now, via);
+        report.label = path.label();
+        *verdict = Some(summary);
         report
     }
 
@@ -168,7 +180,14 @@ impl<P: EchoPath> Prober for SilenceProber<P> {
         self.on_primary = on_primary;
     }
 
+    /// The verdict of the round just returned; after a round the caller
+    /// cut short, the detector's judgement now, never a made-up loss.
     fn verdict(&mut self) -> Option<RoundSummary> {
-        self.verdict.take()
+        let via = self.via();
+        self.verdict.take().or_else(|| {
+            self.detector
+                .as_mut()
+                .map(|d| d.close_window(Instant::now(), via).1)
+        })
     }
 }

@@ -193,6 +193,37 @@ target_eni = "eni-0123456789abcdef0"
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_round_cut_short_loses_nothing_and_reports_no_made_up_loss() {
+        let config = fast();
+        let made = Instant::now();
+        let (mut prober, handle) = prober(&config, clean(Duration::from_micros(1500)));
+        let short = Duration::from_millis(300);
+        for _ in 0..30 {
+            // As the agent's bound of one interval would, if timers ran late.
+            assert!(tokio::time::timeout(short, prober.round()).await.is_err());
+            let v = prober.verdict().expect("a verdict after a round cut short");
+            assert!(v.up && v.received == v.sent && v.sent > 0, "{v}");
+            tokio::time::sleep(config.probe.interval - short).await;
+        }
+        let cut = Instant::now();
+        handle.set("cut", move |_, at| {
+            (made + at < cut).then_some(Duration::from_micros(1500))
+        });
+        let judged = loop {
+            let _ = tokio::time::timeout(short, prober.round()).await;
+            if !prober.verdict().unwrap().up {
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < cut + Duration::from_secs(5),
+                "never judged silent"
+            );
+            tokio::time::sleep(config.probe.interval - short).await;
+        };
+        assert!(judged.duration_since(cut) >= Duration::from_millis(300 - 167));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_silent_cut_ends_the_round_within_the_worst_case_at_every_phase() {
         let config = fast();
         let cfg = config.detect.silence_config(
