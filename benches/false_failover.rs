@@ -15,7 +15,7 @@
 //!
 //! Writes bench/results/false_failover.csv, false_failover_sweep.csv,
 //! oracle_curve.csv and false_failover_goals.csv. Run: cargo bench --profile release --bench false_failover
-//! (bench/run.sh does). Environment: FF_DAYS (4), FF_SWEEP_DAYS (8),
+//! (bench/run.sh does). Environment: FF_DAYS (10), FF_SWEEP_DAYS (8),
 //! FF_GOAL_DAYS (100), FF_CUTS (300), FF_THREADS (all cores), FF_ONLY
 //! (table|sweep|goals, or fast: the candidate sub-second settings the
 //! shipped one was chosen from), FF_PROFILE and FF_MODEL (keep only the
@@ -541,7 +541,7 @@ fn goals(days: u64, cuts: u32, threads: usize) {
 }
 
 fn main() {
-    let days = env("FF_DAYS", 4);
+    let days = env("FF_DAYS", 10);
     let sweep_days = env("FF_SWEEP_DAYS", 8);
     let goal_days = env("FF_GOAL_DAYS", 100);
     let cuts = u32::try_from(env("FF_CUTS", 300)).unwrap_or(300);
