@@ -142,8 +142,15 @@ class World:
 
 
 PROFILES = {
+    # The round rule, as before issue 13.
     "fast": dict(interval="100ms", timeout="80ms", count=1, fall=3, rise=5, hold_down="1s"),
     "default": dict(interval="1s", timeout="800ms", count=3, fall=3, rise=10, hold_down="60s"),
+    # The silence detector: the shipped defaults (3 s of silence), the
+    # sub-second setting that replaces "fast", and one echo per target per
+    # second for the idle-CPU goal.
+    "silence": dict(interval="1s", timeout="800ms", count=3, fall=3, rise=10, hold_down="60s", detector="silence"),
+    "silence-fast": dict(interval="1s", timeout="800ms", count=3, fall=3, rise=5, hold_down="1s", detector="silence", silence="300ms"),
+    "silence-eco": dict(interval="1s", timeout="800ms", count=1, fall=3, rise=10, hold_down="60s", detector="silence"),
 }
 
 
@@ -158,6 +165,8 @@ targets = [{", ".join(f'"{t}"' for t in targets)}]
 interval = "{p['interval']}"
 timeout = "{p['timeout']}"
 count = {p['count']}
+{f'detector = "{p["detector"]}"' if "detector" in p else ""}
+{f'silence = "{p["silence"]}"' if "silence" in p else ""}
 
 [failover]
 fall = {p['fall']}
@@ -283,6 +292,8 @@ def latency(args, client, world, log_dir):
         # kind, stagger between cuts (s), settle before the first cut, deadline
         ("fast", 0.5, 3, 60),
         ("default", 0.5, 6, 150),
+        ("silence-fast", 0.5, 3, 60),
+        ("silence", 0.5, 6, 150),
         # The baseline forks the AWS CLI (about 0.7 s of CPU) on each
         # switch: cuts 3 s apart keep those calls from queueing on 2 cores.
         ("baseline", 3.0, 6, 150),
@@ -294,7 +305,7 @@ def latency(args, client, world, log_dir):
         over = [r.failover for r in runs if r.failover is not None]
         back = [r.failback for r in runs if r.failback is not None]
         results[kind] = {"failover": summary(over), "failback": summary(back), "missed": args.reps - len(back)}
-        print(f"  {kind:<9} failover {fmt(results[kind]['failover'])}   failback {fmt(results[kind]['failback'])}", flush=True)
+        print(f"  {kind:<12} failover {fmt(results[kind]['failover'])}   failback {fmt(results[kind]['failback'])}", flush=True)
     return results
 
 
@@ -351,13 +362,13 @@ def footprint(args, world, log_dir):
     side (each well under 1 % of a core, so they hardly disturb each other);
     the baseline's tree includes its pings. CPU comes in 10 ms ticks, hence
     the long default run."""
-    kinds = ("default", "baseline")
+    kinds = ("default", "silence", "silence-eco", "baseline")
     with side_by_side(kinds, 200, world, log_dir) as runs:
         time.sleep(5)  # past startup
         figures = sample([r.proc.pid for r in runs], args.footprint_seconds, 0.1)
     results = dict(zip(kinds, figures))
     for kind, r in results.items():
-        print(f"  {kind:<9} CPU {r['cpu_percent_of_a_core']:.3f}% of a core, peak RSS {r['peak_rss_mib']:.1f} MiB over {r['seconds']:.0f} s", flush=True)
+        print(f"  {kind:<12} CPU {r['cpu_percent_of_a_core']:.3f}% of a core, peak RSS {r['peak_rss_mib']:.1f} MiB over {r['seconds']:.0f} s", flush=True)
     # What one switch costs the baseline: one AWS CLI call.
     t0 = time.monotonic()
     r = subprocess.run(["bash", "-c", "time -p aws ec2 describe-route-tables --region us-east-1 >/dev/null"], env=ENV, capture_output=True, text=True)
@@ -445,10 +456,10 @@ def scale(args, client, world, log_dir):
 
 NOISE = [
     # (name, how to apply it, which runs)
-    ("5 % loss", lambda net: net.random_loss(5), ("default", "baseline")),
-    ("20 % loss", lambda net: net.random_loss(20), ("default", "baseline")),
-    ("jitter 100±100 ms", lambda net: net.jitter(100, 100), ("default", "fast", "baseline")),
-    ("jitter 400±300 ms", lambda net: net.jitter(400, 300), ("default", "baseline")),
+    ("5 % loss", lambda net: net.random_loss(5), ("default", "silence", "silence-fast", "baseline")),
+    ("20 % loss", lambda net: net.random_loss(20), ("default", "silence", "silence-fast", "baseline")),
+    ("jitter 100±100 ms", lambda net: net.jitter(100, 100), ("default", "fast", "silence", "silence-fast", "baseline")),
+    ("jitter 400±300 ms", lambda net: net.jitter(400, 300), ("default", "silence", "silence-fast", "baseline")),
 ]
 
 
@@ -471,7 +482,7 @@ def noise(args, client, world, log_dir):
         else:
             changes = text.count('"route changed"')
         results[f"{kind} {name}"] = {"noise": name, "run": kind, "seconds": args.noise_seconds, "route_changes": changes}
-        print(f"  {kind:<9} {name:<18} for {args.noise_seconds} s: {changes} route changes", flush=True)
+        print(f"  {kind:<12} {name:<18} for {args.noise_seconds} s: {changes} route changes", flush=True)
     return results
 
 

@@ -19,10 +19,13 @@ echo "== machine"
 echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(rustc --version)"
 
 echo
-echo "== simulated false failovers (24 h per setting)"
+echo "== simulated false failovers, next to the oracle"
 # The release profile, not `bench`: a second profile would build every dependency again.
+# 10 seeded days per cell, 8 per sweep point, 100 per goal cell (FF_* to change).
 cargo bench --quiet --profile release --bench false_failover
 bench/.venv/bin/python bench/plot.py
+# The Markdown tables of BENCHMARKS.md, from the CSVs.
+bench/.venv/bin/python bench/tables.py > bench/results/false_failover_tables.md
 
 echo
 bench/.venv/bin/python bench/failover.py "$@"

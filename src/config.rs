@@ -16,11 +16,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::detect::{DetectConfig, DetectorKind};
 use crate::fsm::Policy;
 use crate::model::ManagedRoute;
+use crate::probe::rtt::Deadline;
 use crate::probe::RoundPolicy;
 use locate::{key_line, parse_error};
-use raw::{RawAws, RawConfig, RawFailover, RawProbe, RawRoute};
+use raw::{RawAws, RawConfig, RawDetect, RawFailover, RawProbe, RawRoute};
 
 mod locate;
 mod raw;
@@ -114,6 +116,8 @@ pub struct Config {
     pub source: PathBuf,
     pub aws: AwsConfig,
     pub probe: ProbeConfig,
+    /// Which detector judges the path, and its settings.
+    pub detect: DetectConfig,
     pub policy: Policy,
     pub reconcile: ReconcileConfig,
     /// Where to serve Prometheus metrics; none when unset.
@@ -233,8 +237,10 @@ impl Config {
 
 fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let aws = validate_aws(raw.aws)?;
+    let raw_detect = RawDetect::of(&raw.probe);
     let probe = validate_probe(raw.probe)?;
     let (policy, reconcile) = validate_failover(raw.failover)?;
+    let detect = validate_detect(raw_detect, &probe, &policy)?;
     let routes = validate_routes(raw.routes)?;
     let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
     let control = validate_control(raw.control)?;
@@ -251,6 +257,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
         source: source.to_path_buf(),
         aws,
         probe,
+        detect,
         policy,
         reconcile,
         metrics_listen,
@@ -385,6 +392,72 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             min_replies: raw.min_replies,
             quorum,
         },
+    })
+}
+
+/// The detector's keys. Silence-only keys are refused with the round rule,
+/// so a setting never silently does nothing.
+fn validate_detect(
+    raw: RawDetect,
+    probe: &ProbeConfig,
+    policy: &Policy,
+) -> Result<DetectConfig, Invalid> {
+    let kind = raw.detector.unwrap_or(DetectorKind::Rounds);
+    if kind == DetectorKind::Rounds {
+        let set = [
+            ("probe.silence", raw.silence.is_some()),
+            ("probe.suspect_interval", raw.suspect_interval.is_some()),
+            ("probe.adaptive_timeout", raw.adaptive_timeout.is_some()),
+            ("probe.timeout_floor", raw.timeout_floor.is_some()),
+            ("probe.timeout_k", raw.timeout_k.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                *key,
+                "only applies with probe.detector = \"silence\"; the round rule waits the fixed timeout",
+            ));
+        }
+    }
+    let steady = probe.interval / probe.count;
+    // Unset: as long as `fall` rounds of the round rule.
+    let silence = raw.silence.unwrap_or(probe.interval * policy.fall);
+    if silence < Duration::from_millis(10) {
+        return Err(invalid("probe.silence", "must be at least 10ms"));
+    }
+    let suspect_interval = raw.suspect_interval.unwrap_or(Duration::from_millis(25));
+    if suspect_interval < Duration::from_millis(10) || suspect_interval > steady {
+        return Err(invalid(
+            "probe.suspect_interval",
+            format!(
+                "must be between 10ms and probe.interval / probe.count ({}ms): suspect probing is denser than steady probing",
+                steady.as_millis()
+            ),
+        ));
+    }
+    let floor = raw.timeout_floor.unwrap_or(Duration::from_millis(20));
+    if floor.is_zero() || floor > probe.timeout {
+        return Err(invalid(
+            "probe.timeout_floor",
+            format!(
+                "must be greater than zero and at most probe.timeout ({})",
+                humantime::format_duration(probe.timeout)
+            ),
+        ));
+    }
+    let k = raw.timeout_k.unwrap_or(4);
+    if !(1..=16).contains(&k) {
+        return Err(invalid("probe.timeout_k", "must be between 1 and 16"));
+    }
+    let deadline = if raw.adaptive_timeout.unwrap_or(true) {
+        Deadline::Adaptive { floor, k }
+    } else {
+        Deadline::Fixed
+    };
+    Ok(DetectConfig {
+        kind,
+        silence,
+        suspect_interval,
+        deadline,
     })
 }
 

@@ -10,6 +10,7 @@
 //! - [`judge`]: owns the state machine, backup health and operator mode; reports decided transitions.
 //! - [`backup`]: pure: the backup path's health from its probes, the appliance ENIs and blackholes.
 //! - [`peers`]: pure: the HA pair's rule (Backup while any live agent says so) and its tag format.
+//! - [`detect`]: the pure silence detector (suspicion probing, RTT-aware deadlines).
 //! - [`model`]: route tables and routes as the planner sees them.
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
 //! - [`cloud`]: the [`cloud::RouteApi`] trait; EC2, in-memory and dry-run backends.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod control;
 pub mod decide;
 pub mod demo;
+pub mod detect;
 pub mod events;
 pub mod fsm;
 pub mod guard;

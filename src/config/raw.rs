@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Backend;
+use crate::detect::DetectorKind;
 use crate::fsm::Failback;
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +82,40 @@ pub(super) struct RawProbe {
     #[serde(default = "default_min_replies")]
     pub(super) min_replies: u32,
     pub(super) quorum: Option<u32>,
+    // The detector's keys (src/detect.rs), checked by validate_detect.
+    pub(super) detector: Option<DetectorKind>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) silence: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) suspect_interval: Option<Duration>,
+    pub(super) adaptive_timeout: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) timeout_floor: Option<Duration>,
+    pub(super) timeout_k: Option<u32>,
+}
+
+/// The detector's keys of `[probe]`, taken apart before the rest is validated.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RawDetect {
+    pub(super) detector: Option<DetectorKind>,
+    pub(super) silence: Option<Duration>,
+    pub(super) suspect_interval: Option<Duration>,
+    pub(super) adaptive_timeout: Option<bool>,
+    pub(super) timeout_floor: Option<Duration>,
+    pub(super) timeout_k: Option<u32>,
+}
+
+impl RawDetect {
+    pub(super) fn of(raw: &RawProbe) -> Self {
+        Self {
+            detector: raw.detector,
+            silence: raw.silence,
+            suspect_interval: raw.suspect_interval,
+            adaptive_timeout: raw.adaptive_timeout,
+            timeout_floor: raw.timeout_floor,
+            timeout_k: raw.timeout_k,
+        }
+    }
 }
 
 fn default_interval() -> Duration {

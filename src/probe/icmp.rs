@@ -1,5 +1,8 @@
 //! The real prober: ICMP echo over IPv4 and IPv6 with surge-ping.
 //!
+//! [`IcmpProber`] runs the round rule's rounds; [`IcmpPath`] carries the
+//! silence detector's echoes ([`SilenceProber`]).
+//!
 //! One socket per address family, shared by every target; surge-ping's
 //! receive task hands each reply to the request waiting on its source
 //! address, identifier and sequence, so a late reply (its waiter already
@@ -16,8 +19,10 @@ use surge_ping::{
     Client, Config as PingConfig, PingIdentifier, PingSequence, Pinger, SurgeError, ICMP,
 };
 
+use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
 use super::{Prober, RoundReport, TargetReport};
 use crate::config::ProbeConfig;
+use crate::detect::DetectConfig;
 
 const PAYLOAD: &[u8] = b"route-failover probe";
 /// How much longer than the round's timeout a pinger would wait on its own.
@@ -39,32 +44,9 @@ pub struct IcmpProber {
 }
 
 impl IcmpProber {
-    /// Opens the sockets the targets need. surge-ping tries an unprivileged
-    /// ICMP datagram socket first (allowed when the process's group is in
-    /// `net.ipv4.ping_group_range`) and falls back to a raw socket, which
-    /// needs CAP_NET_RAW.
+    /// Opens the sockets the targets need (see `open_clients`).
     pub fn new(config: &ProbeConfig) -> io::Result<Self> {
-        let open = |kind: ICMP, name: &str| {
-            Client::new(&PingConfig::builder().kind(kind).build()).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot open an {name} socket: {e}; run as root, grant CAP_NET_RAW, \
-                         or allow the process's group in net.ipv4.ping_group_range"
-                    ),
-                )
-            })
-        };
-        let v4 = if config.targets.iter().any(IpAddr::is_ipv4) {
-            Some(open(ICMP::V4, "ICMPv4")?)
-        } else {
-            None
-        };
-        let v6 = if config.targets.iter().any(IpAddr::is_ipv6) {
-            Some(open(ICMP::V6, "ICMPv6")?)
-        } else {
-            None
-        };
+        let (v4, v6) = open_clients(&config.targets)?;
         Ok(Self {
             targets: config.targets.clone(),
             count: config.count,
@@ -79,11 +61,7 @@ impl IcmpProber {
     }
 
     fn client(&self, target: IpAddr) -> &Client {
-        let client = if target.is_ipv4() { &self.v4 } else { &self.v6 };
-        // new() opened a socket for every family that has a target.
-        client
-            .as_ref()
-            .expect("socket for the target's address family")
+        client_for(&self.v4, &self.v6, target)
     }
 }
 
@@ -91,11 +69,41 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The outcome of one echo: its round-trip time, or a send error worth reporting.
-enum Echo {
-    Reply(Duration),
-    Lost,
-    Failed(String),
+/// Opens one socket per address family the targets use. surge-ping tries
+/// an unprivileged ICMP datagram socket first (allowed when the process's
+/// group is in `net.ipv4.ping_group_range`) and falls back to a raw
+/// socket, which needs CAP_NET_RAW.
+fn open_clients(targets: &[IpAddr]) -> io::Result<(Option<Client>, Option<Client>)> {
+    let open = |kind: ICMP, name: &str| {
+        Client::new(&PingConfig::builder().kind(kind).build()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open an {name} socket: {e}; run as root, grant CAP_NET_RAW, \
+                     or allow the process's group in net.ipv4.ping_group_range"
+                ),
+            )
+        })
+    };
+    let v4 = if targets.iter().any(IpAddr::is_ipv4) {
+        Some(open(ICMP::V4, "ICMPv4")?)
+    } else {
+        None
+    };
+    let v6 = if targets.iter().any(IpAddr::is_ipv6) {
+        Some(open(ICMP::V6, "ICMPv6")?)
+    } else {
+        None
+    };
+    Ok((v4, v6))
+}
+
+fn client_for<'a>(v4: &'a Option<Client>, v6: &'a Option<Client>, target: IpAddr) -> &'a Client {
+    let client = if target.is_ipv4() { v4 } else { v6 };
+    // open_clients() opened a socket for every family that has a target.
+    client
+        .as_ref()
+        .expect("socket for the target's address family")
 }
 
 async fn echo(mut pinger: Pinger, seq: u16) -> Echo {
@@ -177,5 +185,55 @@ impl Prober for IcmpProber {
 
     fn describe(&self) -> String {
         format!("icmp ({} targets)", self.targets.len())
+    }
+}
+
+/// The ICMP transport for [`SilenceProber`]: one echo at a time over the
+/// shared sockets, waiting at most the configured timeout for its reply.
+pub struct IcmpPath {
+    targets: usize,
+    v4: Option<Client>,
+    v6: Option<Client>,
+    ident: PingIdentifier,
+}
+
+impl IcmpPath {
+    /// Opens the sockets the targets need (see `open_clients`).
+    pub fn new(targets: &[IpAddr]) -> io::Result<Self> {
+        let (v4, v6) = open_clients(targets)?;
+        Ok(Self {
+            targets: targets.len(),
+            v4,
+            v6,
+            ident: PingIdentifier(rand::random()),
+        })
+    }
+}
+
+#[async_trait]
+impl EchoPath for IcmpPath {
+    async fn echo(
+        &mut self,
+        target: IpAddr,
+        _index: usize,
+        seq: u16,
+        timeout: Duration,
+    ) -> InFlight {
+        let mut pinger = client_for(&self.v4, &self.v6, target)
+            .pinger(target, self.ident)
+            .await;
+        pinger.timeout(timeout);
+        Box::pin(echo(pinger, seq))
+    }
+
+    fn describe(&self) -> String {
+        format!("icmp, silence detector ({} targets)", self.targets)
+    }
+}
+
+impl SilenceProber<IcmpPath> {
+    /// The silence detector over ICMP.
+    pub fn icmp(probe: &ProbeConfig, detect: &DetectConfig) -> io::Result<Self> {
+        Ok(Self::new(probe, detect, IcmpPath::new(&probe.targets)?))
     }
 }

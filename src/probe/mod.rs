@@ -1,11 +1,19 @@
 //! Probing the primary path: the [`Prober`] trait, what one round returns,
 //! and the pure rule that turns a round into up or down.
 //!
-//! - `icmp`: the real prober, ICMP echo over IPv4 and IPv6 with surge-ping.
+//! - `icmp`: the real probers, ICMP echo over IPv4 and IPv6 with surge-ping:
+//!   rounds for the round rule, continuous probing for the silence detector.
 //! - `scripted`: a labelled synthetic source for the demo and for tests.
+//! - `rtt`: per-target RTT estimate and the adaptive echo deadline (pure).
+//! - `silence`: the async driver of the silence detector, over any `EchoPath`.
+//! - `simulated`: a synthetic `EchoPath` (delays and loss per echo) on
+//!   tokio's clock, for tests of the silence detector's driver.
 
 pub mod icmp;
+pub mod rtt;
 pub mod scripted;
+pub mod silence;
+pub mod simulated;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -73,6 +81,18 @@ pub trait Prober: Send {
 
     /// A short label for logs: "icmp" or "scripted: …".
     fn describe(&self) -> String;
+
+    /// Tells the prober whether traffic is on the primary path, before
+    /// each round. The silence detector probes densely while a path is
+    /// suspect only on the primary, and judges rounds differently on each.
+    fn set_on_primary(&mut self, _on_primary: bool) {}
+
+    /// The verdict on the round just returned, when the prober judges the
+    /// path itself (the silence detector, `crate::detect`). `None`: the
+    /// caller applies [`summarize`] to the report.
+    fn verdict(&mut self) -> Option<RoundSummary> {
+        None
+    }
 }
 
 /// When a target and a round count as down.
