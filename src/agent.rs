@@ -248,7 +248,11 @@ impl Agent {
         spec: &watch::Sender<Spec>,
         shutdown: &CancellationToken,
     ) -> Option<String> {
-        let mut judge = Judge::new(self.config.policy.clone(), None, self.operator);
+        let mut judge = Judge::new(
+            self.config.detect.fsm_policy(&self.config.policy),
+            None,
+            self.operator,
+        );
         let ticker_for = |interval| {
             let mut ticker = tokio::time::interval(interval);
             // A late round skips ticks rather than bunching rounds up.
@@ -305,7 +309,7 @@ impl Agent {
                         if config.probe.interval != self.config.probe.interval {
                             ticker = ticker_for(config.probe.interval);
                         }
-                        judge.set_policy(config.policy.clone());
+                        judge.set_policy(config.detect.fsm_policy(&config.policy));
                         let new_spec = Spec::of(&config);
                         for gone in spec.borrow().routes.iter().filter(|r| !new_spec.routes.contains(r)) {
                             warn!(route = %gone, "no longer managed: removed from its table if it is ours (ownership ledger), else left alone");
@@ -319,6 +323,7 @@ impl Agent {
                 _ = ticker.tick() => {
                     number += 1;
                     let probe = &self.config.probe;
+                    self.prober.set_on_primary(judge.path() == Via::Primary);
                     let report = match tokio::time::timeout(probe.interval, self.prober.round()).await {
                         Ok(report) => report,
                         Err(_) => {
@@ -341,7 +346,12 @@ impl Agent {
                         }
                         last_error = error;
                     }
-                    let summary = summarize(&report, probe.round);
+                    // The silence detector judges the path itself; the
+                    // round rule is applied to everyone else's report.
+                    let summary = self
+                        .prober
+                        .verdict()
+                        .unwrap_or_else(|| summarize(&report, probe.round));
                     let verdict = judge.observe(now, &summary, None);
                     debug!(round = number, up = summary.up, %summary, "round");
                     self.events.emit(Event::Round {

@@ -1,11 +1,9 @@
 //! The whole agent with the silence detector on tokio's paused clock: a
 //! jittery path (replies late but present) never fails over on the
 //! sub-second setting, a silent one does within its bound.
-//!
-//! Ignored until the agent is wired to the detector (issue 13: the agent
-//! calls `set_on_primary` before each round, observes `verdict()` when the
-//! prober gives one, and runs the fsm with `detect.fsm_policy`). Remove the
-//! `ignore` attributes with that change.
+//! The agent calls `set_on_primary` before each round, observes
+//! `verdict()` when the prober gives one, and runs the fsm with
+//! `detect.fsm_policy`; without any of the three these tests fail.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -90,7 +88,6 @@ async fn transition(run: &mut Running, within: Duration) -> Option<(Instant, Via
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the agent wired to the silence detector (issue 13)"]
 async fn a_jittery_path_never_fails_over_on_the_fast_setting() {
     let config = fast();
     let mut run = start(
@@ -102,7 +99,6 @@ async fn a_jittery_path_never_fails_over_on_the_fast_setting() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the agent wired to the silence detector (issue 13)"]
 async fn a_silent_path_fails_over_within_its_bound_at_every_phase() {
     let config = fast();
     for phase in 0..10u32 {

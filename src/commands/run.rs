@@ -15,6 +15,7 @@ use crate::cloud::dry_run::DryRun;
 use crate::cloud::RouteApi;
 use crate::config::{Config, ConfigError, EXIT_CONFIG};
 use crate::control::{self, snapshot::StatusSink};
+use crate::detect::DetectorKind;
 use crate::guard::{self, GuardError, Verdict};
 use crate::instance::Instance;
 use crate::lock::{self, AgentLocks};
@@ -22,6 +23,7 @@ use crate::metrics::{self, MetricsSink};
 use crate::model::table_ids;
 use crate::notify::{Notifier, Origin};
 use crate::probe::icmp::IcmpProber;
+use crate::probe::silence::SilenceProber;
 use crate::probe::Prober;
 use crate::reconcile::{CheckFailure, StartupCheck};
 use crate::signals;
@@ -116,11 +118,11 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
         (ledger, OperatorStore::for_config(&config.source))
     };
-    let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
+    let prober = icmp_prober(&config).context("cannot start probing")?;
     // A corrupt record stops the agent just below; the view starts empty then.
     let restored = operator.load().unwrap_or_default();
     let (status_sink, status_view) = control::snapshot::channel(&config, dry_run, restored);
-    let agent = Agent::new(config.clone(), Box::new(prober), Arc::clone(&api))
+    let agent = Agent::new(config.clone(), prober, Arc::clone(&api))
         .with_ledger(ledger)
         .with_operator_store(operator)?
         .with_startup_check(check)
@@ -215,13 +217,12 @@ async fn reload(
         new.control = running.control.clone();
     }
     run_guard(&new, api, own_subnet(&new, instance)?).await?;
-    let prober: Option<Box<dyn Prober>> = if new.probe == running.probe {
-        None
-    } else {
-        Some(Box::new(
-            IcmpProber::new(&new.probe).context("cannot probe with the new settings")?,
-        ))
-    };
+    let prober: Option<Box<dyn Prober>> =
+        if new.probe == running.probe && new.detect == running.detect {
+            None
+        } else {
+            Some(icmp_prober(&new).context("cannot probe with the new settings")?)
+        };
     // A table added by the reload is locked first, like those at startup.
     locks
         .lock()
@@ -233,4 +234,12 @@ async fn reload(
     control.reload(new.clone(), prober);
     status.set_config(&new);
     Ok(new)
+}
+
+/// The ICMP prober the configured detector needs.
+fn icmp_prober(config: &Config) -> std::io::Result<Box<dyn Prober>> {
+    Ok(match config.detect.kind {
+        DetectorKind::Rounds => Box::new(IcmpProber::new(&config.probe)?),
+        DetectorKind::Silence => Box::new(SilenceProber::icmp(&config.probe, &config.detect)?),
+    })
 }
