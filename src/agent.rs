@@ -200,7 +200,11 @@ impl Agent {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let prober = self.prober.describe();
         info!(%prober, "started: probing; the route tables are read when the EC2 API answers");
-        self.events.emit(Event::Started { prober });
+        self.events.emit(Event::Started {
+            prober,
+            operator: self.operator,
+            paused: *self.paused.borrow(),
+        });
 
         let (desired_tx, desired_rx) = watch::channel(None);
         let (spec_tx, spec_rx) = watch::channel(Spec::of(&self.config));

@@ -34,6 +34,10 @@ pub enum Event {
     /// Probing has started; the route tables may not have been read yet.
     Started {
         prober: String,
+        /// An operator's hold restored from the last run, or none.
+        operator: Operator,
+        /// A pause restored from the last run.
+        paused: bool,
     },
     /// The route tables were read and the agent took the path they show.
     Adopted {

@@ -101,7 +101,13 @@ impl Sink for MetricsSink {
 /// Updates the metrics an event speaks of, in the current recorder.
 fn record(event: &Event) {
     match event {
-        Event::Started { .. } => gauge!("route_failover_routes_converged").set(0.0),
+        Event::Started {
+            operator, paused, ..
+        } => {
+            gauge!("route_failover_routes_converged").set(0.0);
+            // A hold or pause restored from the last run shows from the start.
+            operator_gauges(*operator, *paused);
+        }
         Event::Adopted { adoption, .. } => set_path(match adoption {
             Adoption::Primary => Via::Primary,
             Adoption::Backup | Adoption::Partial { .. } => Via::Backup,
@@ -188,12 +194,7 @@ fn record(event: &Event) {
         } => {
             counter!("route_failover_operator_actions_total", "action" => action.name())
                 .increment(1);
-            for p in [Via::Primary, Via::Backup] {
-                let held = *operator == Operator::Hold(p);
-                gauge!("route_failover_operator_hold", "path" => path_label(p))
-                    .set(f64::from(u8::from(held)));
-            }
-            gauge!("route_failover_paused").set(f64::from(u8::from(*paused)));
+            operator_gauges(*operator, *paused);
         }
         Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
     }
@@ -228,4 +229,13 @@ pub fn notify_failed(kind: &'static str, hook: &str, n: u64) {
         counter!("route_failover_notify_failures_total", "kind" => kind, "hook" => hook.to_string())
             .increment(n);
     }
+}
+
+fn operator_gauges(operator: Operator, paused: bool) {
+    for p in [Via::Primary, Via::Backup] {
+        let held = operator == Operator::Hold(p);
+        gauge!("route_failover_operator_hold", "path" => path_label(p))
+            .set(f64::from(u8::from(held)));
+    }
+    gauge!("route_failover_paused").set(f64::from(u8::from(paused)));
 }

@@ -84,6 +84,8 @@ fn representative_events() -> Vec<Event> {
     vec![
         Event::Started {
             prober: "icmp".into(),
+            operator: Operator::Auto,
+            paused: false,
         },
         Event::Adopted {
             adoption: Adoption::Primary,
@@ -548,5 +550,25 @@ fn the_dashboard_queries_only_exported_metrics_and_shows_them_all() {
             shown.contains(name),
             "the dashboard shows nothing of {name}"
         );
+    }
+}
+
+#[test]
+fn a_hold_and_pause_restored_at_start_show_in_the_metrics_at_once() {
+    let text = route_failover::metrics::render(
+        &[Event::Started {
+            prober: "icmp".into(),
+            operator: Operator::Hold(Via::Backup),
+            paused: true,
+        }],
+        &[],
+    )
+    .unwrap();
+    for line in [
+        "route_failover_paused 1",
+        "route_failover_operator_hold{path=\"backup\"} 1",
+        "route_failover_operator_hold{path=\"primary\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }
 }

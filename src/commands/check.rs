@@ -103,13 +103,16 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         let Some(route) = config.routes.iter().find(|r| &r.route_table_id == id) else {
             continue;
         };
-        let mut actions = vec![Action::Create(route.clone()), Action::Delete(route.clone())];
-        if config.reconcile.takeover {
-            actions.push(Action::Replace {
+        // ReplaceRoute always: besides takeover, it retargets our route
+        // when the VPN ENI is replaced and restores a taken-over route.
+        let actions = [
+            Action::Create(route.clone()),
+            Action::Delete(route.clone()),
+            Action::Replace {
                 route: route.clone(),
                 replacing: Target::Other("-".into()),
-            });
-        }
+            },
+        ];
         for action in actions {
             match api.is_permitted(&action).await {
                 Ok(Some(true)) => println!("✓ IAM allows {} on {id}", action.op()),

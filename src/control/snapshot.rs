@@ -206,7 +206,7 @@ impl Board {
 
     fn record(&mut self, event: &Event, now: Instant, wall: SystemTime) {
         match event {
-            Event::Started { prober } => self.prober.clone_from(prober),
+            Event::Started { prober, .. } => self.prober.clone_from(prober),
             Event::Adopted { adoption, .. } => {
                 self.adoption = Some(*adoption);
                 self.path = Some(match adoption {
