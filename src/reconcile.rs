@@ -508,9 +508,11 @@ impl Reconciler {
         }
         let api = &self.api;
         let stop = &self.stop;
+        let paused = &self.paused;
         let results: Vec<(Action, Result<Outcome, CloudError>, Duration)> = stream::iter(ready)
-            // Checked as each call is about to start: none starts once stopped.
-            .take_while(|_| std::future::ready(!stop.is_cancelled()))
+            // Checked as each call is about to start: none starts once
+            // stopped or paused by an operator.
+            .take_while(|_| std::future::ready(!stop.is_cancelled() && !*paused.borrow()))
             .map(|action| async move {
                 let started = Instant::now();
                 let result = execute(api.as_ref(), &action).await;
@@ -556,6 +558,10 @@ impl Reconciler {
         }
         if self.stop.is_cancelled() {
             return Err(Pass::Stopped);
+        }
+        if failed.is_none() && *self.paused.borrow() {
+            // The next pass reads the tables and says what it would do.
+            return Err(Pass::Superseded);
         }
         match failed {
             Some((kind, why)) => Err(Pass::Failed { kind, why }),

@@ -452,3 +452,29 @@ async fn a_foreign_route_swapped_in_before_our_delete_is_left_alone() {
     assert!(our_routes(&world.tables()).is_empty());
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_in_the_middle_of_a_pass_starts_no_new_call() {
+    let config = wide_config();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let api = Arc::new(Knobs::new(world.clone()).slow_writes(secs(2)));
+    let mut h = Harness::start(&config, api.clone(), Reply::None);
+    h.transition(Via::Backup, secs(10)).await;
+    h.run_for(std::time::Duration::from_millis(500)).await;
+    let in_flight = api.writes_started();
+    assert!(in_flight > 0 && in_flight < 20, "{in_flight} calls started");
+    let answer = h
+        .control
+        .operate(route_failover::agent::OperatorAction::Pause, None)
+        .await;
+    assert!(answer.is_some_and(|a| a.starts_with("paused")));
+    h.run_for(secs(30)).await;
+    assert_eq!(
+        api.writes_started(),
+        in_flight,
+        "a call started after the pause"
+    );
+    // The calls in flight finished; nothing else changed.
+    assert_eq!(our_routes(&world.tables()).len(), in_flight);
+    h.stop().await;
+}
