@@ -40,6 +40,13 @@ pub enum AgentError {
     Reconciler(String),
 }
 
+/// Why the probe loop ended.
+enum Ended {
+    Shutdown,
+    Refused(String),
+    ReconcilerDied(String),
+}
+
 /// What an operator can ask of a running agent (`route-failover ctl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -219,22 +226,43 @@ impl Agent {
             self.startup_check.take(),
             self.paused.subscribe(),
         );
-        let mut reconciler = tokio::spawn(reconciler.run(desired_rx, adopted_tx));
+        // None once the probe loop has seen it end.
+        let mut reconciler = Some(tokio::spawn(reconciler.run(desired_rx, adopted_tx)));
 
-        let refused = self
-            .probe_loop(adopted_rx, &desired_tx, &spec_tx, &shutdown)
-            .await;
+        let refused = match self
+            .probe_loop(
+                adopted_rx,
+                &desired_tx,
+                &spec_tx,
+                &shutdown,
+                &mut reconciler,
+            )
+            .await
+        {
+            Ended::Shutdown => None,
+            Ended::Refused(why) => Some(why),
+            Ended::ReconcilerDied(why) => {
+                // Probing on while nothing acts would look healthy and be
+                // useless: exit, so that systemd restarts the whole agent.
+                error!(error = %why, "the reconciler task died; exiting so that systemd restarts the agent; routes left as they are");
+                crate::systemd::stopping();
+                return Err(AgentError::Reconciler(why));
+            }
+        };
 
         crate::systemd::stopping();
         stop_reconciler.cancel();
-        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut reconciler).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AgentError::Reconciler(e.to_string())),
-            Err(_) => {
-                reconciler.abort();
-                warn!("an API call was still in flight after {SHUTDOWN_GRACE:?}; abandoned it");
-                Ok(())
-            }
+        let result = match reconciler.as_mut() {
+            None => Ok(()),
+            Some(handle) => match tokio::time::timeout(SHUTDOWN_GRACE, &mut *handle).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(AgentError::Reconciler(e.to_string())),
+                Err(_) => {
+                    handle.abort();
+                    warn!("an API call was still in flight after {SHUTDOWN_GRACE:?}; abandoned it");
+                    Ok(())
+                }
+            },
         };
         info!("stopped; routes left as they are");
         match refused {
@@ -243,15 +271,16 @@ impl Agent {
         }
     }
 
-    /// Probes until shutdown; returns why it stopped early when a startup
-    /// check refused.
+    /// Probes until shutdown, a startup check refuses, or the reconciler
+    /// task dies.
     async fn probe_loop(
         &mut self,
         mut adopted: oneshot::Receiver<Result<Adopted, String>>,
         desired: &watch::Sender<Desired>,
         spec: &watch::Sender<Spec>,
         shutdown: &CancellationToken,
-    ) -> Option<String> {
+        reconciler: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Ended {
         let mut judge = Judge::new(
             self.config.detect.fsm_policy(&self.config.policy),
             None,
@@ -271,14 +300,22 @@ impl Agent {
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return None,
+                () = shutdown.cancelled() => return Ended::Shutdown,
+                // It returns by itself only after a refusal, which `adopted`
+                // carries; anything else is a panic.
+                ended = async { reconciler.as_mut().expect("guarded").await }, if reconciler.is_some() => {
+                    *reconciler = None;
+                    if let Err(died) = ended {
+                        return Ended::ReconcilerDied(died.to_string());
+                    }
+                }
                 found = &mut adopted, if adopting => {
                     adopting = false;
                     let found = match found {
                         Ok(Ok(found)) => found,
                         Ok(Err(refusal)) => {
                             error!(error = %refusal, "refusing to manage the routes");
-                            return Some(refusal);
+                            return Ended::Refused(refusal);
                         }
                         // The reconciler stopped first: so are we.
                         Err(_) => continue,

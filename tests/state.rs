@@ -478,3 +478,21 @@ async fn a_pause_in_the_middle_of_a_pass_starts_no_new_call() {
     assert_eq!(our_routes(&world.tables()).len(), in_flight);
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_reconciler_ends_the_agent_instead_of_probing_on_uselessly() {
+    let config = config();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = reads.clone();
+    // A bug in the reconciler, simulated: its second read panics.
+    let api = Arc::new(Knobs::new(world.clone()).before_read(move |_, _| {
+        if r.fetch_add(1, Ordering::SeqCst) == 1 {
+            panic!("a bug in the reconciler");
+        }
+    }));
+    let h = Harness::start(&config, api, Reply::All);
+    let error = h.stop_with_error().await;
+    assert!(error.contains("reconciler task failed"), "{error}");
+    assert!(our_routes(&world.tables()).is_empty(), "routes touched");
+}
