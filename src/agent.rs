@@ -281,11 +281,7 @@ impl Agent {
         shutdown: &CancellationToken,
         reconciler: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> Ended {
-        let mut judge = Judge::new(
-            self.config.detect.fsm_policy(&self.config.policy),
-            None,
-            self.operator,
-        );
+        let mut judge = Judge::new(self.fsm_policy(), None, self.operator);
         let ticker_for = |interval| {
             let mut ticker = tokio::time::interval(interval);
             // A late round skips ticks rather than bunching rounds up.
@@ -350,13 +346,13 @@ impl Agent {
                         if config.probe.interval != self.config.probe.interval {
                             ticker = ticker_for(config.probe.interval);
                         }
-                        judge.set_policy(config.detect.fsm_policy(&config.policy));
                         let new_spec = Spec::of(&config);
                         for gone in spec.borrow().routes.iter().filter(|r| !new_spec.routes.contains(r)) {
                             warn!(route = %gone, "no longer managed: removed from its table if it is ours (ownership ledger), else left alone");
                         }
                         spec.send_replace(new_spec);
                         self.config = *config;
+                        judge.set_policy(self.fsm_policy());
                         info!(config = %self.config.source.display(), "configuration reloaded");
                         self.events.emit(Event::Reloaded);
                     }
@@ -409,6 +405,16 @@ impl Agent {
                     self.after(&judge, verdict, desired, true);
                 }
             }
+        }
+    }
+
+    /// The state machine's policy: the config's, with `fall = 1` when the
+    /// prober judges the path itself (the silence detector).
+    fn fsm_policy(&self) -> crate::fsm::Policy {
+        if self.prober.judges_path() {
+            self.config.detect.fsm_policy(&self.config.policy)
+        } else {
+            self.config.policy.clone()
         }
     }
 

@@ -437,3 +437,22 @@ async fn an_overrun_round_is_judged_by_the_replies_it_got() {
     h.transition(Via::Backup, secs(15)).await;
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_prober_that_does_not_judge_the_path_keeps_fall_rounds_under_the_silence_detector() {
+    let mut config = config();
+    // The silence detector's fall = 1 is for its own verdicts only; a
+    // prober whose rounds the round rule judges keeps the config's fall.
+    config.detect.kind = route_failover::detect::DetectorKind::Silence;
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start(&config, api.clone(), Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set("DX cut", Reply::None);
+    let failover = h.transition(Via::Backup, secs(10)).await;
+    assert!(
+        matches!(failover.reason, Reason::Fall { rounds: 3, .. }),
+        "{:?}",
+        failover.reason
+    );
+    h.stop().await;
+}

@@ -93,6 +93,12 @@ pub trait Prober: Send {
     fn verdict(&mut self) -> Option<RoundSummary> {
         None
     }
+
+    /// Whether [`Prober::verdict`] judges the path (then one down verdict
+    /// is a decided failure: the state machine runs with `fall = 1`).
+    fn judges_path(&self) -> bool {
+        false
+    }
 }
 
 /// When a target and a round count as down.

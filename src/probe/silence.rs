@@ -176,6 +176,10 @@ impl<P: EchoPath> Prober for SilenceProber<P> {
         self.path.describe()
     }
 
+    fn judges_path(&self) -> bool {
+        true
+    }
+
     fn set_on_primary(&mut self, on_primary: bool) {
         self.on_primary = on_primary;
     }
