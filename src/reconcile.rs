@@ -486,25 +486,18 @@ impl Reconciler {
     /// once stopped. `Err` carries how the pass ends.
     async fn act(&mut self, path: Via, actions: Vec<Action>) -> Result<(), Pass> {
         let mut failed: Option<(ErrorKind, String)> = None;
-        let mut ready = Vec::with_capacity(actions.len());
         let recheck = self.recheck_removals(&actions).await?;
-        for action in actions {
-            if action.removes_ours() && !recheck.contains(&action) {
-                continue;
-            }
-            let recorded = match &action {
-                Action::Create(r) | Action::Retarget { route: r, .. } => self.ledger.will_create(r),
-                Action::Replace { route, replacing } => self.ledger.will_replace(route, replacing),
-                Action::Delete(_) | Action::Restore { .. } => Ok(()),
-            };
-            match recorded {
-                Ok(()) => ready.push(action),
-                Err(e) => {
-                    // Never make a route we could not remember making.
-                    error!(error = %e, action = %action, "not calling: cannot record ownership first");
-                    failed.get_or_insert((ErrorKind::Other, e.to_string()));
-                }
-            }
+        let mut ready: Vec<Action> = actions
+            .into_iter()
+            .filter(|a| !a.removes_ours() || recheck.contains(a))
+            .collect();
+        // One synced write for the whole pass, not one per route: the
+        // runtime that probes waits on it.
+        if let Err(e) = self.ledger.will_apply(&ready) {
+            // Never make a route we could not remember making.
+            error!(error = %e, "not creating: cannot record ownership first");
+            failed = Some((ErrorKind::Other, e.to_string()));
+            ready.retain(Action::removes_ours);
         }
         let api = &self.api;
         let stop = &self.stop;
@@ -528,6 +521,7 @@ impl Reconciler {
             self.intend(path, &actions, "dry run");
             return Ok(());
         }
+        let mut gone = Vec::new();
         for (action, result, latency) in results {
             match &result {
                 Ok(outcome) => {
@@ -540,9 +534,7 @@ impl Reconciler {
                     );
                     if action.removes_ours() {
                         let r = action.route();
-                        if let Err(e) = self.ledger.forget(&r.route_table_id, r.destination) {
-                            error!(error = %e, "cannot update the ownership ledger");
-                        }
+                        gone.push((r.route_table_id.clone(), r.destination));
                     }
                 }
                 Err(e) => {
@@ -555,6 +547,9 @@ impl Reconciler {
                 result,
                 latency,
             });
+        }
+        if let Err(e) = self.ledger.forget_all(&gone) {
+            error!(error = %e, "cannot update the ownership ledger");
         }
         if self.stop.is_cancelled() {
             return Err(Pass::Stopped);

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::Operator;
-use crate::model::{ManagedRoute, RouteTable, Target};
+use crate::model::{Action, ManagedRoute, RouteTable, Target};
 
 /// The ledger's on-disk format version.
 const VERSION: u32 = 1;
@@ -240,7 +240,7 @@ impl Ledger {
 
     /// Records that we are about to create (or retarget) `route`.
     pub fn will_create(&mut self, route: &ManagedRoute) -> Result<(), StateError> {
-        self.update(|r| r.insert_created(route))
+        self.will_apply(&[Action::Create(route.clone())])
     }
 
     /// Records that we are about to replace a foreign route whose target is `original`.
@@ -249,15 +249,34 @@ impl Ledger {
         route: &ManagedRoute,
         original: &Target,
     ) -> Result<(), StateError> {
+        self.will_apply(&[Action::Replace {
+            route: route.clone(),
+            replacing: original.clone(),
+        }])
+    }
+
+    /// Records, in one write, every route the actions are about to make
+    /// ours (creates, retargets, takeovers); removals need no record first.
+    pub fn will_apply(&mut self, actions: &[Action]) -> Result<(), StateError> {
         self.update(|r| {
-            r.insert_replaced(route, original);
-            r.insert_created(route);
+            for action in actions {
+                match action {
+                    Action::Create(route) | Action::Retarget { route, .. } => {
+                        r.insert_created(route);
+                    }
+                    Action::Replace { route, replacing } => {
+                        r.insert_replaced(route, replacing);
+                        r.insert_created(route);
+                    }
+                    Action::Delete(_) | Action::Restore { .. } => {}
+                }
+            }
         })
     }
 
     /// Forgets the slot: our route there is gone (deleted, or restored to its owner).
     pub fn forget(&mut self, table: &str, destination: IpNet) -> Result<(), StateError> {
-        self.update(|r| r.remove(table, destination))
+        self.forget_all(&[(table.to_string(), destination)])
     }
 
     /// Forgets several slots at once.

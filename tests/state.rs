@@ -496,3 +496,31 @@ async fn a_dead_reconciler_ends_the_agent_instead_of_probing_on_uselessly() {
     assert!(error.contains("reconciler task failed"), "{error}");
     assert!(our_routes(&world.tables()).is_empty(), "routes touched");
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_route_is_created_that_the_ledger_could_not_record() {
+    let config = config();
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let ledger = Ledger::open(&state.join("routes.json")).unwrap();
+    // The state directory turns into a file under the running agent: no
+    // write can succeed there, even as root.
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, b"").unwrap();
+    let mut h = Harness::start_with(&config, api.clone(), Reply::None, |a| a.with_ledger(ledger));
+    h.transition(Via::Backup, secs(10)).await;
+    h.wait_for(
+        "diverged",
+        secs(10),
+        |e| matches!(e, Event::Diverged { why, .. } if why.contains("routes.json")),
+    )
+    .await;
+    assert!(
+        api.mutating_calls().is_empty(),
+        "{:?}",
+        api.mutating_calls()
+    );
+    h.stop().await;
+}
