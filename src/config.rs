@@ -424,7 +424,11 @@ fn validate_detect(
     if silence < Duration::from_millis(10) {
         return Err(invalid("probe.silence", "must be at least 10ms"));
     }
-    let suspect_interval = raw.suspect_interval.unwrap_or(Duration::from_millis(25));
+    // Unset defaults never make a valid [probe] invalid: they give way
+    // to short intervals and timeouts.
+    let suspect_interval = raw
+        .suspect_interval
+        .unwrap_or(Duration::from_millis(25).min(steady));
     if suspect_interval < Duration::from_millis(10) || suspect_interval > steady {
         return Err(invalid(
             "probe.suspect_interval",
@@ -434,7 +438,9 @@ fn validate_detect(
             ),
         ));
     }
-    let floor = raw.timeout_floor.unwrap_or(Duration::from_millis(20));
+    let floor = raw
+        .timeout_floor
+        .unwrap_or(Duration::from_millis(20).min(probe.timeout));
     if floor.is_zero() || floor > probe.timeout {
         return Err(invalid(
             "probe.timeout_floor",

@@ -121,3 +121,23 @@ fn out_of_range_values_name_the_key_and_line() {
     assert!(e.starts_with("/etc/route-failover/test.toml:4:"), "{e}");
     assert!(e.contains("rounds") && e.contains("silence"), "{e}");
 }
+
+#[test]
+fn unset_detector_defaults_give_way_to_short_intervals_and_timeouts() {
+    let c = parse(&with_probe(
+        "detector = \"silence\"\ninterval = \"50ms\"\ntimeout = \"15ms\"\ncount = 3",
+    ))
+    .unwrap();
+    // Steady probing every 16 ms per target: suspicion cannot be sparser.
+    assert_eq!(c.detect.suspect_interval, Duration::from_nanos(16_666_666));
+    assert_eq!(
+        c.detect.deadline,
+        Deadline::Adaptive {
+            floor: Duration::from_millis(15),
+            k: 4
+        }
+    );
+    // Set explicitly, the same values are still refused with the key named.
+    let e = error("detector = \"silence\"\ninterval = \"50ms\"\ntimeout = \"15ms\"\ncount = 3\nsuspect_interval = \"25ms\"");
+    assert!(e.contains("probe.suspect_interval"), "{e}");
+}
