@@ -210,6 +210,18 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                 writeln!(out, "{}  api error {op}: {error}", stamp(now))?;
             }
             Event::Overran => writeln!(out, "{}  round overran its interval", stamp(now))?,
+            Event::BackupRound {
+                summary: s, state, ..
+            } => writeln!(
+                out,
+                "{}            backup {:<4}  {:<40} backup {state}",
+                stamp(now),
+                if s.up { "up" } else { "DOWN" },
+                s.to_string()
+            )?,
+            Event::ApplianceChecked(appliance) => {
+                writeln!(out, "{}  appliance {appliance}", stamp(now))?;
+            }
             Event::Reloaded => writeln!(out, "{}  configuration reloaded", stamp(now))?,
             Event::Alarms(alarms) => {
                 let text = if alarms.both_down {

@@ -116,7 +116,8 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
         (ledger, OperatorStore::for_config(&config.source))
     };
-    let prober = IcmpProber::new(&config.probe).context("cannot start probing")?;
+    let prober = IcmpProber::with_backup(&config.probe, config.backup.as_ref())
+        .context("cannot start probing")?;
     // A corrupt record stops the agent just below; the view starts empty then.
     let restored = operator.load().unwrap_or_default();
     let (status_sink, status_view) = control::snapshot::channel(&config, dry_run, restored);
@@ -215,13 +216,21 @@ async fn reload(
         new.control = running.control.clone();
     }
     run_guard(&new, api, own_subnet(&new, instance)?).await?;
-    let prober: Option<Box<dyn Prober>> = if new.probe == running.probe {
-        None
-    } else {
-        Some(Box::new(
-            IcmpProber::new(&new.probe).context("cannot probe with the new settings")?,
-        ))
+    // What the prober's sockets and rounds are made of; fall/rise are the judge's.
+    let same_targets = |c: &Config| {
+        c.backup
+            .as_ref()
+            .map(|b| (b.targets.clone(), b.count, b.timeout, b.source))
     };
+    let prober: Option<Box<dyn Prober>> =
+        if new.probe == running.probe && same_targets(&new) == same_targets(running) {
+            None
+        } else {
+            Some(Box::new(
+                IcmpProber::with_backup(&new.probe, new.backup.as_ref())
+                    .context("cannot probe with the new settings")?,
+            ))
+        };
     // A table added by the reload is locked first, like those at startup.
     locks
         .lock()

@@ -264,6 +264,8 @@ impl Board {
                 ))
             }
             Event::RouteChange { .. } | Event::Settled { .. } | Event::Reloaded => {}
+            // Shown by the status view from the next commit on.
+            Event::BackupRound { .. } | Event::ApplianceChecked(_) => {}
             Event::ApiError { op, error } => {
                 self.api_error = Some(Stamped::new(now, wall, ((*op).to_string(), error.clone())));
             }
@@ -640,6 +642,7 @@ target_eni = "eni-0123456789abcdef0"
                     error: Some("network unreachable".into()),
                 },
             ],
+            backup: Vec::new(),
             label: None,
         };
         Event::Round {
