@@ -260,3 +260,14 @@ fn the_silence_detector_may_still_watch_the_appliance() {
     let c = parse(&with_backup("detector = \"silence\"", "")).unwrap();
     assert!(c.backup.is_some_and(|b| b.targets.is_empty()));
 }
+
+#[test]
+fn the_example_watches_the_appliance_and_holds_failovers_onto_a_dead_one() {
+    let c = parse(include_str!("../config.example.toml")).expect("the example is valid");
+    let b = c.backup.expect("the example has [backup]");
+    // No placeholder targets: an address nobody edited would hold every failover.
+    assert!(b.targets.is_empty());
+    assert!(b.required);
+    assert_eq!((b.fall, b.rise), (3, 3));
+    assert!(c.reconcile.failback_requires_dx_route);
+}
