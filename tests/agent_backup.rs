@@ -377,3 +377,31 @@ async fn one_describe_per_resync_covers_every_eni() {
     assert_eq!(describes, 4);
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_adds_the_section_checks_the_appliance_at_once() {
+    let config = config();
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start(&config, api.clone(), Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    api.detach_network_interface(ENI).unwrap();
+    h.run_for(secs(5)).await;
+    assert!(alarms(&h.events).is_empty(), "nothing watched yet");
+
+    // [backup] with the ENI check alone: checked right after the reload,
+    // not a resync later.
+    h.control.reload(config_backup(""), None);
+    h.wait_for("no redundancy", secs(2), raised("no_redundancy"))
+        .await;
+    h.script.set("DX cut", Reply::None);
+    h.run_for(secs(10)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over onto a dead ENI"
+    );
+
+    // And a reload that drops it again lets the failover go ahead.
+    h.control.reload(config, None);
+    h.transition(Via::Backup, secs(2)).await;
+    h.stop().await;
+}
