@@ -365,6 +365,7 @@ impl Agent {
                     let error = report
                         .targets
                         .iter()
+                        .chain(&report.backup)
                         .find_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)));
                     if error != last_error {
                         match &error {
@@ -393,11 +394,11 @@ impl Agent {
                         path: judge.path(),
                         standing: judge.standing(now),
                     });
-                    if let Some((summary, policy)) = backup {
-                        debug!(round = number, up = summary.up, %summary, "backup round");
+                    if let Some((backup_summary, policy)) = backup {
+                        debug!(round = number, up = backup_summary.up, summary = %backup_summary, "backup round");
                         self.events.emit(Event::BackupRound {
                             number,
-                            summary,
+                            summary: backup_summary,
                             targets: report.backup,
                             policy,
                             state: judge.backup(),
