@@ -634,7 +634,10 @@ fn validate_detect(
         return Err(invalid("probe.silence", "must be at least 10ms"));
     }
     let suspect_interval = raw.suspect_interval.unwrap_or(Duration::from_millis(25));
-    if suspect_interval < Duration::from_millis(10) || suspect_interval > steady {
+    // The round rule never uses these: their defaults must not refuse a
+    // short interval or timeout that the round rule accepts.
+    let silence_mode = kind == DetectorKind::Silence;
+    if silence_mode && (suspect_interval < Duration::from_millis(10) || suspect_interval > steady) {
         return Err(invalid(
             "probe.suspect_interval",
             format!(
@@ -644,7 +647,7 @@ fn validate_detect(
         ));
     }
     let floor = raw.timeout_floor.unwrap_or(Duration::from_millis(20));
-    if floor.is_zero() || floor > probe.timeout {
+    if silence_mode && (floor.is_zero() || floor > probe.timeout) {
         return Err(invalid(
             "probe.timeout_floor",
             format!(
