@@ -17,13 +17,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::backup::{Appliance, BackupFact};
 use crate::cloud::RouteApi;
-use crate::config::Config;
+use crate::config::{BackupConfig, Config};
 use crate::decide::{Alarms, Operator};
 use crate::events::{Event, Events, Sink};
 use crate::fsm::Via;
 use crate::judge::{Judge, Verdict};
-use crate::probe::{summarize, Prober, RoundReport, RoundSummary, TargetReport};
+use crate::probe::{summarize, summarize_targets, Prober, RoundReport, RoundSummary, TargetReport};
 use crate::reconcile::{Adopted, Desired, Reconciler, Spec, StartupCheck};
 use crate::state::{Ledger, OperatorRecord, OperatorStore, StateError};
 
@@ -216,6 +217,7 @@ impl Agent {
         let (desired_tx, desired_rx) = watch::channel(None);
         let (spec_tx, spec_rx) = watch::channel(Spec::of(&self.config));
         let (adopted_tx, adopted_rx) = oneshot::channel();
+        let (facts_tx, facts_rx) = mpsc::unbounded_channel();
         let stop_reconciler = CancellationToken::new();
         let reconciler = Reconciler::new(
             Arc::clone(&self.api),
@@ -225,13 +227,15 @@ impl Agent {
             stop_reconciler.clone(),
             self.startup_check.take(),
             self.paused.subscribe(),
-        );
+        )
+        .with_facts(facts_tx);
         // None once the probe loop has seen it end.
         let mut reconciler = Some(tokio::spawn(reconciler.run(desired_rx, adopted_tx)));
 
         let refused = match self
             .probe_loop(
                 adopted_rx,
+                facts_rx,
                 &desired_tx,
                 &spec_tx,
                 &shutdown,
@@ -276,12 +280,17 @@ impl Agent {
     async fn probe_loop(
         &mut self,
         mut adopted: oneshot::Receiver<Result<Adopted, String>>,
+        mut facts: mpsc::UnboundedReceiver<BackupFact>,
         desired: &watch::Sender<Desired>,
         spec: &watch::Sender<Spec>,
         shutdown: &CancellationToken,
         reconciler: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> Ended {
-        let mut judge = Judge::new(self.fsm_policy(), None, self.operator);
+        let mut judge = Judge::new(
+            self.fsm_policy(),
+            self.config.backup.as_ref().map(BackupConfig::policy),
+            self.operator,
+        );
         let ticker_for = |interval| {
             let mut ticker = tokio::time::interval(interval);
             // A late round skips ticks rather than bunching rounds up.
@@ -329,6 +338,23 @@ impl Agent {
                     });
                     self.after(&judge, verdict, desired, number > 0);
                 }
+                Some(fact) = facts.recv() => {
+                    let now = Instant::now();
+                    let verdict = match fact {
+                        BackupFact::Appliance(appliance) => {
+                            if judge.backup_health().is_some_and(|h| *h.appliance() != appliance) {
+                                match &appliance {
+                                    Appliance::Failed(_) => warn!(%appliance, "appliance check failed: the backup path is down"),
+                                    _ => info!(%appliance, "appliance check"),
+                                }
+                            }
+                            self.events.emit(Event::ApplianceChecked(appliance.clone()));
+                            judge.set_appliance(now, appliance)
+                        }
+                        BackupFact::Blackholes(n) => judge.set_blackholes(now, n),
+                    };
+                    self.after(&judge, verdict, desired, number > 0);
+                }
                 Some(request) = self.requests.recv() => match request {
                     Request::Failback => {
                         info!("operator asked for failback");
@@ -345,6 +371,13 @@ impl Agent {
                         }
                         if config.probe.interval != self.config.probe.interval {
                             ticker = ticker_for(config.probe.interval);
+                        }
+                        if config.backup != self.config.backup {
+                            let verdict = judge.set_backup_policy(
+                                config.backup.as_ref().map(BackupConfig::policy),
+                                Instant::now(),
+                            );
+                            self.after(&judge, verdict, desired, number > 0);
                         }
                         let new_spec = Spec::of(&config);
                         for gone in spec.borrow().routes.iter().filter(|r| !new_spec.routes.contains(r)) {
@@ -366,15 +399,16 @@ impl Agent {
                         Err(_) => {
                             self.events.emit(Event::Overran);
                             // Judged by the replies it did get, like any round.
-                            self.prober
-                                .salvage()
-                                .unwrap_or_else(|| overran(&probe.targets, probe.count))
+                            self.prober.salvage().unwrap_or_else(|| {
+                                overran(&probe.targets, probe.count, self.config.backup.as_ref())
+                            })
                         }
                     };
                     let now = Instant::now();
                     let error = report
                         .targets
                         .iter()
+                        .chain(&report.backup)
                         .find_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)));
                     if error != last_error {
                         match &error {
@@ -389,7 +423,14 @@ impl Agent {
                         .prober
                         .verdict()
                         .unwrap_or_else(|| summarize(&report, probe.round));
-                    let verdict = judge.observe(now, &summary, None);
+                    // The backup group, when probed, by its own round rule.
+                    let backup = self
+                        .config
+                        .backup
+                        .as_ref()
+                        .filter(|b| !b.targets.is_empty())
+                        .map(|b| (summarize_targets(&report.backup, b.round), b.round));
+                    let verdict = judge.observe(now, &summary, backup.as_ref().map(|(s, _)| s.up));
                     debug!(round = number, up = summary.up, %summary, "round");
                     self.events.emit(Event::Round {
                         number,
@@ -401,6 +442,16 @@ impl Agent {
                         path: judge.path(),
                         standing: judge.standing(now),
                     });
+                    if let Some((backup_summary, policy)) = backup {
+                        debug!(round = number, up = backup_summary.up, summary = %backup_summary, "backup round");
+                        self.events.emit(Event::BackupRound {
+                            number,
+                            summary: backup_summary,
+                            targets: report.backup,
+                            policy,
+                            state: judge.backup(),
+                        });
+                    }
                     last_summary = Some(summary);
                     self.after(&judge, verdict, desired, true);
                 }
@@ -564,9 +615,9 @@ fn report_alarms(alarms: Alarms, judge: &Judge) {
 
 /// A round that did not finish in its interval and whose prober kept
 /// nothing of it: no reply is known to have come.
-fn overran(targets: &[std::net::IpAddr], count: u32) -> RoundReport {
-    RoundReport {
-        targets: targets
+fn overran(targets: &[std::net::IpAddr], count: u32, backup: Option<&BackupConfig>) -> RoundReport {
+    let lost = |targets: &[std::net::IpAddr], count: u32| {
+        targets
             .iter()
             .map(|&target| TargetReport {
                 target,
@@ -574,7 +625,11 @@ fn overran(targets: &[std::net::IpAddr], count: u32) -> RoundReport {
                 rtts: Vec::new(),
                 error: Some("round overran its interval".to_string()),
             })
-            .collect(),
+            .collect()
+    };
+    RoundReport {
+        targets: lost(targets, count),
+        backup: backup.map_or_else(Vec::new, |b| lost(&b.targets, b.count)),
         label: None,
     }
 }

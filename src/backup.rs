@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use crate::cloud::{EniStatus, NetworkInterface};
 use crate::decide::BackupState;
 
 /// What the appliance check found for one ENI.
@@ -41,6 +42,65 @@ pub enum Appliance {
     Unknown,
     Ok,
     Failed(Vec<(String, EniProblem)>),
+}
+
+impl fmt::Display for Appliance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Appliance::Unknown => f.write_str("not checked yet"),
+            Appliance::Ok => f.write_str("ok"),
+            Appliance::Failed(problems) => {
+                for (i, (eni, problem)) in problems.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{eni} {problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the reconciler learns of the backup and sends to the probe loop,
+/// whose judge decides: data flows one way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupFact {
+    /// One DescribeNetworkInterfaces for every target ENI, judged.
+    Appliance(Appliance),
+    /// How many of our routes the tables show as blackhole.
+    Blackholes(usize),
+}
+
+/// Judges the appliance's ENIs as EC2 described them: each of `wanted`
+/// must exist, be `in-use` and attached, with source/destination check
+/// off. Every problem is listed, ENI by ENI.
+pub fn check_appliance(wanted: &[String], found: &[NetworkInterface]) -> Appliance {
+    let mut problems = Vec::new();
+    for id in wanted {
+        let Some(eni) = found.iter().find(|n| &n.id == id) else {
+            problems.push((id.clone(), EniProblem::Missing));
+            continue;
+        };
+        if eni.status != EniStatus::InUse {
+            problems.push((
+                id.clone(),
+                EniProblem::NotInUse {
+                    status: eni.status.to_string(),
+                },
+            ));
+        } else if !eni.attached {
+            problems.push((id.clone(), EniProblem::NotAttached));
+        }
+        if eni.source_dest_check {
+            problems.push((id.clone(), EniProblem::SourceDestCheck));
+        }
+    }
+    if problems.is_empty() {
+        Appliance::Ok
+    } else {
+        Appliance::Failed(problems)
+    }
 }
 
 /// Backup health, as the agent tracks it.
@@ -185,6 +245,54 @@ mod tests {
         assert_eq!(h.verdict(), BackupState::Down);
         h.set_blackholes(0);
         assert_eq!(h.verdict(), BackupState::Up);
+    }
+
+    fn eni(id: &str, status: EniStatus, attached: bool, check: bool) -> NetworkInterface {
+        NetworkInterface {
+            id: id.to_string(),
+            subnet_id: None,
+            status,
+            attached,
+            source_dest_check: check,
+        }
+    }
+
+    #[test]
+    fn the_appliance_check_names_every_problem() {
+        let (a, b, c) = (
+            "eni-0aaaaaaaaaaaaaaa0".to_string(),
+            "eni-0bbbbbbbbbbbbbbb0".to_string(),
+            "eni-0ccccccccccccccc0".to_string(),
+        );
+        let good = eni(&a, EniStatus::InUse, true, false);
+        assert_eq!(
+            check_appliance(std::slice::from_ref(&a), std::slice::from_ref(&good)),
+            Appliance::Ok
+        );
+        let found = [
+            good,
+            eni(&b, EniStatus::Available, false, true),
+            eni(&c, EniStatus::InUse, false, false),
+        ];
+        let wanted = [a, b.clone(), c.clone(), "eni-0ddddddddddddddd0".to_string()];
+        let got = check_appliance(&wanted, &found);
+        assert_eq!(
+            got,
+            Appliance::Failed(vec![
+                (
+                    b.clone(),
+                    EniProblem::NotInUse {
+                        status: "available".into()
+                    }
+                ),
+                (b, EniProblem::SourceDestCheck),
+                (c, EniProblem::NotAttached),
+                ("eni-0ddddddddddddddd0".into(), EniProblem::Missing),
+            ])
+        );
+        assert!(got
+            .to_string()
+            .contains("eni-0ddddddddddddddd0 does not exist"));
     }
 
     proptest! {

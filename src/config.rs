@@ -22,7 +22,7 @@ use crate::model::ManagedRoute;
 use crate::probe::rtt::Deadline;
 use crate::probe::RoundPolicy;
 use locate::{key_line, parse_error};
-use raw::{RawAws, RawConfig, RawDetect, RawFailover, RawProbe, RawRoute};
+use raw::{RawAws, RawBackup, RawConfig, RawDetect, RawFailover, RawProbe, RawRoute};
 
 mod locate;
 mod raw;
@@ -101,6 +101,43 @@ impl ProbeConfig {
     }
 }
 
+/// `[backup]`: how the backup path (the VPN appliance and its tunnel) is
+/// watched. Its targets are probed in the same rounds as the primary's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// Reached over the VPN; empty: the appliance check alone decides.
+    pub targets: Vec<IpAddr>,
+    pub count: u32,
+    pub timeout: Duration,
+    pub round: RoundPolicy,
+    /// Consecutive down rounds before the backup counts as down.
+    pub fall: u32,
+    /// Consecutive up rounds before it counts as up again.
+    pub rise: u32,
+    /// A backup known down holds a failover (else: alarms only).
+    pub required: bool,
+    /// The address backup probes are sent from (a second interface).
+    pub source: Option<IpAddr>,
+}
+
+impl BackupConfig {
+    /// Gap between the echoes of one backup target, so that the last
+    /// echo's timeout ends inside the round's `interval`.
+    pub fn spacing(&self, interval: Duration) -> Duration {
+        interval.saturating_sub(self.timeout) / self.count
+    }
+
+    /// What the judge needs of it.
+    pub fn policy(&self) -> crate::judge::BackupPolicy {
+        crate::judge::BackupPolicy {
+            fall: self.fall,
+            rise: self.rise,
+            probed: !self.targets.is_empty(),
+            required: self.required,
+        }
+    }
+}
+
 /// Reconciliation settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileConfig {
@@ -126,6 +163,8 @@ pub struct Config {
     pub routes: Vec<ManagedRoute>,
     /// `[[notify]]` hooks told of transitions, pinning, findings and operator actions.
     pub notify: Vec<crate::notify::HookConfig>,
+    /// `[backup]`; `None`: the backup path is not watched and never holds a failover.
+    pub backup: Option<BackupConfig>,
 }
 
 /// Why a configuration was refused.
@@ -241,6 +280,10 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let probe = validate_probe(raw.probe)?;
     let (policy, reconcile) = validate_failover(raw.failover)?;
     let detect = validate_detect(raw_detect, &probe, &policy)?;
+    let backup = match raw.backup {
+        None => None,
+        Some(b) => Some(validate_backup(b, &probe, detect.kind)?),
+    };
     let routes = validate_routes(raw.routes)?;
     let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
     let control = validate_control(raw.control)?;
@@ -264,6 +307,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
         control,
         routes,
         notify,
+        backup,
     })
 }
 
@@ -395,6 +439,171 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
     })
 }
 
+/// `[backup]`, with the same rigour as `[probe]`: the round keys default
+/// to `[probe]`'s and must fit in its interval, since both groups are
+/// probed in the same round.
+fn validate_backup(
+    raw: RawBackup,
+    probe: &ProbeConfig,
+    detector: DetectorKind,
+) -> Result<BackupConfig, Invalid> {
+    if raw.fall < 1 {
+        return Err(invalid("backup.fall", "must be at least 1"));
+    }
+    if raw.rise < 1 {
+        return Err(invalid("backup.rise", "must be at least 1"));
+    }
+    if raw.targets.is_empty() {
+        // Without targets only the appliance check runs: a round key
+        // would silently do nothing.
+        let set = [
+            ("backup.count", raw.count.is_some()),
+            ("backup.timeout", raw.timeout.is_some()),
+            ("backup.min_replies", raw.min_replies.is_some()),
+            ("backup.quorum", raw.quorum.is_some()),
+            ("backup.source", raw.source.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                *key,
+                "only applies with backup.targets (addresses reached over the VPN); without \
+                 them the appliance check alone watches the backup",
+            ));
+        }
+    } else if detector == DetectorKind::Silence {
+        return Err(invalid(
+            "backup.targets",
+            "cannot be probed with probe.detector = \"silence\" (it has no rounds to carry \
+             them): use the round rule, or leave backup.targets out and let the appliance \
+             check alone watch the backup",
+        ));
+    }
+    let source = match &raw.source {
+        None => None,
+        Some(text) => {
+            let addr: IpAddr = text.parse().map_err(|_| {
+                invalid(
+                    "backup.source",
+                    format!("{text:?} is not an IPv4 or IPv6 address of this instance"),
+                )
+            })?;
+            if addr.is_unspecified() || addr.is_multicast() {
+                return Err(invalid(
+                    "backup.source",
+                    format!(
+                        "{addr} cannot be a source: use a unicast address of one of this \
+                         instance's interfaces (say, the second ENI's private address)"
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+    };
+    let mut targets = Vec::with_capacity(raw.targets.len());
+    for (i, text) in raw.targets.iter().enumerate() {
+        let key = format!("backup.targets[{i}]");
+        let addr: IpAddr = text
+            .parse()
+            .map_err(|_| invalid(&key, format!("{text:?} is not an IPv4 or IPv6 address")))?;
+        if let Some(why) = unprobeable_over_vpn(addr) {
+            return Err(invalid(&key, format!("{addr} cannot be probed: {why}")));
+        }
+        if targets.contains(&addr) {
+            return Err(invalid(&key, format!("{addr} is listed twice")));
+        }
+        if probe.targets.contains(&addr) {
+            return Err(invalid(
+                &key,
+                format!(
+                    "{addr} is also in probe.targets: one address takes one path from this \
+                     instance, so it cannot test both DX and the VPN; probe the appliance's \
+                     tunnel-inside address, or an on-premises host the utility subnet's table \
+                     sends via the appliance ENI (a /32 route)"
+                ),
+            ));
+        }
+        if let Some(source) = source {
+            if source.is_ipv4() != addr.is_ipv4() {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{addr} cannot be reached from backup.source {source}: they are of \
+                         different address families"
+                    ),
+                ));
+            }
+        }
+        targets.push(addr);
+    }
+    let count = raw.count.unwrap_or(probe.count);
+    if !(1..=100).contains(&count) {
+        return Err(invalid("backup.count", "must be between 1 and 100"));
+    }
+    let timeout = raw.timeout.unwrap_or(probe.timeout);
+    if timeout.is_zero() {
+        return Err(invalid("backup.timeout", "must be greater than zero"));
+    }
+    // Both groups share the round: the same margin as probe.timeout.
+    let longest = probe.interval - probe.interval / limits::MARGIN_DIVISOR;
+    if timeout > longest {
+        return Err(invalid(
+            "backup.timeout",
+            format!(
+                "{} leaves less than 10 % of probe.interval ({}) free: at most {}; backup \
+                 targets are probed in the same rounds as the primary's",
+                show(timeout),
+                show(probe.interval),
+                show(longest)
+            ),
+        ));
+    }
+    let min_replies = raw.min_replies.unwrap_or(1);
+    if min_replies < 1 || min_replies > count {
+        return Err(invalid(
+            "backup.min_replies",
+            format!("must be between 1 and backup.count ({count})"),
+        ));
+    }
+    let total = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+    let quorum = raw.quorum.unwrap_or(total);
+    if !targets.is_empty() && (quorum < 1 || quorum > total) {
+        return Err(invalid(
+            "backup.quorum",
+            format!("must be between 1 and the number of backup targets ({total})"),
+        ));
+    }
+    Ok(BackupConfig {
+        targets,
+        count,
+        timeout,
+        round: RoundPolicy {
+            min_replies,
+            quorum,
+        },
+        fall: raw.fall,
+        rise: raw.rise,
+        required: raw.required,
+        source,
+    })
+}
+
+/// Why `addr` cannot be a backup target, if it cannot. Link-local is
+/// refused: a VPC route table cannot send it to the appliance.
+fn unprobeable_over_vpn(addr: IpAddr) -> Option<String> {
+    let link_local = match addr {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    if link_local {
+        return Some(
+            "it is link-local: a VPC route table cannot send it to the appliance; give the \
+             tunnel a routable inside address, or probe an on-premises host"
+                .to_string(),
+        );
+    }
+    unprobeable(addr)
+}
+
 /// The detector's keys. Silence-only keys are refused with the round rule,
 /// so a setting never silently does nothing.
 fn validate_detect(
@@ -425,11 +634,12 @@ fn validate_detect(
         return Err(invalid("probe.silence", "must be at least 10ms"));
     }
     // Unset defaults never make a valid [probe] invalid: they give way
-    // to short intervals and timeouts.
+    // to short intervals and timeouts. The round rule never uses them.
     let suspect_interval = raw
         .suspect_interval
         .unwrap_or(Duration::from_millis(25).min(steady));
-    if suspect_interval < Duration::from_millis(10) || suspect_interval > steady {
+    let silence_mode = kind == DetectorKind::Silence;
+    if silence_mode && (suspect_interval < Duration::from_millis(10) || suspect_interval > steady) {
         return Err(invalid(
             "probe.suspect_interval",
             format!(
@@ -441,7 +651,7 @@ fn validate_detect(
     let floor = raw
         .timeout_floor
         .unwrap_or(Duration::from_millis(20).min(probe.timeout));
-    if floor.is_zero() || floor > probe.timeout {
+    if silence_mode && (floor.is_zero() || floor > probe.timeout) {
         return Err(invalid(
             "probe.timeout_floor",
             format!(

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::cloud::dry_run::aws_cli;
-use crate::cloud::memory::MemoryRouteApi;
+use crate::cloud::memory::{MemoryRouteApi, SEED_VGW};
 use crate::config::Config;
 use crate::events::{Event, Outcome};
 use crate::fsm::Via;
 use crate::model::{Origin, RouteTable};
+use crate::plan::Finding;
 use crate::probe::scripted::{Phase, Reply, ScriptedProber};
 
 /// The demo's configuration, embedded in the binary.
@@ -28,7 +29,9 @@ pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 const DEADLINE: Duration = Duration::from_secs(25);
 
 /// The story: a short loss burst that must not fail over, a real cut that
-/// must, a recovery interrupted by one bad round, then a clean recovery.
+/// must — but only once the VPN answers, for it is down when DX is cut —
+/// a recovery interrupted by one bad round, then a clean recovery whose
+/// failback waits for the DX route to come back.
 fn script() -> Vec<Phase> {
     vec![
         Phase::new("DX healthy", 6, Reply::All),
@@ -50,6 +53,20 @@ fn script() -> Vec<Phase> {
     ]
 }
 
+/// The VPN's side of the story, round by round beside [`script`]: it
+/// fails three rounds before DX is cut and returns six rounds into the cut.
+fn backup_script() -> Vec<Phase> {
+    vec![
+        Phase::new("VPN up", 12, Reply::All),
+        Phase::new("VPN DOWN: tunnel lost", 9, Reply::None),
+        Phase::new("VPN up", 1, Reply::All),
+    ]
+}
+
+/// Rounds the demo waits, after the failback guard holds, before BGP
+/// advertises the DX routes again.
+const BGP_RETURNS_AFTER: u32 = 8;
+
 /// What the demo saw, for its closing lines and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DemoSummary {
@@ -58,6 +75,10 @@ pub struct DemoSummary {
     pub failbacks: u32,
     pub route_calls: usize,
     pub repaired_drift: bool,
+    /// DX failed while the VPN was down: the failover was held, the alarm raised.
+    pub held_failover: bool,
+    /// The failback was held while no DX route was left in the tables.
+    pub held_failback: bool,
 }
 
 /// Runs the demo, writing its timeline to `out`.
@@ -67,6 +88,11 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
     let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
     let (prober, _) =
         ScriptedProber::new(config.probe.targets.clone(), config.probe.count, script());
+    let backup = config
+        .backup
+        .as_ref()
+        .context("the embedded demo config has no [backup]")?;
+    let prober = prober.with_backup(backup.targets.clone(), backup.count, backup_script());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let agent = Agent::new(config.clone(), Box::new(prober), api.clone()).with_events(tx);
     let shutdown = CancellationToken::new();
@@ -100,6 +126,10 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
     let stamp = |at: Instant| format!("t=+{:>5.2}s", at.duration_since(start).as_secs_f64());
     let mut summary = DemoSummary::default();
     let mut broke_by_hand = false;
+    let mut bgp_withdrawn = false;
+    let mut bgp_returns_in: Option<u32> = None;
+    let mut last_backup: Option<(bool, crate::decide::BackupState)> = None;
+    let mut last_appliance = None;
     let deadline = tokio::time::sleep(DEADLINE);
     tokio::pin!(deadline);
     let finished = loop {
@@ -131,6 +161,20 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                 ..
             } => {
                 summary.rounds = number;
+                if let Some(left) = bgp_returns_in.as_mut() {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        bgp_returns_in = None;
+                        for r in &config.routes {
+                            let _ = api.propagate(&r.route_table_id, r.destination, SEED_VGW);
+                        }
+                        writeln!(
+                            out,
+                            "{}  !!! simulated BGP: the DX routes are propagated again",
+                            stamp(now)
+                        )?;
+                    }
+                }
                 writeln!(
                     out,
                     "{}  round {number:>2}  {:<4}  {:<40} path {path:<7}  [{}]",
@@ -145,6 +189,19 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                     summary.failovers += 1;
                 } else {
                     summary.failbacks += 1;
+                }
+                if t.to == Via::Backup && !bgp_withdrawn {
+                    // DX is cut: BGP withdraws its routes, and (to show the
+                    // guard) they stay away after DX answers again.
+                    bgp_withdrawn = true;
+                    for r in &config.routes {
+                        let _ = api.withdraw_propagated(&r.route_table_id, r.destination);
+                    }
+                    writeln!(
+                        out,
+                        "{}  !!! simulated BGP: the DX routes are withdrawn and will stay away past the failback",
+                        stamp(now)
+                    )?;
                 }
                 writeln!(
                     out,
@@ -204,14 +261,44 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
                     break true;
                 }
             }
-            Event::Finding(finding) => writeln!(out, "{}  note     {finding}", stamp(now))?,
+            Event::Finding(finding) => {
+                if matches!(finding, Finding::FailbackHeld { .. }) && !summary.held_failback {
+                    summary.held_failback = true;
+                    bgp_returns_in = Some(BGP_RETURNS_AFTER);
+                }
+                writeln!(out, "{}  note     {finding}", stamp(now))?;
+            }
             Event::Pinned(pinned) => writeln!(out, "{}  flap damping pinned={pinned}", stamp(now))?,
             Event::ApiError { op, error } => {
                 writeln!(out, "{}  api error {op}: {error}", stamp(now))?;
             }
             Event::Overran => writeln!(out, "{}  round overran its interval", stamp(now))?,
+            Event::BackupRound {
+                summary: s, state, ..
+            } => {
+                // Only when it changes: one line per round is enough.
+                if last_backup != Some((s.up, state)) {
+                    last_backup = Some((s.up, state));
+                    writeln!(
+                        out,
+                        "{}            backup round {:<4}  {:<32} backup path {state}",
+                        stamp(now),
+                        if s.up { "up" } else { "DOWN" },
+                        s.to_string()
+                    )?;
+                }
+            }
+            Event::ApplianceChecked(appliance) => {
+                if last_appliance.as_ref() != Some(&appliance) {
+                    writeln!(out, "{}  appliance ENI check: {appliance}", stamp(now))?;
+                    last_appliance = Some(appliance);
+                }
+            }
             Event::Reloaded => writeln!(out, "{}  configuration reloaded", stamp(now))?,
             Event::Alarms(alarms) => {
+                if alarms.both_down && summary.failovers == 0 {
+                    summary.held_failover = true;
+                }
                 let text = if alarms.both_down {
                     "ALARM both paths down: DX is down and so is the VPN; staying put"
                 } else if alarms.no_redundancy {
@@ -248,17 +335,28 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
     }
     writeln!(
         out,
-        "\n{} rounds, {} failover(s), {} failback(s), {} route calls, drift repaired: {}",
+        "\n{} rounds, {} failover(s), {} failback(s), {} route calls, drift repaired: {}, \
+         failover held while the VPN was down: {}, failback held while no DX route was left: {}",
         summary.rounds,
         summary.failovers,
         summary.failbacks,
         summary.route_calls,
-        if summary.repaired_drift { "yes" } else { "no" }
+        yes(summary.repaired_drift),
+        yes(summary.held_failover),
+        yes(summary.held_failback)
     )?;
     if !finished {
         bail!("the demo did not finish within {DEADLINE:?}");
     }
     Ok(summary)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 fn print_table(out: &mut impl Write, table: &RouteTable) -> std::io::Result<()> {

@@ -430,6 +430,7 @@ impl Detector {
             .collect();
         let report = RoundReport {
             targets,
+            backup: Vec::new(),
             label: None,
         };
         let mut summary = summarize(&report, self.config.round);

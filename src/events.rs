@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::OperatorAction;
+use crate::backup::Appliance;
 use crate::cloud::CloudError;
 use crate::decide::{Alarms, BackupState, Operator};
 use crate::fsm::{Phase, Reason, Transition, Via};
@@ -61,6 +62,17 @@ pub enum Event {
         path: Via,
         standing: Standing,
     },
+    /// The backup group of a round (`[backup] targets`), right after its
+    /// [`Event::Round`]; `state` is the backup's health after it.
+    BackupRound {
+        number: u64,
+        summary: RoundSummary,
+        targets: Vec<TargetReport>,
+        policy: RoundPolicy,
+        state: BackupState,
+    },
+    /// The appliance ENIs were checked (every resync, with `[backup]`).
+    ApplianceChecked(Appliance),
     /// A round did not finish within its interval; it counted as down.
     Overran,
     Transition(Transition),

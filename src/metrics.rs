@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::decide::Operator;
+use crate::backup::Appliance;
+use crate::decide::{BackupState, Operator};
 use crate::events::{Event, Outcome, Sink};
 use crate::fsm::Via;
 use crate::model::Adoption;
@@ -81,6 +82,28 @@ fn set_path(path: Via) {
     }
 }
 
+/// `route_failover_backup_up`: 1 up, 0 known down; unset while unknown
+/// (or with no `[backup]`), so that an alert on `== 0` means known down.
+/// `route_failover_backup_state` says which, unknown included.
+fn set_backup_state(state: BackupState) {
+    if state == BackupState::Unwatched {
+        return;
+    }
+    match state {
+        BackupState::Up => gauge!("route_failover_backup_up").set(1.0),
+        BackupState::Down => gauge!("route_failover_backup_up").set(0.0),
+        BackupState::Unknown | BackupState::Unwatched => {}
+    }
+    for (s, label) in [
+        (BackupState::Up, "up"),
+        (BackupState::Down, "down"),
+        (BackupState::Unknown, "unknown"),
+    ] {
+        gauge!("route_failover_backup_state", "state" => label)
+            .set(f64::from(u8::from(s == state)));
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,8 +139,10 @@ fn record(event: &Event) {
             summary,
             targets,
             policy,
+            standing,
             ..
         } => {
+            set_backup_state(standing.backup);
             gauge!("route_failover_round_up").set(f64::from(u8::from(summary.up)));
             counter!("route_failover_rounds_total", "result" => if summary.up { "up" } else { "down" })
                 .increment(1);
@@ -138,6 +163,27 @@ fn record(event: &Event) {
                 }
             }
         }
+        Event::BackupRound {
+            summary,
+            targets,
+            policy,
+            state,
+            ..
+        } => {
+            set_backup_state(*state);
+            gauge!("route_failover_backup_round_up").set(f64::from(u8::from(summary.up)));
+            for t in targets {
+                let target = t.target.to_string();
+                gauge!("route_failover_backup_probe_success", "target" => target.clone())
+                    .set(f64::from(u8::from(t.is_up(*policy))));
+                gauge!("route_failover_backup_probe_loss_ratio", "target" => target).set(t.loss());
+            }
+        }
+        Event::ApplianceChecked(appliance) => match appliance {
+            Appliance::Ok => gauge!("route_failover_appliance_ok").set(1.0),
+            Appliance::Failed(_) => gauge!("route_failover_appliance_ok").set(0.0),
+            Appliance::Unknown => {}
+        },
         Event::Overran => counter!("route_failover_rounds_overrun_total").increment(1),
         Event::Transition(t) => {
             set_path(t.to);

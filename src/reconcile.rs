@@ -21,17 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backoff::backoff;
+use crate::backup::{check_appliance, BackupFact};
 use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
 use crate::events::{Event, Events, Outcome};
 use crate::fsm::Via;
-use crate::model::{table_ids, Action, Adoption, ManagedRoute, RouteTable};
+use crate::model::{eni_ids, table_ids, Action, Adoption, ManagedRoute, RouteTable};
 use crate::plan::{self, Finding, Inputs, Plan, Status};
 use crate::state::Ledger;
 
@@ -80,6 +81,8 @@ pub(crate) struct Spec {
     pub(crate) routes: Vec<ManagedRoute>,
     pub(crate) table_ids: BTreeSet<String>,
     pub(crate) settings: ReconcileConfig,
+    /// The appliance ENIs to check on every resync; empty without `[backup]`.
+    pub(crate) appliance_enis: Vec<String>,
 }
 
 impl Spec {
@@ -88,6 +91,11 @@ impl Spec {
             routes: config.routes.clone(),
             table_ids: table_ids(&config.routes).into_iter().collect(),
             settings: config.reconcile.clone(),
+            appliance_enis: if config.backup.is_some() {
+                eni_ids(&config.routes)
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -142,6 +150,14 @@ pub(crate) struct Reconciler {
     reported: HashSet<String>,
     /// When the transition now being converged happened.
     transition_at: Option<Instant>,
+    /// Where the backup facts (appliance check, blackholes) go: the probe loop.
+    facts: Option<mpsc::UnboundedSender<BackupFact>>,
+    /// When the appliance was last checked; `None`: at the next chance.
+    appliance_checked: Option<Instant>,
+    /// Whether the last appliance check failed to run (logged once).
+    appliance_unread: bool,
+    /// The blackhole count last sent.
+    blackholes: Option<usize>,
 }
 
 impl Reconciler {
@@ -165,6 +181,76 @@ impl Reconciler {
             intended: Vec::new(),
             reported: HashSet::new(),
             transition_at: None,
+            facts: None,
+            appliance_checked: None,
+            appliance_unread: false,
+            blackholes: None,
+        }
+    }
+
+    /// Sends what it learns of the backup (appliance check, blackholed
+    /// routes) to `facts`, for the probe loop's judge to decide on.
+    pub(crate) fn with_facts(mut self, facts: mpsc::UnboundedSender<BackupFact>) -> Self {
+        self.facts = Some(facts);
+        self
+    }
+
+    fn send_fact(&self, fact: BackupFact) {
+        if let Some(tx) = &self.facts {
+            // The probe loop stopped first: nobody left to tell.
+            let _ = tx.send(fact);
+        }
+    }
+
+    /// Checks the appliance ENIs with one DescribeNetworkInterfaces, once
+    /// per resync. A failed call keeps the last verdict: the API being
+    /// unreachable says nothing about the appliance.
+    async fn check_appliance(&mut self, spec: &Spec) {
+        if spec.appliance_enis.is_empty() || self.facts.is_none() {
+            return;
+        }
+        let resync = spec.settings.resync_interval;
+        if self.appliance_checked.is_some_and(|t| t.elapsed() < resync) {
+            return;
+        }
+        self.appliance_checked = Some(Instant::now());
+        match self
+            .api
+            .describe_network_interfaces(&spec.appliance_enis)
+            .await
+        {
+            Ok(found) => {
+                if self.appliance_unread {
+                    info!("the appliance ENIs can be read again");
+                    self.appliance_unread = false;
+                }
+                self.send_fact(BackupFact::Appliance(check_appliance(
+                    &spec.appliance_enis,
+                    &found,
+                )));
+            }
+            Err(e) => {
+                if !self.appliance_unread {
+                    warn!(error = %e, "cannot check the appliance ENIs; keeping the last verdict, retrying every resync");
+                    self.appliance_unread = true;
+                }
+                self.events.emit(Event::ApiError {
+                    op: "DescribeNetworkInterfaces",
+                    error: e,
+                });
+            }
+        }
+    }
+
+    /// Sends how many of our routes are blackholes, when that changed.
+    fn count_blackholes(&mut self, findings: &[Finding]) {
+        let n = findings
+            .iter()
+            .filter(|f| matches!(f, Finding::Blackhole { .. }))
+            .count();
+        if self.blackholes != Some(n) {
+            self.blackholes = Some(n);
+            self.send_fact(BackupFact::Blackholes(n));
         }
     }
 
@@ -204,7 +290,8 @@ impl Reconciler {
         let mut converged_on = None;
         loop {
             let wanted = *desired.borrow_and_update();
-            let resync = self.spec.borrow_and_update().settings.resync_interval;
+            let spec = self.spec.borrow_and_update().clone();
+            let resync = spec.settings.resync_interval;
             let wait = match wanted {
                 // No evidence yet: no route changes.
                 None => resync,
@@ -250,6 +337,8 @@ impl Reconciler {
                     }
                 }
             };
+            // After the pass, so a failover's calls never wait for it.
+            self.check_appliance(&spec).await;
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 changed = desired.changed() => if changed.is_err() { return },
@@ -259,6 +348,7 @@ impl Reconciler {
                     }
                     // New routes to converge: say so again once they are.
                     converged_on = None;
+                    self.appliance_checked = None;
                 }
                 changed = self.paused.changed() => {
                     if changed.is_err() {
@@ -424,6 +514,7 @@ impl Reconciler {
                 &observed,
             );
             self.report(&plan.findings);
+            self.count_blackholes(&plan.findings);
             if *self.paused.borrow() {
                 self.intend(path, &plan.actions, "paused");
                 return Pass::Paused;

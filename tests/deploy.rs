@@ -109,6 +109,22 @@ fn representative_events() -> Vec<Event> {
                 },
             ],
         ),
+        Event::BackupRound {
+            number: 1,
+            summary: RoundSummary::synthetic(true),
+            targets: vec![TargetReport {
+                target: "172.31.255.1".parse().unwrap(),
+                sent: 3,
+                rtts: vec![Duration::from_millis(9)],
+                error: None,
+            }],
+            policy: RoundPolicy {
+                min_replies: 1,
+                quorum: 1,
+            },
+            state: BackupState::Up,
+        },
+        Event::ApplianceChecked(route_failover::backup::Appliance::Ok),
         Event::Overran,
         Event::Transition(Transition {
             from: Via::Primary,

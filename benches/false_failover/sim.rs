@@ -167,6 +167,7 @@ impl Profile {
             let summary = summarize(
                 &RoundReport {
                     targets,
+                    backup: Vec::new(),
                     label: None,
                 },
                 round_policy,

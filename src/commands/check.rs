@@ -6,8 +6,64 @@ use super::{connect, own_subnet};
 use crate::config::Config;
 use crate::fsm::Via;
 use crate::guard::{self, Verdict};
+use crate::model::RouteTable;
 use crate::model::{eni_ids, table_ids, Action, Target};
 use crate::plan;
+
+/// What watches the backup path, and how.
+fn print_backup(config: &Config) {
+    let Some(b) = &config.backup else {
+        println!(
+            "! no [backup] section: failover is not gated on the backup path (a dead VPN appliance would still receive the traffic)"
+        );
+        return;
+    };
+    let gate = if b.required {
+        "a backup known down holds the failover"
+    } else {
+        "required = false: alarms only, never holds a failover"
+    };
+    if b.targets.is_empty() {
+        println!("✓ backup: the appliance ENI check alone (no targets); {gate}");
+        return;
+    }
+    let targets: Vec<String> = b.targets.iter().map(ToString::to_string).collect();
+    println!(
+        "✓ backup: probing {} over the VPN{}, {} echoes per round, down after {} rounds, up after {}; {gate}",
+        targets.join(", "),
+        b.source
+            .map_or_else(String::new, |s| format!(" from {s}")),
+        b.count,
+        b.fall,
+        b.rise
+    );
+}
+
+/// Each failback guard: whether deleting our route would leave a DX route.
+fn print_guards(config: &Config, observed: &[RouteTable]) {
+    if !config.reconcile.failback_requires_dx_route {
+        println!(
+            "! failback guard off (failover.failback_requires_dx_route = false): failback deletes our routes even with no DX route left"
+        );
+        return;
+    }
+    for r in &config.routes {
+        let Some(table) = observed.iter().find(|t| t.id == r.route_table_id) else {
+            continue;
+        };
+        if plan::has_dx_route(table, r.destination) {
+            println!(
+                "✓ failback guard: {} in {} has a DX route to fall back to",
+                r.destination, r.route_table_id
+            );
+        } else {
+            println!(
+                "! failback guard: {} in {} has no DX route (propagated from the VGW, or static to a vgw-): a failback now would be held",
+                r.destination, r.route_table_id
+            );
+        }
+    }
+}
 
 /// Preflight rows: ✓ passed, ✗ failed (with the fix), ! worth knowing.
 pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
@@ -20,6 +76,7 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         config.routes.len(),
         tables.len()
     );
+    print_backup(config);
     if offline {
         return Ok(ExitCode::SUCCESS);
     }
@@ -90,8 +147,20 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
                         "✗ network interface {id} has source/destination check enabled: the VPN appliance cannot forward\n    \
                          fix: aws ec2 modify-network-interface-attribute --network-interface-id {id} --no-source-dest-check"
                     )),
+                    Some(n) if !n.is_forwarding_target() => println!(
+                        "! network interface {id} is {}{}: a route to it is a blackhole; {}",
+                        n.status,
+                        if n.attached { "" } else { ", not attached" },
+                        if config.backup.is_some() {
+                            "the agent holds any failover onto it ([backup]) until it is in-use and attached"
+                        } else {
+                            "a failover now would blackhole production (add [backup] to hold failovers onto it)"
+                        }
+                    ),
                     Some(_) => {
-                        println!("✓ network interface {id} exists, source/destination check off");
+                        println!(
+                            "✓ network interface {id} exists, in-use and attached, source/destination check off"
+                        );
                     }
                 }
             }
@@ -129,6 +198,9 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
                 Err(e) => fail(format!("✗ cannot check IAM for {} on {id}: {e}", action.op())),
             }
         }
+    }
+    if let Some(observed) = &observed {
+        print_guards(config, observed);
     }
     if let Some(observed) = observed {
         let ledger = super::ledger(config);

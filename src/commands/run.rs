@@ -217,12 +217,20 @@ async fn reload(
         new.control = running.control.clone();
     }
     run_guard(&new, api, own_subnet(&new, instance)?).await?;
-    let prober: Option<Box<dyn Prober>> =
-        if new.probe == running.probe && new.detect == running.detect {
-            None
-        } else {
-            Some(icmp_prober(&new).context("cannot probe with the new settings")?)
-        };
+    // What the prober's sockets and rounds are made of; fall/rise are the judge's.
+    let same_targets = |c: &Config| {
+        c.backup
+            .as_ref()
+            .map(|b| (b.targets.clone(), b.count, b.timeout, b.source))
+    };
+    let prober: Option<Box<dyn Prober>> = if new.probe == running.probe
+        && new.detect == running.detect
+        && same_targets(&new) == same_targets(running)
+    {
+        None
+    } else {
+        Some(icmp_prober(&new).context("cannot probe with the new settings")?)
+    };
     // A table added by the reload is locked first, like those at startup.
     locks
         .lock()
@@ -239,7 +247,11 @@ async fn reload(
 /// The ICMP prober the configured detector needs.
 fn icmp_prober(config: &Config) -> std::io::Result<Box<dyn Prober>> {
     Ok(match config.detect.kind {
-        DetectorKind::Rounds => Box::new(IcmpProber::new(&config.probe)?),
+        DetectorKind::Rounds => Box::new(IcmpProber::with_backup(
+            &config.probe,
+            config.backup.as_ref(),
+        )?),
+        // Config validation refuses backup targets with the silence detector.
         DetectorKind::Silence => Box::new(SilenceProber::icmp(&config.probe, &config.detect)?),
     })
 }

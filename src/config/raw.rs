@@ -25,6 +25,35 @@ pub(super) struct RawConfig {
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) notify: Vec<crate::notify::config::RawHook>,
+    pub(super) backup: Option<RawBackup>,
+}
+
+/// `[backup]`: the round keys are optional so that defaults can follow
+/// `[probe]` and a key set without targets can be refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackup {
+    #[serde(default)]
+    pub(super) targets: Vec<String>,
+    pub(super) count: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) timeout: Option<Duration>,
+    pub(super) min_replies: Option<u32>,
+    pub(super) quorum: Option<u32>,
+    #[serde(default = "default_backup_fall")]
+    pub(super) fall: u32,
+    #[serde(default = "default_backup_rise")]
+    pub(super) rise: u32,
+    #[serde(default = "default_true")]
+    pub(super) required: bool,
+    pub(super) source: Option<String>,
+}
+
+fn default_backup_fall() -> u32 {
+    3
+}
+fn default_backup_rise() -> u32 {
+    3
 }
 
 #[derive(Debug, Deserialize)]

@@ -229,6 +229,17 @@ pub struct BackupView {
     pub both_paths_down: bool,
     /// On the primary with the backup known down.
     pub no_redundancy: bool,
+    /// `[backup]` is configured and a backup known down holds a failover.
+    pub required: bool,
+    /// The last appliance ENI check: "ok", "not checked yet", or each
+    /// ENI's problem; `None` without `[backup]`.
+    pub appliance: Option<String>,
+    /// The backup targets (over the VPN), over the window.
+    pub targets: Vec<TargetView>,
+    /// `failover.failback_requires_dx_route`.
+    pub failback_guard: bool,
+    /// Failbacks the guard holds now: "failback would blackhole …".
+    pub failback_held: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

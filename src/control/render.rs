@@ -104,7 +104,7 @@ fn write_status(out: &mut String, s: &Status) -> std::fmt::Result {
         )?,
         None => writeln!(out, "last API error:  none since start")?,
     }
-    writeln!(out, "backup path:     {}", s.backup.state)?;
+    write_backup(out, s)?;
     if let Some(action) = &s.operator.last_action {
         writeln!(
             out,
@@ -175,6 +175,58 @@ fn write_alarms(out: &mut String, s: &Status) -> std::fmt::Result {
             out,
             "!!! FLAPPING: pinned on Backup until the flap window clears or `route-failover ctl failback`"
         )?;
+    }
+    Ok(())
+}
+
+/// The backup path, its appliance check and each failback guard.
+fn write_backup(out: &mut String, s: &Status) -> std::fmt::Result {
+    let b = &s.backup;
+    let gate = match (&b.appliance, b.required) {
+        (None, _) => "",
+        (Some(_), true) => "; a backup known down holds the failover",
+        (Some(_), false) => "; required = false: alarms only",
+    };
+    writeln!(out, "backup path:     {}{gate}", b.state)?;
+    if let Some(appliance) = &b.appliance {
+        writeln!(out, "  appliance ENI: {appliance}")?;
+    }
+    if !b.targets.is_empty() {
+        let width = b
+            .targets
+            .iter()
+            .map(|t| t.target.len())
+            .max()
+            .unwrap_or(0)
+            .max("TARGET".len());
+        writeln!(
+            out,
+            "  {:<width$}  {:>7}  {:>5}  {:<26}  ERROR",
+            "BACKUP TARGET",
+            "UP",
+            "LOSS",
+            "RTT MIN/AVG/MAX (ms)",
+            width = width.max("BACKUP TARGET".len())
+        )?;
+        for t in &b.targets {
+            write_target(out, t, width.max("BACKUP TARGET".len()))?;
+        }
+    }
+    if !b.failback_guard {
+        writeln!(
+            out,
+            "failback guard:  OFF: failback deletes our routes even with no DX route left"
+        )?;
+    } else if b.failback_held.is_empty() {
+        writeln!(
+            out,
+            "failback guard:  on: our routes are deleted only while a DX route covers them"
+        )?;
+    } else {
+        writeln!(out, "failback guard:  HOLDING:")?;
+        for held in &b.failback_held {
+            writeln!(out, "  {held}")?;
+        }
     }
     Ok(())
 }
@@ -339,6 +391,7 @@ mod tests {
                 state: "not watched".into(),
                 both_paths_down: false,
                 no_redundancy: false,
+                ..Default::default()
             },
             ..Status::default()
         }

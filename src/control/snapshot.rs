@@ -115,6 +115,10 @@ struct Settings {
     rise: u32,
     failback: Failback,
     interval: Duration,
+    /// `Some(required)` with `[backup]`.
+    backup: Option<bool>,
+    backup_targets: Vec<IpAddr>,
+    failback_guard: bool,
 }
 
 impl Settings {
@@ -124,6 +128,12 @@ impl Settings {
             rise: config.policy.rise,
             failback: config.policy.failback,
             interval: config.probe.interval,
+            backup: config.backup.as_ref().map(|b| b.required),
+            backup_targets: config
+                .backup
+                .as_ref()
+                .map_or_else(Vec::new, |b| b.targets.clone()),
+            failback_guard: config.reconcile.failback_requires_dx_route,
         }
     }
 }
@@ -172,6 +182,11 @@ struct Board {
     pinned: bool,
     alarms: Alarms,
     findings: VecDeque<Stamped<String>>,
+    /// The backup targets' last rounds.
+    backup_samples: HashMap<IpAddr, VecDeque<Sample>>,
+    appliance: Option<crate::backup::Appliance>,
+    /// Failbacks the guard holds, until the tables converge or the path moves.
+    failback_held: Vec<String>,
 }
 
 impl Board {
@@ -189,6 +204,9 @@ impl Board {
             round: None,
             targets: config.probe.targets.clone(),
             samples: HashMap::new(),
+            backup_samples: HashMap::new(),
+            appliance: None,
+            failback_held: Vec::new(),
             overruns: 0,
             transition: None,
             converged: false,
@@ -249,6 +267,7 @@ impl Board {
                 self.converged = false;
                 self.why_not = Some(format!("moving to {}: the calls are being made", t.to));
                 self.pending.clear();
+                self.failback_held.clear();
                 self.transition = Some(Stamped::new(now, wall, t.clone()));
             }
             Event::Pinned(pinned) => self.pinned = *pinned,
@@ -264,16 +283,36 @@ impl Board {
                 ))
             }
             Event::RouteChange { .. } | Event::Settled { .. } | Event::Reloaded => {}
+            Event::BackupRound {
+                targets, policy, ..
+            } => {
+                let keep = &self.settings.backup_targets;
+                self.backup_samples.retain(|ip, _| keep.contains(ip));
+                for t in targets {
+                    push_sample(
+                        self.backup_samples.entry(t.target).or_default(),
+                        t,
+                        t.is_up(*policy),
+                    );
+                }
+            }
+            Event::ApplianceChecked(appliance) => self.appliance = Some(appliance.clone()),
             Event::ApiError { op, error } => {
                 self.api_error = Some(Stamped::new(now, wall, ((*op).to_string(), error.clone())));
             }
             Event::Finding(finding) => {
                 let text = finding.to_string();
+                if matches!(finding, crate::plan::Finding::FailbackHeld { .. })
+                    && !self.failback_held.contains(&text)
+                {
+                    self.failback_held.push(text.clone());
+                }
                 self.findings.retain(|f| f.value != text);
                 self.findings.push_front(Stamped::new(now, wall, text));
                 self.findings.truncate(FINDINGS_KEPT);
             }
             Event::Converged { .. } => {
+                self.failback_held.clear();
                 self.converged = true;
                 self.why_not = None;
                 self.pending.clear();
@@ -309,16 +348,7 @@ impl Board {
         // A target a reload removed has no figures left to show.
         self.samples.retain(|ip, _| self.targets.contains(ip));
         for t in targets {
-            let window = self.samples.entry(t.target).or_default();
-            window.push_back(Sample {
-                sent: t.sent,
-                rtts: t.rtts.clone(),
-                up: is_up(t),
-                error: t.error.clone(),
-            });
-            while window.len() > WINDOW {
-                window.pop_front();
-            }
+            push_sample(self.samples.entry(t.target).or_default(), t, is_up(t));
         }
     }
 
@@ -372,6 +402,19 @@ impl Board {
                     .to_string(),
                 both_paths_down: self.alarms.both_down,
                 no_redundancy: self.alarms.no_redundancy,
+                required: self.settings.backup == Some(true),
+                appliance: self
+                    .settings
+                    .backup
+                    .map(|_| self.appliance.clone().unwrap_or_default().to_string()),
+                targets: self
+                    .settings
+                    .backup_targets
+                    .iter()
+                    .map(|ip| target_view(*ip, self.backup_samples.get(ip)))
+                    .collect(),
+                failback_guard: self.settings.failback_guard,
+                failback_held: self.failback_held.clone(),
             },
             findings: self
                 .findings
@@ -528,6 +571,19 @@ impl Board {
     }
 }
 
+/// Adds one round of `t` to its window.
+fn push_sample(window: &mut VecDeque<Sample>, t: &TargetReport, up: bool) {
+    window.push_back(Sample {
+        sent: t.sent,
+        rtts: t.rtts.clone(),
+        up,
+        error: t.error.clone(),
+    });
+    while window.len() > WINDOW {
+        window.pop_front();
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -640,6 +696,7 @@ target_eni = "eni-0123456789abcdef0"
                     error: Some("network unreachable".into()),
                 },
             ],
+            backup: Vec::new(),
             label: None,
         };
         Event::Round {
@@ -896,5 +953,82 @@ target_eni = "eni-0123456789abcdef0"
         dedup.sort_unstable();
         dedup.dedup();
         assert_eq!(dedup.len(), all.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backup_path_its_appliance_and_the_failback_guard_show() {
+        assert!(
+            view_of(&config()).backup.appliance.is_none(),
+            "no [backup]: no check"
+        );
+        let text = r#"
+[aws]
+backend = "memory"
+[probe]
+targets = ["198.18.0.10"]
+[backup]
+targets = ["198.19.0.1"]
+[[routes]]
+route_table_id = "rtb-0123456789abcdef0"
+destination = "10.1.0.0/16"
+target_eni = "eni-0123456789abcdef0"
+"#;
+        let c = Config::parse(text, Path::new("test.toml")).unwrap();
+        let (sink, view) = channel(&c, false, OperatorRecord::default());
+        let b = view.status().backup;
+        assert_eq!(b.appliance.as_deref(), Some("not checked yet"));
+        assert!(b.required && b.failback_guard);
+        assert_eq!(b.targets.len(), 1);
+        sink.record(&Event::BackupRound {
+            number: 1,
+            summary: crate::probe::RoundSummary::synthetic(false),
+            targets: vec![TargetReport {
+                target: "198.19.0.1".parse().unwrap(),
+                sent: 3,
+                rtts: ms_list(&[9]),
+                error: None,
+            }],
+            policy: RoundPolicy {
+                min_replies: 2,
+                quorum: 1,
+            },
+            state: BackupState::Down,
+        });
+        sink.record(&Event::ApplianceChecked(crate::backup::Appliance::Failed(
+            vec![(
+                "eni-0123456789abcdef0".into(),
+                crate::backup::EniProblem::NotAttached,
+            )],
+        )));
+        let held = Event::Finding(crate::plan::Finding::FailbackHeld {
+            route: managed("10.1.0.0/16"),
+        });
+        sink.record(&held);
+        sink.record(&held);
+        let b = view.status().backup;
+        assert_eq!(
+            b.appliance.as_deref(),
+            Some("eni-0123456789abcdef0 is not attached to an instance")
+        );
+        let t = &b.targets[0];
+        assert_eq!((t.rounds, t.up_rounds, t.up), (1, 0, false));
+        assert_eq!(b.failback_held.len(), 1);
+        assert!(b.failback_held[0].starts_with("failback would blackhole"));
+        let text = super::super::render::status(&view.status());
+        assert!(text.contains("failback guard:  HOLDING:"), "{text}");
+        assert!(
+            text.contains("appliance ENI: eni-0123456789abcdef0 is not attached"),
+            "{text}"
+        );
+        assert!(text.contains("198.19.0.1"), "{text}");
+        sink.record(&Event::Converged {
+            path: Via::Primary,
+            since_transition: None,
+        });
+        assert!(view.status().backup.failback_held.is_empty());
+    }
+
+    fn view_of(c: &Config) -> Status {
+        channel(c, false, OperatorRecord::default()).1.status()
     }
 }

@@ -218,6 +218,9 @@ impl Notice {
             | Event::Started { .. }
             | Event::Adopted { .. }
             | Event::Round { .. }
+            // The backup's state reaches hooks through the alarms it raises.
+            | Event::BackupRound { .. }
+            | Event::ApplianceChecked(_)
             | Event::Overran
             | Event::RouteChange { .. }
             | Event::Converged { .. }

@@ -60,6 +60,9 @@ fn loss_ratio(sent: u32, received: u32) -> f64 {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoundReport {
     pub targets: Vec<TargetReport>,
+    /// The backup group (`[backup] targets`, reached over the VPN), probed
+    /// in the same round; empty when there is none.
+    pub backup: Vec<TargetReport>,
     /// Set by synthetic sources so their rounds are never mistaken for real ones.
     pub label: Option<String>,
 }
@@ -158,14 +161,19 @@ impl fmt::Display for RoundSummary {
     }
 }
 
-/// Applies `min_replies` per target and `quorum` across targets.
+/// Applies `min_replies` per target and `quorum` across the primary targets.
 pub fn summarize(report: &RoundReport, policy: RoundPolicy) -> RoundSummary {
-    let targets_total = u32::try_from(report.targets.len()).unwrap_or(u32::MAX);
-    let targets_down = u32::try_from(report.targets.iter().filter(|t| !t.is_up(policy)).count())
-        .unwrap_or(u32::MAX);
-    let sent = report.targets.iter().map(|t| t.sent).sum();
-    let received = report.targets.iter().map(TargetReport::received).sum();
-    let rtts = report.targets.iter().flat_map(|t| t.rtts.iter().copied());
+    summarize_targets(&report.targets, policy)
+}
+
+/// Applies `min_replies` per target and `quorum` across `targets` (either group).
+pub fn summarize_targets(targets: &[TargetReport], policy: RoundPolicy) -> RoundSummary {
+    let targets_total = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+    let targets_down =
+        u32::try_from(targets.iter().filter(|t| !t.is_up(policy)).count()).unwrap_or(u32::MAX);
+    let sent = targets.iter().map(|t| t.sent).sum();
+    let received = targets.iter().map(TargetReport::received).sum();
+    let rtts = targets.iter().flat_map(|t| t.rtts.iter().copied());
     let (count, total, max) = rtts.fold((0u32, Duration::ZERO, None), |(n, sum, max), r| {
         (n + 1, sum + r, Some(max.map_or(r, |m: Duration| m.max(r))))
     });
@@ -205,6 +213,7 @@ mod tests {
         };
         let report = RoundReport {
             targets: vec![target(1, 3, &[5])],
+            backup: Vec::new(),
             label: None,
         };
         let s = summarize(&report, policy);
@@ -212,6 +221,7 @@ mod tests {
         assert_eq!((s.targets_down, s.sent, s.received), (1, 3, 1));
         let report = RoundReport {
             targets: vec![target(1, 3, &[5, 7])],
+            backup: Vec::new(),
             label: None,
         };
         assert!(summarize(&report, policy).up);
@@ -221,6 +231,7 @@ mod tests {
     fn the_round_is_down_only_when_quorum_targets_are_down() {
         let report = RoundReport {
             targets: vec![target(1, 3, &[]), target(2, 3, &[4, 6]), target(3, 3, &[])],
+            backup: Vec::new(),
             label: None,
         };
         let with_quorum = |quorum| {
@@ -243,6 +254,7 @@ mod tests {
     fn summary_reports_loss_and_rtts() {
         let report = RoundReport {
             targets: vec![target(1, 2, &[10, 30]), target(2, 2, &[20])],
+            backup: Vec::new(),
             label: None,
         };
         let s = summarize(

@@ -52,45 +52,37 @@ impl Phase {
 #[derive(Debug, Clone)]
 pub struct ScriptHandle {
     phases: Arc<Mutex<VecDeque<Phase>>>,
+    backup: Arc<Mutex<VecDeque<Phase>>>,
 }
 
 impl ScriptHandle {
     /// Replaces the rest of the script with one phase that lasts forever.
     pub fn set(&self, label: &str, reply: Reply) {
-        let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
-        phases.clear();
-        phases.push_back(Phase::new(label, 1, reply));
+        replace(&self.phases, label, reply);
+    }
+
+    /// The same for the backup group's script ([`ScriptedProber::with_backup`]).
+    pub fn set_backup(&self, label: &str, reply: Reply) {
+        replace(&self.backup, label, reply);
     }
 }
 
-/// The synthetic prober.
+fn replace(phases: &Mutex<VecDeque<Phase>>, label: &str, reply: Reply) {
+    let mut phases = phases.lock().unwrap_or_else(PoisonError::into_inner);
+    phases.clear();
+    phases.push_back(Phase::new(label, 1, reply));
+}
+
+/// One group of targets and its own script.
 #[derive(Debug)]
-pub struct ScriptedProber {
+struct Group {
     targets: Vec<IpAddr>,
     count: u32,
     phases: Arc<Mutex<VecDeque<Phase>>>,
     rounds_in_phase: u32,
-    /// What an overrunning round had gathered before it hung.
-    gathered: Option<RoundReport>,
 }
 
-impl ScriptedProber {
-    /// A prober for `targets` sending `count` echoes each round, following `script`.
-    pub fn new(targets: Vec<IpAddr>, count: u32, script: Vec<Phase>) -> (Self, ScriptHandle) {
-        let phases = Arc::new(Mutex::new(script.into_iter().collect::<VecDeque<_>>()));
-        let handle = ScriptHandle {
-            phases: Arc::clone(&phases),
-        };
-        let prober = Self {
-            targets,
-            count,
-            phases,
-            rounds_in_phase: 0,
-            gathered: None,
-        };
-        (prober, handle)
-    }
-
+impl Group {
     fn next_phase(&mut self) -> Phase {
         let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
@@ -105,18 +97,14 @@ impl ScriptedProber {
             self.rounds_in_phase = 0;
         }
     }
-}
 
-#[async_trait]
-impl Prober for ScriptedProber {
-    async fn round(&mut self) -> RoundReport {
-        let phase = self.next_phase();
-        let targets = self
-            .targets
+    /// What each target answers under `reply`; `base_us` sets the RTTs.
+    fn reports(&self, reply: &Reply, base_us: u64) -> Vec<TargetReport> {
+        self.targets
             .iter()
             .enumerate()
             .map(|(i, &target)| {
-                let answered = match &phase.reply {
+                let answered = match reply {
                     Reply::All => self.count,
                     Reply::None => 0,
                     Reply::Targets(up) => {
@@ -128,7 +116,7 @@ impl Prober for ScriptedProber {
                     }
                     Reply::Echoes(n) | Reply::Overrun(n) => (*n).min(self.count),
                 };
-                let base = 1500 + 250 * u64::try_from(i).unwrap_or(0);
+                let base = base_us + 250 * u64::try_from(i).unwrap_or(0);
                 TargetReport {
                     target,
                     sent: self.count,
@@ -138,10 +126,79 @@ impl Prober for ScriptedProber {
                     error: None,
                 }
             })
-            .collect();
+            .collect()
+    }
+}
+
+/// The synthetic prober.
+#[derive(Debug)]
+pub struct ScriptedProber {
+    primary: Group,
+    /// The backup group; no targets unless [`ScriptedProber::with_backup`].
+    backup: Group,
+    /// What an overrunning round had gathered before it hung.
+    gathered: Option<RoundReport>,
+}
+
+impl ScriptedProber {
+    /// A prober for `targets` sending `count` echoes each round, following `script`.
+    pub fn new(targets: Vec<IpAddr>, count: u32, script: Vec<Phase>) -> (Self, ScriptHandle) {
+        let phases = Arc::new(Mutex::new(script.into_iter().collect::<VecDeque<_>>()));
+        let backup = Arc::new(Mutex::new(VecDeque::new()));
+        let handle = ScriptHandle {
+            phases: Arc::clone(&phases),
+            backup: Arc::clone(&backup),
+        };
+        let prober = Self {
+            primary: Group {
+                targets,
+                count,
+                phases,
+                rounds_in_phase: 0,
+            },
+            backup: Group {
+                targets: Vec::new(),
+                count,
+                phases: backup,
+                rounds_in_phase: 0,
+            },
+            gathered: None,
+        };
+        (prober, handle)
+    }
+
+    /// Probes a backup group too, `targets` with `count` echoes each,
+    /// following its own `script` (changed with [`ScriptHandle::set_backup`]).
+    #[must_use]
+    pub fn with_backup(mut self, targets: Vec<IpAddr>, count: u32, script: Vec<Phase>) -> Self {
+        self.backup.targets = targets;
+        self.backup.count = count;
+        *self
+            .backup
+            .phases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = script.into_iter().collect();
+        self
+    }
+}
+
+#[async_trait]
+impl Prober for ScriptedProber {
+    async fn round(&mut self) -> RoundReport {
+        let phase = self.primary.next_phase();
+        let targets = self.primary.reports(&phase.reply, 1500);
+        let (backup, label) = if self.backup.targets.is_empty() {
+            (Vec::new(), phase.label)
+        } else {
+            let b = self.backup.next_phase();
+            // The VPN is slower than DX, as in life.
+            let backup = self.backup.reports(&b.reply, 9000);
+            (backup, format!("{} | backup: {}", phase.label, b.label))
+        };
         let report = RoundReport {
             targets,
-            label: Some(phase.label),
+            backup,
+            label: Some(label),
         };
         if matches!(phase.reply, Reply::Overrun(_)) {
             self.gathered = Some(report);
@@ -210,5 +267,27 @@ mod tests {
         let r = p.round().await;
         assert_eq!(r.label.as_deref(), Some("lossy"));
         assert_eq!(r.targets[1].received(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_backup_group_follows_its_own_script() {
+        let (p, handle) =
+            ScriptedProber::new(targets(), 2, vec![Phase::new("dx ok", 1, Reply::All)]);
+        let mut p = p.with_backup(
+            vec![IpAddr::from([198, 19, 0, 1])],
+            3,
+            vec![Phase::new("vpn ok", 1, Reply::All)],
+        );
+        let r = p.round().await;
+        assert_eq!(r.label.as_deref(), Some("dx ok | backup: vpn ok"));
+        assert_eq!((r.targets[0].received(), r.backup[0].received()), (2, 3));
+        handle.set_backup("vpn cut", Reply::None);
+        let r = p.round().await;
+        assert_eq!((r.targets[0].received(), r.backup[0].received()), (2, 0));
+        assert_eq!(r.backup[0].sent, 3);
+        handle.set("dx cut", Reply::None);
+        handle.set_backup("vpn ok", Reply::All);
+        let r = p.round().await;
+        assert_eq!((r.targets[0].received(), r.backup[0].received()), (0, 3));
     }
 }

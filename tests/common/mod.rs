@@ -115,6 +115,38 @@ impl Harness {
             config.probe.count,
             vec![Phase::new("initial", 1, reply)],
         );
+        Self::start_prober(config, api, prober, script, build)
+    }
+
+    /// As [`Harness::start`], probing `[backup]`'s targets too, which
+    /// answer as `backup` says (change it with `script.set_backup`).
+    pub fn start_backup(
+        config: &Config,
+        api: Arc<dyn RouteApi>,
+        reply: Reply,
+        backup: Reply,
+    ) -> Self {
+        let (prober, script) = ScriptedProber::new(
+            config.probe.targets.clone(),
+            config.probe.count,
+            vec![Phase::new("initial", 1, reply)],
+        );
+        let b = config.backup.as_ref().expect("a [backup] section");
+        let prober = prober.with_backup(
+            b.targets.clone(),
+            b.count,
+            vec![Phase::new("initial", 1, backup)],
+        );
+        Self::start_prober(config, api, prober, script, |agent| agent)
+    }
+
+    fn start_prober(
+        config: &Config,
+        api: Arc<dyn RouteApi>,
+        prober: ScriptedProber,
+        script: ScriptHandle,
+        build: impl FnOnce(Agent) -> Agent,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let agent = build(Agent::new(config.clone(), Box::new(prober), api).with_events(tx));
         let control = agent.control();
