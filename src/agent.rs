@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::decide::{Alarms, Operator};
 use crate::events::{Event, Events, Sink};
 use crate::fsm::Via;
+use crate::ha::{Ha, WallClock};
 use crate::judge::{Judge, Verdict};
 use crate::probe::{summarize, Prober, RoundReport, RoundSummary, TargetReport};
 use crate::reconcile::{Adopted, Desired, Reconciler, Spec, StartupCheck};
@@ -132,6 +133,10 @@ pub struct Agent {
     operator_store: OperatorStore,
     requests: mpsc::UnboundedReceiver<Request>,
     control: Control,
+    /// With `[ha]`: the clock verdicts are stamped and aged with.
+    wall_clock: WallClock,
+    /// The reason of the last decided transition, published with our verdict.
+    verdict_reason: watch::Sender<String>,
 }
 
 impl Agent {
@@ -149,7 +154,15 @@ impl Agent {
             operator_store: OperatorStore::in_memory(),
             requests: rx,
             control: Control(tx),
+            wall_clock: crate::ha::system_clock(),
+            verdict_reason: watch::channel(String::new()).0,
         }
+    }
+
+    /// Stamps and ages `[ha]` verdicts with `clock` (tests: the paused clock).
+    pub fn with_wall_clock(mut self, clock: WallClock) -> Self {
+        self.wall_clock = clock;
+        self
     }
 
     /// Keeps the record of the routes it creates in `ledger` (by default,
@@ -206,7 +219,7 @@ impl Agent {
         let (spec_tx, spec_rx) = watch::channel(Spec::of(&self.config));
         let (adopted_tx, adopted_rx) = oneshot::channel();
         let stop_reconciler = CancellationToken::new();
-        let reconciler = Reconciler::new(
+        let mut reconciler = Reconciler::new(
             Arc::clone(&self.api),
             spec_rx,
             self.events.clone(),
@@ -215,6 +228,19 @@ impl Agent {
             self.startup_check.take(),
             self.paused.subscribe(),
         );
+        if let Some(ha) = &self.config.ha {
+            let Some(id) = ha.agent_id.clone() else {
+                return Err(AgentError::Refused(
+                    "ha.agent_id: unknown (not set, and not resolved from instance metadata)"
+                        .to_string(),
+                ));
+            };
+            // routes is never empty (validated): the first table anchors the verdicts.
+            let anchor = self.config.routes[0].route_table_id.clone();
+            info!(agent_id = %id, %anchor, heartbeat = ?ha.heartbeat, peer_timeout = ?ha.peer_timeout, "[ha]: sharing verdicts with peers through the anchor table's tags");
+            let ha = Ha::new(id, ha, anchor, Arc::clone(&self.wall_clock));
+            reconciler = reconciler.with_ha(ha, self.verdict_reason.subscribe());
+        }
         let mut reconciler = tokio::spawn(reconciler.run(desired_rx, adopted_tx));
 
         let refused = self
@@ -281,6 +307,7 @@ impl Agent {
                         ours = found.ours.len(),
                         "adopted the path the route tables show"
                     );
+                    self.verdict_reason.send_replace(format!("adopted: {}", found.adoption));
                     let verdict = judge.adopt(found.adoption, now, last_summary.as_ref());
                     self.events.emit(Event::Adopted {
                         adoption: found.adoption,
@@ -472,6 +499,7 @@ impl Agent {
         let at = match verdict.transition {
             Some(t) => {
                 warn!(from = %t.from, to = %t.to, reason = %t.reason, "transition");
+                self.verdict_reason.send_replace(t.reason.to_string());
                 let at = t.at;
                 self.events.emit(Event::Transition(t));
                 Some(at)

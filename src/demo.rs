@@ -211,6 +211,7 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
             }
             Event::Overran => writeln!(out, "{}  round overran its interval", stamp(now))?,
             Event::Reloaded => writeln!(out, "{}  configuration reloaded", stamp(now))?,
+            Event::Peers(view) => writeln!(out, "{}  pair      {view}", stamp(now))?,
             Event::Alarms(alarms) => {
                 let text = if alarms.both_down {
                     "ALARM both paths down: DX is down and so is the VPN; staying put"

@@ -25,6 +25,22 @@ pub(super) struct RawConfig {
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) notify: Vec<crate::notify::config::RawHook>,
+    pub(super) ha: Option<RawHa>,
+}
+
+/// `[ha]`: absent, one agent decides alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHa {
+    pub(super) agent_id: Option<String>,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub(super) heartbeat: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) peer_timeout: Option<Duration>,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@ use crate::decide::{Alarms, BackupState, Operator, Why};
 use crate::events::{Event, Sink, Standing};
 use crate::fsm::{Failback, Phase, Transition, Via};
 use crate::model::Adoption;
+use crate::peers::Liveness;
 use crate::probe::{RoundSummary, TargetReport};
 use crate::state::OperatorRecord;
 
@@ -172,6 +173,8 @@ struct Board {
     pinned: bool,
     alarms: Alarms,
     findings: VecDeque<Stamped<String>>,
+    /// With `[ha]`: the pair as last assessed.
+    pair: Option<Stamped<crate::ha::PeerView>>,
 }
 
 impl Board {
@@ -201,6 +204,7 @@ impl Board {
             pinned: false,
             alarms: Alarms::default(),
             findings: VecDeque::new(),
+            pair: None,
         }
     }
 
@@ -264,6 +268,15 @@ impl Board {
                 ))
             }
             Event::RouteChange { .. } | Event::Settled { .. } | Event::Reloaded => {}
+            Event::Peers(view) => {
+                if let Some(text) = &view.disagreement {
+                    self.findings.retain(|f| &f.value != text);
+                    self.findings
+                        .push_front(Stamped::new(now, wall, text.clone()));
+                    self.findings.truncate(FINDINGS_KEPT);
+                }
+                self.pair = Some(Stamped::new(now, wall, view.clone()));
+            }
             Event::ApiError { op, error } => {
                 self.api_error = Some(Stamped::new(now, wall, ((*op).to_string(), error.clone())));
             }
@@ -381,14 +394,29 @@ impl Board {
                     age_seconds: f.age(now),
                 })
                 .collect(),
-            // No `[ha]` yet: no peers to show.
-            peers: None,
+            peers: self.pair.as_ref().map(|p| pair_view(p, now)),
         }
     }
 
     /// Why the decided path is what it is, in the words of
     /// [`crate::decide::Why`] where one applies.
     fn why(&self, standing: Option<&Standing>) -> String {
+        if let Some(pair) = self.pair.as_ref().map(|p| &p.value) {
+            if pair.combined != pair.local {
+                let saying: Vec<&str> = pair
+                    .peers
+                    .iter()
+                    .filter(|s| s.liveness == Liveness::Live && s.verdict.path == pair.combined)
+                    .map(|s| s.verdict.agent_id.as_str())
+                    .collect();
+                return format!(
+                    "the pair goes {} ({} says so); we alone would say {}",
+                    pair.combined,
+                    saying.join(", "),
+                    pair.local
+                );
+            }
+        }
         if self.adoption.is_none() {
             return "the route tables have not been read yet: nothing is decided, no route is changed"
                 .to_string();
@@ -566,6 +594,24 @@ fn target_view(ip: IpAddr, samples: Option<&VecDeque<Sample>>) -> TargetView {
         rtt_max_ms: rtts.iter().max().copied().map(ms),
         error: samples.iter().rev().find_map(|s| s.error.clone()),
     }
+}
+
+/// Every agent of the pair, us first, with the age of its verdict now.
+fn pair_view(pair: &Stamped<crate::ha::PeerView>, now: Instant) -> Vec<super::protocol::PeerView> {
+    let since = now.saturating_duration_since(pair.at);
+    let mut out = vec![super::protocol::PeerView {
+        agent: format!("{} (us)", pair.value.agent_id),
+        verdict: pair.value.local,
+        age_seconds: 0.0,
+        live: true,
+    }];
+    out.extend(pair.value.peers.iter().map(|s| super::protocol::PeerView {
+        agent: s.verdict.agent_id.clone(),
+        verdict: s.verdict.path,
+        age_seconds: (s.age + since).as_secs_f64(),
+        live: s.liveness == Liveness::Live,
+    }));
+    out
 }
 
 #[cfg(test)]
