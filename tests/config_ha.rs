@@ -47,7 +47,11 @@ fn absent_means_one_agent_and_defaults_follow_the_heartbeat() {
     assert_eq!(ha.agent_id, None);
     assert_eq!(ha.heartbeat, Duration::from_secs(10));
     assert_eq!(ha.peer_timeout, Duration::from_secs(30));
-    let c = parse(&with_ha("memory", "agent_id = \"monitor-a\"\nheartbeat = \"5s\"")).unwrap();
+    let c = parse(&with_ha(
+        "memory",
+        "agent_id = \"monitor-a\"\nheartbeat = \"5s\"",
+    ))
+    .unwrap();
     let ha = c.ha.unwrap();
     assert_eq!(ha.agent_id.as_deref(), Some("monitor-a"));
     assert_eq!(ha.peer_timeout, Duration::from_secs(15));
@@ -75,9 +79,15 @@ fn errors_name_the_file_line_and_key() {
         "{e}"
     );
     let e = error("ec2", "agent_id = \"a;b\"");
-    assert!(e.starts_with(&format!("{file}:14: ha.agent_id: \"a;b\" may hold only")), "{e}");
+    assert!(
+        e.starts_with(&format!("{file}:14: ha.agent_id: \"a;b\" may hold only")),
+        "{e}"
+    );
     let e = error("ec2", "heartbeat = \"500ms\"");
-    assert!(e.starts_with(&format!("{file}:14: ha.heartbeat: must be at least 1s")), "{e}");
+    assert!(
+        e.starts_with(&format!("{file}:14: ha.heartbeat: must be at least 1s")),
+        "{e}"
+    );
     let e = error("ec2", "heartbeat = \"10s\"\npeer_timeout = \"12s\"");
     assert!(
         e.starts_with(&format!(
@@ -86,7 +96,10 @@ fn errors_name_the_file_line_and_key() {
         "{e}"
     );
     let e = error("ec2", "peer_timeout = \"2h\"");
-    assert!(e.starts_with(&format!("{file}:14: ha.peer_timeout: 2h is too long")), "{e}");
+    assert!(
+        e.starts_with(&format!("{file}:14: ha.peer_timeout: 2h is too long")),
+        "{e}"
+    );
     let e = error("ec2", "agent = \"x\"");
     assert!(e.contains("unknown field `agent`"), "{e}");
 }
@@ -120,5 +133,9 @@ fn run_without_an_agent_id_off_ec2_exits_78_before_touching_anything() {
         )),
         "{stderr}"
     );
-    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0, "a lock was taken");
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        0,
+        "a lock was taken"
+    );
 }

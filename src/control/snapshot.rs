@@ -708,6 +708,59 @@ target_eni = "eni-0123456789abcdef0"
     }
 
     #[tokio::test(start_paused = true)]
+    async fn status_lists_every_agent_of_the_pair_with_its_age_and_why_the_pair_decides() {
+        use crate::peers::{Liveness, Seen, Verdict};
+        let (sink, view) = channel(&config(), false, OperatorRecord::default());
+        sink.record(&adopted(Adoption::Primary));
+        sink.record(&round(1, &[5], standing(Via::Primary, Via::Primary)));
+        let seen = |id: &str, path, liveness| Seen {
+            verdict: Verdict {
+                agent_id: id.into(),
+                path,
+                counter: 3,
+                at: 0,
+                reason: "3 consecutive down rounds".into(),
+            },
+            age: Duration::from_secs(4),
+            liveness,
+        };
+        sink.record(&Event::Peers(crate::ha::PeerView {
+            agent_id: "monitor-a".into(),
+            local: Via::Primary,
+            combined: Via::Backup,
+            peers: vec![
+                seen("monitor-b", Via::Backup, Liveness::Live),
+                seen("monitor-c", Via::Backup, Liveness::Stale),
+            ],
+            disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+        }));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let status = view.status();
+        let peers = status.peers.expect("[ha] peers are shown");
+        let rows: Vec<(&str, Via, f64, bool)> = peers
+            .iter()
+            .map(|p| (p.agent.as_str(), p.verdict, p.age_seconds, p.live))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("monitor-a (us)", Via::Primary, 0.0, true),
+                ("monitor-b", Via::Backup, 10.0, true),
+                ("monitor-c", Via::Backup, 10.0, false),
+            ]
+        );
+        // Only the live Backup verdict moves the pair.
+        assert_eq!(
+            status.why,
+            "the pair goes Backup (monitor-b says so); we alone would say Primary"
+        );
+        assert_eq!(
+            status.findings[0].finding,
+            "agent monitor-b sees DX down, we see it up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn rtt_and_loss_cover_the_last_rounds_only() {
         let (sink, view) = channel(&config(), false, OperatorRecord::default());
         sink.record(&adopted(Adoption::Primary));
