@@ -34,18 +34,21 @@
 //!   (alongside the route itself): a Backup verdict published before that
 //!   read stops it. A verdict published after it comes with a create that
 //!   follows the delete: the route ends up present, as it should.
-//! - Transients: two agents that decide the same transition at once both
-//!   call; the second call gets `RouteAlreadyExists` or
-//!   `InvalidRoute.NotFound`, which count as converged. So at most one
-//!   redundant call per route per agent per transition, and it converges
-//!   by itself.
+//! - Transients: agents that decide the same transition at once all call;
+//!   every call after the first gets `RouteAlreadyExists` or
+//!   `InvalidRoute.NotFound`, which count as converged. So a pair makes at
+//!   most one redundant call per route per transition (N - 1 with N
+//!   agents), and it converges by itself.
+//! - An agent that cannot publish a new verdict makes no route call for it
+//!   (retried with backoff): acting on a verdict its peers cannot see is
+//!   exactly what would start a fight.
 //!
 //! This assumes a read that shows a route change also shows the tags
 //! written before it, as one DescribeRouteTables answer does.
 //!
 //! # Freshness
 //! A verdict is live while its timestamp is at most `peer_timeout` plus
-//! [`SKEW_TOLERANCE`] old by this agent's clock (EC2 instances keep time
+//! [`peers::SKEW_TOLERANCE`] old by this agent's clock (EC2 instances keep time
 //! with Amazon Time Sync). Between two reads, the verdicts last read are
 //! aged on every heartbeat, so a dead peer's Backup stops holding the pair
 //! in time without an extra read; the deletion that follows is re-checked
@@ -66,7 +69,7 @@ use tracing::{info, warn};
 use crate::cloud::{CloudError, RouteApi};
 use crate::fsm::Via;
 use crate::model::RouteTable;
-use crate::peers::{self, Combined, Liveness, Seen, Verdict, SKEW_TOLERANCE};
+use crate::peers::{self, Combined, Liveness, Seen, Verdict};
 
 /// Heartbeats two live agents may disagree before it is reported.
 pub const DISAGREE_AFTER_BEATS: u32 = 3;
@@ -412,9 +415,6 @@ impl Ha {
         (combined, view)
     }
 }
-
-/// The skew tolerance, re-exported for the docs and status.
-pub const CLOCK_SKEW_TOLERANCE: Duration = SKEW_TOLERANCE;
 
 #[cfg(test)]
 mod tests {
