@@ -611,3 +611,60 @@ async fn without_ha_nothing_is_tagged() {
     assert!(world.tables().iter().all(|t| t.tags.is_empty()));
     assert!(!events.iter().any(|(_, e)| matches!(e, Event::Peers(_))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn three_agents_with_staggered_views_and_clocks_never_undo_each_other() {
+    let pair = Pair::new();
+    let routes = pair.managed().len();
+    let mut agents = Vec::new();
+    // Started out of step, with clocks up to 2 s apart.
+    for (i, id) in ["monitor-a", "monitor-b", "monitor-c"].iter().enumerate() {
+        agents.push(pair.start_skewed(id, Reply::All, i as u64));
+        agents[i].0.run_for(Duration::from_millis(370)).await;
+    }
+    agents[0].0.run_for(secs(5)).await;
+    for (h, _) in &mut agents {
+        h.run_for(Duration::ZERO).await;
+        assert!(h.events.iter().any(|(_, e)| matches!(
+            e,
+            Event::Converged {
+                path: Via::Primary,
+                ..
+            }
+        )));
+    }
+    let cut_order = [0, 1, 2];
+    let heal_order = [2, 0, 1];
+    for cycle in 1..=4 {
+        for &i in &cut_order {
+            agents[i].0.script.set("cut", Reply::None);
+            agents[i].0.run_for(Duration::from_millis(430)).await;
+        }
+        agents[0].0.run_for(secs(20)).await;
+        assert_eq!(pair.ours(), pair.managed(), "cycle {cycle}: failed over");
+        for &i in &heal_order {
+            agents[i].0.script.set("healed", Reply::All);
+            // Each heal is seen while the others still say Backup.
+            agents[i].0.run_for(secs(7)).await;
+            if i != heal_order[2] {
+                assert_eq!(
+                    pair.ours(),
+                    pair.managed(),
+                    "cycle {cycle}: failed back early"
+                );
+            }
+        }
+        agents[0].0.run_for(secs(60)).await;
+        assert!(pair.ours().is_empty(), "cycle {cycle}: failed back");
+        // Made once and deleted once per cycle: never re-made, never
+        // deleted under a Backup verdict.
+        assert_eq!(pair.world_ops("CreateRoute"), cycle * routes);
+        assert_eq!(pair.world_ops("DeleteRoute"), cycle * routes);
+    }
+    let calls: usize = agents.iter().map(|(_, l)| l.route_calls()).sum();
+    // Per transition at most N = 3 calls per route (one, plus N - 1 redundant).
+    assert!(calls <= 4 * 2 * 3 * routes, "{calls} route calls");
+    for (h, _) in agents {
+        h.stop().await;
+    }
+}
