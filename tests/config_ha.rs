@@ -139,3 +139,29 @@ fn run_without_an_agent_id_off_ec2_exits_78_before_touching_anything() {
         "a lock was taken"
     );
 }
+
+#[test]
+fn check_names_the_anchor_and_our_tag_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, with_ha("memory", "agent_id = \"monitor-a\"")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_route-failover"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "✓ [ha]: verdicts on rtb-0123456789abcdef0 (the first managed table), ours as \
+             route-failover:verdict:monitor-a"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("! [ha]: no verdict published yet"),
+        "{stdout}"
+    );
+}
