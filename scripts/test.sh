@@ -57,5 +57,5 @@ status=0
 # Not --all-targets: that would also run the benchmark simulation (bench/run.sh does).
 cargo test --lib --bins --tests --no-fail-fast -- --skip e2e_ "$@" || status=$?
 # ...which run one at a time (they measure latency) and print their figures.
-cargo test --test e2e --test e2e_backup -- --nocapture --test-threads=1 "$@" || status=$?
+cargo test --test e2e --test e2e_backup --test e2e_ha -- --nocapture --test-threads=1 "$@" || status=$?
 exit "$status"

@@ -23,6 +23,7 @@ use crate::config::{BackupConfig, Config};
 use crate::decide::{Alarms, Operator};
 use crate::events::{Event, Events, Sink};
 use crate::fsm::Via;
+use crate::ha::{Ha, WallClock};
 use crate::judge::{Judge, Verdict};
 use crate::probe::{summarize, summarize_targets, Prober, RoundReport, RoundSummary, TargetReport};
 use crate::reconcile::{Adopted, Desired, Reconciler, Spec, StartupCheck};
@@ -140,6 +141,10 @@ pub struct Agent {
     operator_store: OperatorStore,
     requests: mpsc::UnboundedReceiver<Request>,
     control: Control,
+    /// With `[ha]`: the clock verdicts are stamped and aged with.
+    wall_clock: WallClock,
+    /// The reason of the last decided transition, published with our verdict.
+    verdict_reason: watch::Sender<String>,
 }
 
 impl Agent {
@@ -157,7 +162,15 @@ impl Agent {
             operator_store: OperatorStore::in_memory(),
             requests: rx,
             control: Control(tx),
+            wall_clock: crate::ha::system_clock(),
+            verdict_reason: watch::channel(String::new()).0,
         }
+    }
+
+    /// Stamps and ages `[ha]` verdicts with `clock` (tests: the paused clock).
+    pub fn with_wall_clock(mut self, clock: WallClock) -> Self {
+        self.wall_clock = clock;
+        self
     }
 
     /// Keeps the record of the routes it creates in `ledger` (by default,
@@ -219,7 +232,7 @@ impl Agent {
         let (adopted_tx, adopted_rx) = oneshot::channel();
         let (facts_tx, facts_rx) = mpsc::unbounded_channel();
         let stop_reconciler = CancellationToken::new();
-        let reconciler = Reconciler::new(
+        let mut reconciler = Reconciler::new(
             Arc::clone(&self.api),
             spec_rx,
             self.events.clone(),
@@ -229,6 +242,19 @@ impl Agent {
             self.paused.subscribe(),
         )
         .with_facts(facts_tx);
+        if let Some(ha) = &self.config.ha {
+            let Some(id) = ha.agent_id.clone() else {
+                return Err(AgentError::Refused(
+                    "ha.agent_id: unknown (not set, and not resolved from instance metadata)"
+                        .to_string(),
+                ));
+            };
+            // routes is never empty (validated): the first table anchors the verdicts.
+            let anchor = self.config.routes[0].route_table_id.clone();
+            info!(agent_id = %id, %anchor, heartbeat = ?ha.heartbeat, peer_timeout = ?ha.peer_timeout, "[ha]: sharing verdicts with peers through the anchor table's tags");
+            let ha = Ha::new(id, ha, anchor, Arc::clone(&self.wall_clock));
+            reconciler = reconciler.with_ha(ha, self.verdict_reason.subscribe());
+        }
         // None once the probe loop has seen it end.
         let mut reconciler = Some(tokio::spawn(reconciler.run(desired_rx, adopted_tx)));
 
@@ -331,6 +357,7 @@ impl Agent {
                         ours = found.ours.len(),
                         "adopted the path the route tables show"
                     );
+                    self.verdict_reason.send_replace(format!("adopted: {}", found.adoption));
                     let verdict = judge.adopt(found.adoption, now, last_summary.as_ref());
                     self.events.emit(Event::Adopted {
                         adoption: found.adoption,
@@ -580,6 +607,7 @@ impl Agent {
         let at = match verdict.transition {
             Some(t) => {
                 warn!(from = %t.from, to = %t.to, reason = %t.reason, "transition");
+                self.verdict_reason.send_replace(t.reason.to_string());
                 let at = t.at;
                 self.events.emit(Event::Transition(t));
                 Some(at)

@@ -22,7 +22,7 @@ use crate::model::ManagedRoute;
 use crate::probe::rtt::Deadline;
 use crate::probe::RoundPolicy;
 use locate::{key_line, parse_error};
-use raw::{RawAws, RawBackup, RawConfig, RawDetect, RawFailover, RawProbe, RawRoute};
+use raw::{RawAws, RawBackup, RawConfig, RawDetect, RawFailover, RawHa, RawProbe, RawRoute};
 
 mod locate;
 mod raw;
@@ -55,6 +55,10 @@ pub mod limits {
         (Duration::from_secs(1), Duration::from_secs(3600));
     /// `failover.flap_window`.
     pub const FLAP_WINDOW: Duration = Duration::from_secs(30 * DAY);
+    /// `ha.heartbeat`: each beat is one CreateTags call.
+    pub const HEARTBEAT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+    /// `ha.peer_timeout` at most.
+    pub const PEER_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 /// Which implementation of the route API the agent talks to.
@@ -165,6 +169,8 @@ pub struct Config {
     pub notify: Vec<crate::notify::HookConfig>,
     /// `[backup]`; `None`: the backup path is not watched and never holds a failover.
     pub backup: Option<BackupConfig>,
+    /// `[ha]`: several agents sharing verdicts; `None` for a single agent.
+    pub ha: Option<crate::ha::HaConfig>,
 }
 
 /// Why a configuration was refused.
@@ -287,6 +293,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let routes = validate_routes(raw.routes)?;
     let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
     let control = validate_control(raw.control)?;
+    let ha = raw.ha.map(|h| validate_ha(h, aws.backend)).transpose()?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
         Some(text) => Some(text.parse().map_err(|_| {
@@ -308,6 +315,50 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
         routes,
         notify,
         backup,
+        ha,
+    })
+}
+
+fn validate_ha(raw: RawHa, backend: Backend) -> Result<crate::ha::HaConfig, Invalid> {
+    if let Some(id) = &raw.agent_id {
+        crate::ha::check_agent_id(id).map_err(|why| invalid("ha.agent_id", why))?;
+    } else if backend != Backend::Ec2 {
+        return Err(invalid(
+            "ha.agent_id",
+            "required off EC2 (the default is this instance's id from the metadata service): \
+             give each agent of the pair its own name, such as \"monitor-a\"",
+        ));
+    }
+    within(
+        "ha.heartbeat",
+        raw.heartbeat,
+        limits::HEARTBEAT,
+        ", each beat is one CreateTags call",
+    )?;
+    let floor = raw.heartbeat + crate::peers::SKEW_TOLERANCE;
+    let peer_timeout = raw.peer_timeout.unwrap_or(raw.heartbeat * 3);
+    if peer_timeout <= floor {
+        return Err(invalid(
+            "ha.peer_timeout",
+            format!(
+                "{} must exceed the heartbeat plus the clock-skew tolerance ({}), or a live \
+                 peer would be taken for dead between two beats; 3 x heartbeat is the default",
+                show(peer_timeout),
+                show(floor)
+            ),
+        ));
+    }
+    if peer_timeout > limits::PEER_TIMEOUT {
+        return Err(too_long(
+            "ha.peer_timeout",
+            peer_timeout,
+            limits::PEER_TIMEOUT,
+        ));
+    }
+    Ok(crate::ha::HaConfig {
+        agent_id: raw.agent_id,
+        heartbeat: raw.heartbeat,
+        peer_timeout,
     })
 }
 

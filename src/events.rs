@@ -116,6 +116,9 @@ pub enum Event {
     },
     /// A new configuration (SIGHUP) is in effect.
     Reloaded,
+    /// With `[ha]`: the pair as this agent sees it changed (a verdict, a
+    /// peer's liveness, the combined path, a disagreement).
+    Peers(crate::ha::PeerView),
 }
 
 /// Where the agent stands after a round, for status views.

@@ -246,6 +246,23 @@ pub async fn discover(aws: &AwsConfig) -> Instance {
     Instance { region, subnet }
 }
 
+/// This instance's id (`i-…`), the default `[ha]` agent id; why not, if
+/// the metadata service cannot tell it.
+pub async fn instance_id(aws: &AwsConfig) -> Result<String, String> {
+    if imds_disabled() {
+        return Err("instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)".to_string());
+    }
+    let client = client(aws).map_err(|e| format!("cannot build the metadata client: {e}"))?;
+    let id = client
+        .get("/latest/meta-data/instance-id")
+        .await
+        .map_err(|e| describe("reading the instance id", &e))?;
+    let id = id.as_ref().trim().to_string();
+    crate::ha::check_agent_id(&id)
+        .map_err(|why| format!("the instance id it gave is unusable: {why}"))?;
+    Ok(id)
+}
+
 /// At most 40 characters of an unexpected answer, for a log line.
 fn clip(text: &str) -> String {
     text.chars().take(40).collect()

@@ -10,6 +10,7 @@
 //! - [`judge`]: owns the state machine, backup health and operator mode; reports decided transitions.
 //! - [`backup`]: pure: the backup path's health from its probes, the appliance ENIs and blackholes.
 //! - [`peers`]: pure: the HA pair's rule (Backup while any live agent says so) and its tag format.
+//! - [`ha`]: the pair's bookkeeping: publishing our verdict as a tag, reading and ageing peers', disagreements.
 //! - [`detect`]: the pure silence detector (suspicion probing, RTT-aware deadlines).
 //! - [`model`]: route tables and routes as the planner sees them.
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
@@ -43,6 +44,7 @@ pub mod detect;
 pub mod events;
 pub mod fsm;
 pub mod guard;
+pub mod ha;
 pub mod instance;
 pub mod judge;
 pub mod lock;

@@ -242,6 +242,21 @@ fn record(event: &Event) {
                 .increment(1);
             operator_gauges(*operator, *paused);
         }
+        Event::Peers(view) => {
+            use crate::peers::Liveness;
+            for (state, liveness) in [("live", Liveness::Live), ("stale", Liveness::Stale)] {
+                gauge!("route_failover_ha_peers", "state" => state)
+                    .set(view.count(liveness) as f64);
+            }
+            for (which, path) in [("local", view.local), ("combined", view.combined)] {
+                for p in [Via::Primary, Via::Backup] {
+                    gauge!("route_failover_ha_path", "view" => which, "path" => path_label(p))
+                        .set(f64::from(u8::from(p == path)));
+                }
+            }
+            gauge!("route_failover_ha_disagreement")
+                .set(f64::from(u8::from(view.disagreement.is_some())));
+        }
         Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
     }
 }

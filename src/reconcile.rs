@@ -32,6 +32,7 @@ use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
 use crate::events::{Event, Events, Outcome};
 use crate::fsm::Via;
+use crate::ha::Ha;
 use crate::model::{eni_ids, table_ids, Action, Adoption, ManagedRoute, RouteTable};
 use crate::plan::{self, Finding, Inputs, Plan, Status};
 use crate::state::Ledger;
@@ -158,6 +159,14 @@ pub(crate) struct Reconciler {
     appliance_unread: bool,
     /// The blackhole count last sent.
     blackholes: Option<usize>,
+    /// With `[ha]`: our verdict's publication and the peers' verdicts.
+    ha: Option<Ha>,
+    /// The reason given with our published verdict.
+    verdict_reason: Option<watch::Receiver<String>>,
+    /// The path the tables are converged on: our own, or the pair's.
+    effective: Option<Via>,
+    /// Our own path, as the probe loop last asked for it.
+    ours: Option<Via>,
 }
 
 impl Reconciler {
@@ -185,6 +194,10 @@ impl Reconciler {
             appliance_checked: None,
             appliance_unread: false,
             blackholes: None,
+            ha: None,
+            verdict_reason: None,
+            effective: None,
+            ours: None,
         }
     }
 
@@ -254,6 +267,14 @@ impl Reconciler {
         }
     }
 
+    /// Converges on the pair's combined path instead of our own, publishing
+    /// our verdict (with the latest reason from `reason`) as the anchor's tag.
+    pub(crate) fn with_ha(mut self, ha: Ha, reason: watch::Receiver<String>) -> Self {
+        self.ha = Some(ha);
+        self.verdict_reason = Some(reason);
+        self
+    }
+
     /// Passes the startup check and reads the tables, retrying until it
     /// can; reports what it found (or why it must stop) on `adopted`, then
     /// converges the tables on the desired path until stopped.
@@ -273,6 +294,9 @@ impl Reconciler {
         let Some(observed) = self.read_until_ok().await else {
             return;
         };
+        if let Some(ha) = self.ha.as_mut() {
+            ha.observe(&observed);
+        }
         let spec = self.spec.borrow().clone();
         self.tidy_ledger(&spec, &observed);
         let record = self.ledger.record();
@@ -300,7 +324,10 @@ impl Reconciler {
                         self.transition_at = at;
                         converged_on = None;
                     }
-                    match self.reconcile(path, &desired).await {
+                    let pass = self.reconcile(path, &desired).await;
+                    // What the tables are converged on: ours, or the pair's.
+                    let path = self.effective.unwrap_or(path);
+                    match pass {
                         Pass::Converged => {
                             failures = 0;
                             if converged_on != Some(path) {
@@ -339,26 +366,113 @@ impl Reconciler {
             };
             // After the pass, so a failover's calls never wait for it.
             self.check_appliance(&spec).await;
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                changed = desired.changed() => if changed.is_err() { return },
-                changed = self.spec.changed() => {
-                    if changed.is_err() {
-                        return;
+            let deadline = Instant::now() + wait;
+            loop {
+                // Heartbeats fall between passes: a beat publishes, and
+                // starts a pass only when the verdicts already read, aged
+                // to now, change the pair's path.
+                let beat = wanted.and_then(|_| self.ha.as_ref()?.next_beat());
+                let until = beat.map_or(deadline, |b| b.min(deadline));
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    changed = desired.changed() => {
+                        if changed.is_err() { return }
+                        break;
                     }
-                    // New routes to converge: say so again once they are.
-                    converged_on = None;
-                    self.appliance_checked = None;
-                }
-                changed = self.paused.changed() => {
-                    if changed.is_err() {
-                        return;
+                    changed = self.spec.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        // New routes to converge: say so again once they are.
+                        converged_on = None;
+                        self.appliance_checked = None;
+                        break;
                     }
-                    converged_on = None;
+                    changed = self.paused.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        converged_on = None;
+                        break;
+                    }
+                    () = tokio::time::sleep_until(until) => {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        if let Some((local, _)) = wanted {
+                            if self.heartbeat(local).await {
+                                break;
+                            }
+                        }
+                    }
                 }
-                () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// One heartbeat: publishes our verdict and ages the peers' verdicts
+    /// last read. True when that changes the pair's path (a pass is due).
+    async fn heartbeat(&mut self, local: Via) -> bool {
+        // A failed beat is logged; the next one retries.
+        let _ = self.publish(local).await;
+        let Some(ha) = self.ha.as_mut() else {
+            return false;
+        };
+        let (combined, view) = ha.assess(local, Instant::now());
+        if let Some(view) = view {
+            info!(pair = %view, "the pair");
+            self.events.emit(Event::Peers(view));
+        }
+        self.effective != Some(combined.path)
+    }
+
+    /// Writes our verdict to the anchor (one CreateTags). A failure is
+    /// logged and emitted; the caller decides whether it holds route calls.
+    async fn publish(&mut self, local: Via) -> Result<(), CloudError> {
+        let Some(ha) = self.ha.as_mut() else {
+            return Ok(());
+        };
+        let reason = self
+            .verdict_reason
+            .as_ref()
+            .map(|r| r.borrow().clone())
+            .unwrap_or_default();
+        let changed = ha.changed(local);
+        match ha.publish(self.api.as_ref(), local, &reason).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if changed {
+                    error!(error = %e, verdict = %local, anchor = %ha.anchor(), "cannot publish our new verdict to the pair: no route call until it is (see iam-policy.example.json for CreateTags)");
+                } else {
+                    warn!(error = %e, anchor = %ha.anchor(), "heartbeat not published; peers take us for dead after ha.peer_timeout");
+                }
+                self.events.emit(Event::ApiError {
+                    op: "CreateTags",
+                    error: e.clone(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The path to converge on after a read: ours, or with `[ha]` the
+    /// pair's, from the verdicts in `observed`.
+    fn effective_path(&mut self, local: Via, observed: &[RouteTable]) -> Via {
+        let Some(ha) = self.ha.as_mut() else {
+            self.effective = Some(local);
+            return local;
+        };
+        ha.observe(observed);
+        let (combined, view) = ha.assess(local, Instant::now());
+        if let Some(view) = view {
+            info!(pair = %view, "the pair");
+            self.events.emit(Event::Peers(view));
+        }
+        if combined.path != local && self.effective != Some(combined.path) {
+            warn!(ours = %local, pair = %combined.path, why = %combined, "following the pair");
+        }
+        self.effective = Some(combined.path);
+        combined.path
     }
 
     /// Every table a pass may touch: the configured ones and any the
@@ -366,6 +480,8 @@ impl Reconciler {
     fn tables_to_read(&self, spec: &Spec) -> Vec<String> {
         let mut ids = spec.table_ids.clone();
         ids.extend(self.ledger.record().table_ids());
+        // The peers' verdicts, even if a reload stopped managing it.
+        ids.extend(self.ha.as_ref().map(|h| h.anchor().to_string()));
         ids.into_iter().collect()
     }
 
@@ -487,9 +603,23 @@ impl Reconciler {
 
     /// Reads, plans and acts until the tables match `path`, the path
     /// changes, or a call fails.
-    async fn reconcile(&mut self, path: Via, desired: &watch::Receiver<Desired>) -> Pass {
+    async fn reconcile(&mut self, local: Via, desired: &watch::Receiver<Desired>) -> Pass {
         let spec = self.spec.borrow().clone();
         let superseded = || desired.has_changed().unwrap_or(true);
+        self.ours = Some(local);
+        // Peers hear of a new verdict before any route call it causes.
+        if self
+            .ha
+            .as_ref()
+            .is_some_and(|h| h.due(local, Instant::now()))
+        {
+            if let Err(e) = self.publish(local).await {
+                return Pass::Failed {
+                    kind: e.kind,
+                    why: format!("CreateTags (our verdict) failed: {e}"),
+                };
+            }
+        }
         for _ in 0..MAX_PASSES {
             if self.stop.is_cancelled() {
                 return Pass::Stopped;
@@ -503,6 +633,7 @@ impl Reconciler {
                 Err(e) => return self.read_failed(e),
             };
             self.tidy_ledger(&spec, &observed);
+            let path = self.effective_path(local, &observed);
             let plan = plan::plan(
                 path,
                 Inputs {
@@ -659,7 +790,7 @@ impl Reconciler {
     /// keeps the removals whose slot still holds that very route. What is
     /// left is the window between this read and the call itself (one round
     /// trip to EC2), which its API cannot close.
-    async fn recheck_removals(&self, actions: &[Action]) -> Result<Vec<Action>, Pass> {
+    async fn recheck_removals(&mut self, actions: &[Action]) -> Result<Vec<Action>, Pass> {
         let removals: Vec<&Action> = actions.iter().filter(|a| a.removes_ours()).collect();
         let mut tables: Vec<String> = removals
             .iter()
@@ -667,6 +798,15 @@ impl Reconciler {
             .collect();
         tables.sort();
         tables.dedup();
+        // With peers, the anchor first: a Backup verdict there stops every removal.
+        let anchor = match &self.ha {
+            Some(ha) if !removals.is_empty() => Some(ha.anchor().to_string()),
+            _ => None,
+        };
+        if let Some(anchor) = &anchor {
+            tables.retain(|t| t != anchor);
+            tables.insert(0, anchor.clone());
+        }
         let mut confirmed = Vec::with_capacity(removals.len());
         for table in tables {
             if self.stop.is_cancelled() {
@@ -680,6 +820,16 @@ impl Reconciler {
                 Ok(t) => t,
                 Err(e) => return Err(self.read_failed(e)),
             };
+            if anchor.as_ref() == Some(&table) {
+                if let Some((local, ha)) = self.ours.zip(self.ha.as_mut()) {
+                    ha.observe(&fresh);
+                    let combined = ha.combined(local);
+                    if combined.path == Via::Backup {
+                        warn!(why = %combined, "a peer's verdict changed since the tables were read: removing nothing");
+                        return Err(Pass::Superseded);
+                    }
+                }
+            }
             for action in removals
                 .iter()
                 .filter(|a| a.route().route_table_id == table)

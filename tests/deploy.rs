@@ -181,6 +181,30 @@ fn representative_events() -> Vec<Event> {
             actions: vec![Action::Create(route_held)],
         },
         Event::Reloaded,
+        Event::Peers(route_failover::ha::PeerView {
+            agent_id: "monitor-a".into(),
+            local: Via::Primary,
+            combined: Via::Backup,
+            peers: ["monitor-b", "monitor-c"]
+                .iter()
+                .zip([
+                    route_failover::peers::Liveness::Live,
+                    route_failover::peers::Liveness::Stale,
+                ])
+                .map(|(id, liveness)| route_failover::peers::Seen {
+                    verdict: route_failover::peers::Verdict {
+                        agent_id: (*id).into(),
+                        path: Via::Backup,
+                        counter: 7,
+                        at: 1_800_000_000,
+                        reason: "3 consecutive down rounds".into(),
+                    },
+                    age: Duration::from_secs(4),
+                    liveness,
+                })
+                .collect(),
+            disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+        }),
     ]
 }
 

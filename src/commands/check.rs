@@ -202,6 +202,11 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
     if let Some(observed) = &observed {
         print_guards(config, observed);
     }
+    if let (Some(ha), Some(observed)) = (&config.ha, &observed) {
+        if let Err(e) = check_ha(config, ha, observed) {
+            fail(e);
+        }
+    }
     if let Some(observed) = observed {
         let ledger = super::ledger(config);
         let inputs = plan::Inputs {
@@ -217,4 +222,108 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `[ha]`: where the verdicts live, what is there now, and whether ours
+/// fits (EC2 allows 50 tags on a table).
+fn check_ha(
+    config: &Config,
+    ha: &crate::ha::HaConfig,
+    observed: &[crate::model::RouteTable],
+) -> Result<(), String> {
+    use crate::peers;
+    // routes is never empty (validated).
+    let anchor = &config.routes[0].route_table_id;
+    let id = ha.agent_id.as_deref().unwrap_or("<this instance's id>");
+    println!(
+        "✓ [ha]: verdicts on {anchor} (the first managed table), ours as {}",
+        peers::tag_key(id)
+    );
+    let Some(table) = observed.iter().find(|t| &t.id == anchor) else {
+        return Err(format!(
+            "✗ [ha]: the anchor table {anchor} is missing: no agent can publish its verdict"
+        ));
+    };
+    let now = peers::unix_now();
+    let limit = ha.peer_timeout + peers::SKEW_TOLERANCE;
+    let verdicts: Vec<peers::Verdict> = table
+        .tags
+        .iter()
+        .filter_map(|(k, v)| peers::parse_tag(k, v))
+        .collect();
+    if verdicts.is_empty() {
+        println!("! [ha]: no verdict published yet (no agent of the pair has run)");
+    }
+    for v in &verdicts {
+        let age = std::time::Duration::from_secs(now.saturating_sub(v.at));
+        let stale = if age > limit {
+            ", STALE: taken for dead"
+        } else {
+            ""
+        };
+        println!(
+            "! [ha]: {} says {} ({}s ago{stale}): {}",
+            v.agent_id,
+            v.path,
+            age.as_secs(),
+            v.reason
+        );
+    }
+    let ours = ha.agent_id.as_deref().map(peers::tag_key);
+    let has_ours = ours.as_ref().is_some_and(|k| table.tags.contains_key(k));
+    if !has_ours && table.tags.len() >= crate::cloud::memory::MAX_TAGS {
+        return Err(format!(
+            "✗ [ha]: {anchor} already has {} tags, EC2's limit: our verdict cannot be added\n    \
+             fix: remove a tag from that route table",
+            table.tags.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RouteTable;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(
+            "[aws]\nbackend = \"memory\"\n[probe]\ntargets = [\"198.18.0.10\"]\n\
+             [[routes]]\nroute_table_id = \"rtb-0123456789abcdef0\"\ndestination = \"10.1.0.0/16\"\n\
+             target_eni = \"eni-0123456789abcdef0\"\n[ha]\nagent_id = \"monitor-a\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    fn table(tags: impl IntoIterator<Item = (String, String)>) -> RouteTable {
+        RouteTable {
+            id: "rtb-0123456789abcdef0".into(),
+            tags: tags.into_iter().collect(),
+            ..RouteTable::default()
+        }
+    }
+
+    #[test]
+    fn a_full_anchor_fails_unless_our_verdict_is_already_there() {
+        let config = config();
+        let ha = config.ha.clone().unwrap();
+        let full = |ours: bool| {
+            (0..crate::cloud::memory::MAX_TAGS).map(move |i| {
+                if ours && i == 0 {
+                    (
+                        crate::peers::tag_key("monitor-a"),
+                        "primary;1;0;r".to_string(),
+                    )
+                } else {
+                    (format!("k{i}"), "v".to_string())
+                }
+            })
+        };
+        let e = check_ha(&config, &ha, &[table(full(false))]).unwrap_err();
+        assert!(e.contains("already has 50 tags"), "{e}");
+        assert!(check_ha(&config, &ha, &[table(full(true))]).is_ok());
+        assert!(check_ha(&config, &ha, &[]).unwrap_err().contains("missing"));
+    }
 }

@@ -80,14 +80,14 @@ fn check_watchdog(config: &Config) -> Result<(), ConfigError> {
 }
 
 pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
     check_watchdog(&config)?;
     // Held until the process exits: one per config, one per managed table
-    // (no HA agent id yet), so no other agent on this host manages them.
+    // (per agent id with `[ha]`), so no other agent on this host manages them.
     let locks = Arc::new(Mutex::new(lock::acquire(
         &config.source,
         &table_ids(&config.routes),
-        None,
+        config.ha.as_ref().and_then(|h| h.agent_id.as_deref()),
     )?));
     // Before anything else is set up: a socket another agent answers on
     // stops this one here.
@@ -103,6 +103,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
             .map_err(|(key, why)| ConfigError::at_key(&config, key, why))?,
     );
     let (mut api, instance) = connect(&config).await?;
+    resolve_agent_id(&mut config).await?;
     // A metadata service that answered but failed is not "off EC2": refuse
     // now, before probing, rather than skip the guard.
     let subnet = own_subnet(&config, &instance)?.map(str::to_string);
@@ -184,6 +185,29 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     result
 }
 
+/// With `[ha]` and no `agent_id`, this instance's id from the metadata
+/// service; without one the agent cannot take part in a pair.
+async fn resolve_agent_id(config: &mut Config) -> Result<(), ConfigError> {
+    let Some(ha) = config.ha.as_mut() else {
+        return Ok(());
+    };
+    if ha.agent_id.is_some() {
+        return Ok(());
+    }
+    match crate::instance::instance_id(&config.aws).await {
+        Ok(id) => {
+            info!(agent_id = %id, "[ha]: agent id from instance metadata");
+            ha.agent_id = Some(id);
+            Ok(())
+        }
+        Err(why) => Err(ConfigError::at_key(
+            config,
+            "ha.agent_id".to_string(),
+            format!("not set, and instance metadata cannot tell this instance's id ({why}): set it off EC2"),
+        )),
+    }
+}
+
 /// How long hooks may take at shutdown to deliver what they hold (well
 /// inside the unit's TimeoutStopSec).
 const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -205,17 +229,26 @@ async fn reload(
 ) -> anyhow::Result<Config> {
     let mut new = Config::load(&running.source)?;
     check_watchdog(&new)?;
+    // The agent id resolved at startup stays.
     if new.aws != running.aws
         || new.metrics_listen != running.metrics_listen
         || new.control != running.control
+        || new.ha.as_ref().map(|h| (h.heartbeat, h.peer_timeout))
+            != running.ha.as_ref().map(|h| (h.heartbeat, h.peer_timeout))
+        || new
+            .ha
+            .as_ref()
+            .and_then(|h| h.agent_id.as_ref())
+            .is_some_and(|id| running.ha.as_ref().and_then(|h| h.agent_id.as_ref()) != Some(id))
     {
         warn!(
-            "changes to [aws], [metrics] and [control] take effect on restart; applying the rest"
+            "changes to [aws], [metrics], [control] and [ha] take effect on restart; applying the rest"
         );
         new.aws = running.aws.clone();
         new.metrics_listen = running.metrics_listen;
         new.control = running.control.clone();
     }
+    new.ha.clone_from(&running.ha);
     run_guard(&new, api, own_subnet(&new, instance)?).await?;
     // What the prober's sockets and rounds are made of; fall/rise are the judge's.
     let same_targets = |c: &Config| {

@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) notify: Vec<crate::notify::config::RawHook>,
     pub(super) backup: Option<RawBackup>,
+    pub(super) ha: Option<RawHa>,
 }
 
 /// `[backup]`: the round keys are optional so that defaults can follow
@@ -54,6 +55,21 @@ fn default_backup_fall() -> u32 {
 }
 fn default_backup_rise() -> u32 {
     3
+}
+
+/// `[ha]`: absent, one agent decides alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHa {
+    pub(super) agent_id: Option<String>,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub(super) heartbeat: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) peer_timeout: Option<Duration>,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]

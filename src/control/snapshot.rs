@@ -22,6 +22,7 @@ use crate::decide::{Alarms, BackupState, Operator, Why};
 use crate::events::{Event, Sink, Standing};
 use crate::fsm::{Failback, Phase, Transition, Via};
 use crate::model::Adoption;
+use crate::peers::Liveness;
 use crate::probe::{RoundSummary, TargetReport};
 use crate::state::OperatorRecord;
 
@@ -187,6 +188,8 @@ struct Board {
     appliance: Option<crate::backup::Appliance>,
     /// Failbacks the guard holds, until the tables converge or the path moves.
     failback_held: Vec<String>,
+    /// With `[ha]`: the pair as last assessed.
+    pair: Option<Stamped<crate::ha::PeerView>>,
 }
 
 impl Board {
@@ -219,6 +222,7 @@ impl Board {
             pinned: false,
             alarms: Alarms::default(),
             findings: VecDeque::new(),
+            pair: None,
         }
     }
 
@@ -297,6 +301,15 @@ impl Board {
                 }
             }
             Event::ApplianceChecked(appliance) => self.appliance = Some(appliance.clone()),
+            Event::Peers(view) => {
+                if let Some(text) = &view.disagreement {
+                    self.findings.retain(|f| &f.value != text);
+                    self.findings
+                        .push_front(Stamped::new(now, wall, text.clone()));
+                    self.findings.truncate(FINDINGS_KEPT);
+                }
+                self.pair = Some(Stamped::new(now, wall, view.clone()));
+            }
             Event::ApiError { op, error } => {
                 self.api_error = Some(Stamped::new(now, wall, ((*op).to_string(), error.clone())));
             }
@@ -424,14 +437,29 @@ impl Board {
                     age_seconds: f.age(now),
                 })
                 .collect(),
-            // No `[ha]` yet: no peers to show.
-            peers: None,
+            peers: self.pair.as_ref().map(|p| pair_view(p, now)),
         }
     }
 
     /// Why the decided path is what it is, in the words of
     /// [`crate::decide::Why`] where one applies.
     fn why(&self, standing: Option<&Standing>) -> String {
+        if let Some(pair) = self.pair.as_ref().map(|p| &p.value) {
+            if pair.combined != pair.local {
+                let saying: Vec<&str> = pair
+                    .peers
+                    .iter()
+                    .filter(|s| s.liveness == Liveness::Live && s.verdict.path == pair.combined)
+                    .map(|s| s.verdict.agent_id.as_str())
+                    .collect();
+                return format!(
+                    "the pair goes {} ({} says so); we alone would say {}",
+                    pair.combined,
+                    saying.join(", "),
+                    pair.local
+                );
+            }
+        }
         if self.adoption.is_none() {
             return "the route tables have not been read yet: nothing is decided, no route is changed"
                 .to_string();
@@ -624,6 +652,24 @@ fn target_view(ip: IpAddr, samples: Option<&VecDeque<Sample>>) -> TargetView {
     }
 }
 
+/// Every agent of the pair, us first, with the age of its verdict now.
+fn pair_view(pair: &Stamped<crate::ha::PeerView>, now: Instant) -> Vec<super::protocol::PeerView> {
+    let since = now.saturating_duration_since(pair.at);
+    let mut out = vec![super::protocol::PeerView {
+        agent: format!("{} (us)", pair.value.agent_id),
+        verdict: pair.value.local,
+        age_seconds: 0.0,
+        live: true,
+    }];
+    out.extend(pair.value.peers.iter().map(|s| super::protocol::PeerView {
+        agent: s.verdict.agent_id.clone(),
+        verdict: s.verdict.path,
+        age_seconds: (s.age + since).as_secs_f64(),
+        live: s.liveness == Liveness::Live,
+    }));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -716,6 +762,59 @@ target_eni = "eni-0123456789abcdef0"
             adoption,
             ours: Vec::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_lists_every_agent_of_the_pair_with_its_age_and_why_the_pair_decides() {
+        use crate::peers::{Liveness, Seen, Verdict};
+        let (sink, view) = channel(&config(), false, OperatorRecord::default());
+        sink.record(&adopted(Adoption::Primary));
+        sink.record(&round(1, &[5], standing(Via::Primary, Via::Primary)));
+        let seen = |id: &str, path, liveness| Seen {
+            verdict: Verdict {
+                agent_id: id.into(),
+                path,
+                counter: 3,
+                at: 0,
+                reason: "3 consecutive down rounds".into(),
+            },
+            age: Duration::from_secs(4),
+            liveness,
+        };
+        sink.record(&Event::Peers(crate::ha::PeerView {
+            agent_id: "monitor-a".into(),
+            local: Via::Primary,
+            combined: Via::Backup,
+            peers: vec![
+                seen("monitor-b", Via::Backup, Liveness::Live),
+                seen("monitor-c", Via::Backup, Liveness::Stale),
+            ],
+            disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+        }));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let status = view.status();
+        let peers = status.peers.expect("[ha] peers are shown");
+        let rows: Vec<(&str, Via, f64, bool)> = peers
+            .iter()
+            .map(|p| (p.agent.as_str(), p.verdict, p.age_seconds, p.live))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("monitor-a (us)", Via::Primary, 0.0, true),
+                ("monitor-b", Via::Backup, 10.0, true),
+                ("monitor-c", Via::Backup, 10.0, false),
+            ]
+        );
+        // Only the live Backup verdict moves the pair.
+        assert_eq!(
+            status.why,
+            "the pair goes Backup (monitor-b says so); we alone would say Primary"
+        );
+        assert_eq!(
+            status.findings[0].finding,
+            "agent monitor-b sees DX down, we see it up"
+        );
     }
 
     #[tokio::test(start_paused = true)]

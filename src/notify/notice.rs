@@ -226,6 +226,7 @@ impl Notice {
             | Event::Converged { .. }
             | Event::Diverged { .. }
             | Event::ApiError { .. }
+            | Event::Peers(_)
             | Event::Reloaded => return None,
         };
         let headline = match event_kind {

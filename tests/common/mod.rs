@@ -230,6 +230,12 @@ impl Harness {
         self.events
     }
 
+    /// Ends the agent as SIGKILL would: no shutdown path runs, what it
+    /// published stays as it was.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
     pub fn rounds(&self) -> usize {
         self.events
             .iter()

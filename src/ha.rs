@@ -1,0 +1,501 @@
+//! A highly available pair (or more): publishing this agent's verdict and
+//! reading its peers', for the reconciler. The rule itself is pure, in
+//! [`crate::peers`]; this module is its bookkeeping.
+//!
+//! # Where the verdicts live
+//! As EC2 tags on the **anchor**: the first managed route table in the
+//! config (`routes[0].route_table_id`). Every agent of a pair runs the same
+//! config, so they agree on it, and DescribeRouteTables, which the
+//! reconciler makes anyway, returns its tags: reading peers costs no call.
+//! One key per agent, `route-failover:verdict:<agent_id>`, value
+//! `path;counter;unix-seconds;reason`.
+//!
+//! # When this agent publishes
+//! - Its own verdict (the path its judge decides: its probes, the backup
+//!   gate, an operator's hold) is written with CreateTags once per
+//!   `heartbeat`, so peers can tell it is alive; a tag deleted by hand is
+//!   back within one beat.
+//! - A changed verdict is written at once, **before** any route call it
+//!   causes, and a failed write holds those calls (retried with backoff):
+//!   a peer must never see our routes without our reason for them.
+//!
+//! # Why agents never fight
+//! Each agent converges on the combined path: Backup while any live
+//! agent's verdict is Backup, Primary only when all say Primary.
+//! - Creating: an agent creates a route only after a read that shows it
+//!   missing and some live Backup verdict. A peer that deleted it had first
+//!   published its Primary verdict, and the peer only deletes when every
+//!   verdict it reads is Primary — so the creator's read either predates
+//!   the deletion (and saw the route) or shows everyone Primary (and
+//!   creates nothing), unless a verdict turned Backup since: a new
+//!   transition, not a fight.
+//! - Deleting: an agent deletes only when its combined path is Primary,
+//!   re-checked on a fresh read of the anchor right before the call
+//!   (alongside the route itself): a Backup verdict published before that
+//!   read stops it. A verdict published after it comes with a create that
+//!   follows the delete: the route ends up present, as it should.
+//! - Transients: agents that decide the same transition at once all call;
+//!   every call after the first gets `RouteAlreadyExists` or
+//!   `InvalidRoute.NotFound`, which count as converged. So a pair makes at
+//!   most one redundant call per route per transition (N - 1 with N
+//!   agents), and it converges by itself.
+//! - An agent that cannot publish a new verdict makes no route call for it
+//!   (retried with backoff): acting on a verdict its peers cannot see is
+//!   exactly what would start a fight.
+//!
+//! This assumes a read that shows a route change also shows the tags
+//! written before it, as one DescribeRouteTables answer does.
+//!
+//! # Freshness
+//! A verdict is live while its timestamp is at most `peer_timeout` plus
+//! [`peers::SKEW_TOLERANCE`] old by this agent's clock (EC2 instances keep time
+//! with Amazon Time Sync). Between two reads, the verdicts last read are
+//! aged on every heartbeat, so a dead peer's Backup stops holding the pair
+//! in time without an extra read; the deletion that follows is re-checked
+//! on a fresh read as always.
+//!
+//! # Cost
+//! Steady state: one CreateTags per heartbeat; reads as without `[ha]`
+//! (every `resync_interval`), plus the anchor's re-read before a deletion.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::cloud::{CloudError, RouteApi};
+use crate::fsm::Via;
+use crate::model::RouteTable;
+use crate::peers::{self, Combined, Liveness, Seen, Verdict};
+
+/// Heartbeats two live agents may disagree before it is reported.
+pub const DISAGREE_AFTER_BEATS: u32 = 3;
+
+/// `[ha]` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// `None`: this instance's id, from the metadata service, at startup.
+    pub agent_id: Option<String>,
+    pub heartbeat: Duration,
+    pub peer_timeout: Duration,
+}
+
+/// Why `id` cannot name an agent, if it cannot: it becomes part of a tag
+/// key (at most 128 characters, 23 taken by the prefix).
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 100 {
+        return Err(format!(
+            "{id:?} must be 1 to 100 characters (it becomes part of an EC2 tag key)"
+        ));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{id:?} may hold only letters, digits, '-', '_' and '.', such as \"monitor-a\" or an instance id"
+        ));
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch, as verdicts are stamped. Injected so
+/// tests on tokio's paused clock can make wall time pass too.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's clock.
+pub fn system_clock() -> WallClock {
+    Arc::new(peers::unix_now)
+}
+
+/// The pair as this agent sees it, for logs, status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub agent_id: String,
+    /// This agent's own verdict.
+    pub local: Via,
+    /// The path the pair converges on.
+    pub combined: Via,
+    /// Every peer whose verdict tag was read, with its age and liveness.
+    pub peers: Vec<Seen>,
+    /// Live agents have disagreed for more than a few heartbeats.
+    pub disagreement: Option<String>,
+}
+
+impl PeerView {
+    pub fn count(&self, liveness: Liveness) -> usize {
+        self.peers.iter().filter(|s| s.liveness == liveness).count()
+    }
+}
+
+impl fmt::Display for PeerView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (us) says {}, the pair goes {}",
+            self.agent_id, self.local, self.combined
+        )?;
+        for s in &self.peers {
+            write!(
+                f,
+                "; {} says {} ({}s ago{})",
+                s.verdict.agent_id,
+                s.verdict.path,
+                s.age.as_secs(),
+                if s.liveness == Liveness::Stale {
+                    ", STALE: ignored"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What changed since the last assessment, to log and emit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// Peers that just went stale (each logged once).
+    pub went_stale: Vec<String>,
+    /// Peers live again.
+    pub came_back: Vec<String>,
+    /// A disagreement just became worth reporting.
+    pub disagreement_started: Option<String>,
+    /// The disagreement reported before is over.
+    pub disagreement_ended: bool,
+    /// Anything a status view shows changed (paths, liveness, finding).
+    pub view_changed: bool,
+}
+
+/// Tracks the pair between assessments: pure, time passed in.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    stale: BTreeSet<String>,
+    disagree_since: Option<Instant>,
+    reported: Option<String>,
+    last: Option<ViewKey>,
+}
+
+/// What a status view shows of the pair: our path, the pair's, each peer's
+/// verdict and liveness (ages left out: they change every second).
+type ViewKey = (Via, Via, Vec<(String, Via, Liveness)>);
+
+impl Tracker {
+    /// Notes `combined` (for this agent's `local` verdict) at `now`.
+    pub fn assess(
+        &mut self,
+        combined: &Combined,
+        local: Via,
+        now: Instant,
+        heartbeat: Duration,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        for s in &combined.peers {
+            let id = &s.verdict.agent_id;
+            match s.liveness {
+                Liveness::Stale if self.stale.insert(id.clone()) => {
+                    changes.went_stale.push(id.clone());
+                }
+                Liveness::Live if self.stale.remove(id) => changes.came_back.push(id.clone()),
+                _ => {}
+            }
+        }
+        let others: Vec<&Seen> = combined
+            .peers
+            .iter()
+            .filter(|s| s.liveness == Liveness::Live && s.verdict.path != local)
+            .collect();
+        if others.is_empty() {
+            self.disagree_since = None;
+            if self.reported.take().is_some() {
+                changes.disagreement_ended = true;
+            }
+        } else {
+            let since = *self.disagree_since.get_or_insert(now);
+            if self.reported.is_none() && now - since >= heartbeat * DISAGREE_AFTER_BEATS {
+                let text = disagreement(&others, local);
+                self.reported = Some(text.clone());
+                changes.disagreement_started = Some(text);
+            }
+        }
+        let key = (
+            local,
+            combined.path,
+            combined
+                .peers
+                .iter()
+                .map(|s| (s.verdict.agent_id.clone(), s.verdict.path, s.liveness))
+                .collect(),
+        );
+        changes.view_changed = self.last.as_ref() != Some(&key)
+            || changes.disagreement_started.is_some()
+            || changes.disagreement_ended;
+        self.last = Some(key);
+        changes
+    }
+
+    /// The disagreement being reported, if any.
+    pub fn disagreement(&self) -> Option<&str> {
+        self.reported.as_deref()
+    }
+}
+
+/// "agent i-b sees DX down (3 consecutive down rounds), we see it up".
+fn disagreement(others: &[&Seen], local: Via) -> String {
+    let view = |p: Via| match p {
+        Via::Backup => "down",
+        Via::Primary => "up",
+    };
+    let names: Vec<String> = others
+        .iter()
+        .map(|s| {
+            if s.verdict.reason.is_empty() {
+                format!("agent {}", s.verdict.agent_id)
+            } else {
+                format!("agent {} ({})", s.verdict.agent_id, s.verdict.reason)
+            }
+        })
+        .collect();
+    format!(
+        "{} sees DX {}, we see it {}: a fault local to one agent (its probes, its route to the \
+         targets) if it lasts",
+        names.join(", "),
+        view(match local {
+            Via::Primary => Via::Backup,
+            Via::Backup => Via::Primary,
+        }),
+        view(local)
+    )
+}
+
+/// This agent's side of the pair, kept by the reconciler.
+pub(crate) struct Ha {
+    pub(crate) agent_id: String,
+    heartbeat: Duration,
+    peer_timeout: Duration,
+    clock: WallClock,
+    anchor: String,
+    counter: u64,
+    /// The verdict last written successfully.
+    published: Option<Via>,
+    /// When the last write was tried (successful or not).
+    last_write: Option<Instant>,
+    /// The verdicts in the anchor's tags at the last read, ours excluded.
+    peers: Vec<Verdict>,
+    tracker: Tracker,
+}
+
+impl Ha {
+    pub(crate) fn new(
+        agent_id: String,
+        config: &HaConfig,
+        anchor: String,
+        clock: WallClock,
+    ) -> Self {
+        Self {
+            agent_id,
+            heartbeat: config.heartbeat,
+            peer_timeout: config.peer_timeout,
+            clock,
+            anchor,
+            counter: 0,
+            published: None,
+            last_write: None,
+            peers: Vec::new(),
+            tracker: Tracker::default(),
+        }
+    }
+
+    pub(crate) fn anchor(&self) -> &str {
+        &self.anchor
+    }
+
+    /// Takes the verdicts from a read, if it includes the anchor.
+    pub(crate) fn observe(&mut self, tables: &[RouteTable]) {
+        let Some(anchor) = tables.iter().find(|t| t.id == self.anchor) else {
+            return;
+        };
+        self.peers.clear();
+        for (key, value) in &anchor.tags {
+            let Some(v) = peers::parse_tag(key, value) else {
+                continue;
+            };
+            if v.agent_id == self.agent_id {
+                // Counting on from a previous run keeps the counter rising.
+                if self.published.is_none() {
+                    self.counter = self.counter.max(v.counter);
+                }
+            } else {
+                self.peers.push(v);
+            }
+        }
+    }
+
+    /// The pair's path for our `local` verdict, from the verdicts last read,
+    /// aged to now.
+    pub(crate) fn combined(&self, local: Via) -> Combined {
+        peers::combine(
+            local,
+            &self.agent_id,
+            &self.peers,
+            (self.clock)(),
+            self.peer_timeout,
+        )
+    }
+
+    /// Whether `local` must be written now: it changed, or a beat is due.
+    pub(crate) fn due(&self, local: Via, now: Instant) -> bool {
+        self.published != Some(local) || self.next_beat().is_none_or(|at| now >= at)
+    }
+
+    /// Whether `local` differs from what peers last saw from us.
+    pub(crate) fn changed(&self, local: Via) -> bool {
+        self.published != Some(local)
+    }
+
+    /// When the next heartbeat is due; `None` before the first write.
+    pub(crate) fn next_beat(&self) -> Option<Instant> {
+        self.last_write.map(|t| t + self.heartbeat)
+    }
+
+    /// Writes our verdict (one CreateTags).
+    pub(crate) async fn publish(
+        &mut self,
+        api: &dyn RouteApi,
+        local: Via,
+        reason: &str,
+    ) -> Result<(), CloudError> {
+        self.last_write = Some(Instant::now());
+        let verdict = Verdict {
+            agent_id: self.agent_id.clone(),
+            path: local,
+            counter: self.counter + 1,
+            at: (self.clock)(),
+            reason: reason.to_string(),
+        };
+        let tag = (peers::tag_key(&self.agent_id), peers::tag_value(&verdict));
+        api.create_tags(&self.anchor, std::slice::from_ref(&tag))
+            .await?;
+        self.counter += 1;
+        if self.published != Some(local) {
+            info!(verdict = %local, %reason, anchor = %self.anchor, "published our verdict to the pair");
+        }
+        self.published = Some(local);
+        Ok(())
+    }
+
+    /// Assesses the pair at `now`: logs what changed, returns the view when
+    /// a status view should hear of it.
+    pub(crate) fn assess(&mut self, local: Via, now: Instant) -> (Combined, Option<PeerView>) {
+        let combined = self.combined(local);
+        let changes = self.tracker.assess(&combined, local, now, self.heartbeat);
+        for id in &changes.went_stale {
+            warn!(peer = %id, peer_timeout = ?self.peer_timeout, "peer's verdict is stale: taken for dead and ignored until it publishes again");
+        }
+        for id in &changes.came_back {
+            info!(peer = %id, "peer is publishing again");
+        }
+        if let Some(text) = &changes.disagreement_started {
+            warn!(finding = %text, "the agents of the pair disagree");
+        }
+        if changes.disagreement_ended {
+            info!("the agents of the pair agree again");
+        }
+        let view = changes.view_changed.then(|| PeerView {
+            agent_id: self.agent_id.clone(),
+            local,
+            combined: combined.path,
+            peers: combined.peers.clone(),
+            disagreement: self.tracker.disagreement().map(str::to_string),
+        });
+        (combined, view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: &str, path: Via, liveness: Liveness) -> Seen {
+        Seen {
+            verdict: Verdict {
+                agent_id: id.into(),
+                path,
+                counter: 1,
+                at: 0,
+                reason: "3 down rounds".into(),
+            },
+            age: Duration::from_secs(1),
+            liveness,
+        }
+    }
+
+    fn combined(path: Via, peers: Vec<Seen>) -> Combined {
+        Combined {
+            path,
+            backup_votes: Vec::new(),
+            peers,
+        }
+    }
+
+    const BEAT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_disagreement_is_reported_once_after_a_few_beats_and_its_end_once() {
+        let mut t = Tracker::default();
+        let start = Instant::now();
+        let c = combined(Via::Backup, vec![seen("i-b", Via::Backup, Liveness::Live)]);
+        let first = t.assess(&c, Via::Primary, start, BEAT);
+        assert!(first.view_changed);
+        assert_eq!(first.disagreement_started, None);
+        let mut reported = Vec::new();
+        for s in 1..=10 {
+            let ch = t.assess(&c, Via::Primary, start + BEAT * s, BEAT);
+            reported.extend(ch.disagreement_started);
+        }
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(reported[0].starts_with("agent i-b (3 down rounds) sees DX down, we see it up"));
+        let c = combined(
+            Via::Primary,
+            vec![seen("i-b", Via::Primary, Liveness::Live)],
+        );
+        let ch = t.assess(&c, Via::Primary, start + BEAT * 11, BEAT);
+        assert!(ch.disagreement_ended && ch.view_changed);
+        let ch = t.assess(&c, Via::Primary, start + BEAT * 12, BEAT);
+        assert_eq!(ch, Changes::default());
+    }
+
+    #[test]
+    fn a_stale_peer_is_logged_once_and_never_disagrees() {
+        let mut t = Tracker::default();
+        let start = Instant::now();
+        let c = combined(
+            Via::Primary,
+            vec![seen("i-b", Via::Backup, Liveness::Stale)],
+        );
+        let ch = t.assess(&c, Via::Primary, start, BEAT);
+        assert_eq!(ch.went_stale, ["i-b"]);
+        for s in 1..10 {
+            let ch = t.assess(&c, Via::Primary, start + BEAT * s, BEAT);
+            assert!(ch.went_stale.is_empty() && ch.disagreement_started.is_none());
+        }
+        let c = combined(
+            Via::Primary,
+            vec![seen("i-b", Via::Primary, Liveness::Live)],
+        );
+        assert_eq!(t.assess(&c, Via::Primary, start, BEAT).came_back, ["i-b"]);
+    }
+
+    #[test]
+    fn agent_ids_become_tag_keys() {
+        assert!(check_agent_id("i-0123456789abcdef0").is_ok());
+        assert!(check_agent_id("monitor-a").is_ok());
+        assert!(check_agent_id("").is_err());
+        assert!(check_agent_id("a;b").is_err());
+        assert!(check_agent_id(&"a".repeat(101)).is_err());
+    }
+}

@@ -1,0 +1,670 @@
+//! Two (or three) agents of an `[ha]` pair on one in-memory EC2, each with
+//! its own scripted view of DX and its own link to the API, on tokio's
+//! paused clock. Every call each agent makes is counted.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use ipnet::IpNet;
+use route_failover::cloud::memory::MemoryRouteApi;
+use route_failover::cloud::{CloudError, ErrorKind, NetworkInterface, RouteApi};
+use route_failover::config::Config;
+use route_failover::events::{Event, Outcome};
+use route_failover::fsm::Via;
+use route_failover::ha::{HaConfig, PeerView, WallClock};
+use route_failover::model::{Action, ManagedRoute, RouteTable, Target};
+use route_failover::peers::{self, Liveness};
+use route_failover::probe::scripted::Reply;
+use tokio::time::Instant;
+
+const BEAT: Duration = Duration::from_secs(10);
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One agent's link to the shared EC2: counts its calls, and can be cut.
+struct Link {
+    world: Arc<MemoryRouteApi>,
+    cut: AtomicBool,
+    /// (op, ok, route-changing outcome) of every call, in order.
+    calls: Mutex<Vec<(&'static str, bool)>>,
+}
+
+impl Link {
+    fn new(world: &Arc<MemoryRouteApi>) -> Arc<Self> {
+        Arc::new(Self {
+            world: Arc::clone(world),
+            cut: AtomicBool::new(false),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+
+    fn count(&self, op: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, _)| *o == op)
+            .count()
+    }
+
+    fn route_calls(&self) -> usize {
+        ["CreateRoute", "DeleteRoute", "ReplaceRoute"]
+            .iter()
+            .map(|op| self.count(op))
+            .sum()
+    }
+
+    fn reset(&self) {
+        self.calls.lock().unwrap().clear();
+    }
+
+    fn note<T>(&self, op: &'static str, result: Result<T, CloudError>) -> Result<T, CloudError> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push((op, result.is_ok()));
+        // Agents that fight loop without time passing: fail, do not hang.
+        let route_calls = calls.iter().filter(|(o, _)| o.ends_with("Route")).count();
+        assert!(
+            route_calls < 200,
+            "runaway: {route_calls} route calls, the agents fight"
+        );
+        result
+    }
+
+    fn check(&self) -> Result<(), CloudError> {
+        if self.cut.load(Ordering::SeqCst) {
+            Err(CloudError::new(
+                ErrorKind::Transient,
+                None,
+                "dispatch failure: endpoint unreachable",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl RouteApi for Link {
+    async fn describe_route_tables(&self, ids: &[String]) -> Result<Vec<RouteTable>, CloudError> {
+        let r = match self.check() {
+            Ok(()) => self.world.describe_route_tables(ids).await,
+            Err(e) => Err(e),
+        };
+        self.note("DescribeRouteTables", r)
+    }
+    async fn describe_network_interfaces(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<NetworkInterface>, CloudError> {
+        self.check()?;
+        self.world.describe_network_interfaces(ids).await
+    }
+    async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
+        let r = match self.check() {
+            Ok(()) => self.world.create_route(route).await,
+            Err(e) => Err(e),
+        };
+        self.note("CreateRoute", r)
+    }
+    async fn replace_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
+        let r = match self.check() {
+            Ok(()) => self.world.replace_route(route).await,
+            Err(e) => Err(e),
+        };
+        self.note("ReplaceRoute", r)
+    }
+    async fn restore_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+        target: &Target,
+    ) -> Result<(), CloudError> {
+        self.check()?;
+        self.world
+            .restore_route(route_table_id, destination, target)
+            .await
+    }
+    async fn delete_route(
+        &self,
+        route_table_id: &str,
+        destination: IpNet,
+    ) -> Result<(), CloudError> {
+        let r = match self.check() {
+            Ok(()) => self.world.delete_route(route_table_id, destination).await,
+            Err(e) => Err(e),
+        };
+        self.note("DeleteRoute", r)
+    }
+    async fn subnet_route_table(&self, subnet_id: &str) -> Result<String, CloudError> {
+        self.check()?;
+        self.world.subnet_route_table(subnet_id).await
+    }
+    async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError> {
+        self.world.is_permitted(action).await
+    }
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), CloudError> {
+        let r = match self.check() {
+            Ok(()) => self.world.create_tags(resource_id, tags).await,
+            Err(e) => Err(e),
+        };
+        self.note("CreateTags", r)
+    }
+    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
+        self.check()?;
+        self.world.delete_tags(resource_id, keys).await
+    }
+}
+
+fn ha_config(id: &str) -> Config {
+    let mut config = config();
+    config.ha = Some(HaConfig {
+        agent_id: Some(id.to_string()),
+        heartbeat: BEAT,
+        peer_timeout: PEER_TIMEOUT,
+    });
+    config
+}
+
+/// Wall time that passes with the paused clock, `skew` seconds ahead.
+fn clock(skew: u64) -> WallClock {
+    let base = Instant::now();
+    Arc::new(move || 1_800_000_000 + skew + base.elapsed().as_secs())
+}
+
+struct Pair {
+    world: Arc<MemoryRouteApi>,
+    config: Config,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let config = config();
+        Self {
+            world: Arc::new(MemoryRouteApi::seeded(&config.routes)),
+            config,
+        }
+    }
+
+    fn start(&self, id: &str, reply: Reply) -> (Harness, Arc<Link>) {
+        self.start_skewed(id, reply, 0)
+    }
+
+    fn start_skewed(&self, id: &str, reply: Reply, skew: u64) -> (Harness, Arc<Link>) {
+        let link = Link::new(&self.world);
+        let h = Harness::start_with(
+            &ha_config(id),
+            Arc::clone(&link) as Arc<dyn RouteApi>,
+            reply,
+            |a| a.with_wall_clock(clock(skew)),
+        );
+        (h, link)
+    }
+
+    fn ours(&self) -> Vec<String> {
+        our_routes(&self.world.tables())
+    }
+
+    fn managed(&self) -> Vec<String> {
+        all_managed(&self.config)
+    }
+
+    /// The verdicts in the anchor's tags, by agent.
+    fn verdicts(&self) -> Vec<(String, Via)> {
+        let anchor = &self.config.routes[0].route_table_id;
+        let tables = self.world.tables();
+        let t = tables.iter().find(|t| &t.id == anchor).unwrap();
+        t.tags
+            .iter()
+            .filter_map(|(k, v)| peers::parse_tag(k, v))
+            .map(|v| (v.agent_id, v.path))
+            .collect()
+    }
+
+    /// Successful route calls of each op made by the world so far.
+    fn world_ops(&self, op: &str) -> usize {
+        self.world
+            .mutating_calls()
+            .iter()
+            .filter(|c| c.op == op && c.ok)
+            .count()
+    }
+}
+
+fn peers_views(h: &Harness) -> Vec<PeerView> {
+    h.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Peers(v) => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn changes_after(h: &Harness, since: Instant) -> Vec<String> {
+    h.events
+        .iter()
+        // Events are stamped when the test receives them: strictly after.
+        .filter(|(at, _)| *at > since)
+        .filter_map(|(_, e)| match e {
+            Event::RouteChange {
+                action,
+                result: Ok(Outcome::Done),
+                ..
+            } => Some(action.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn both_on_primary(a: &mut Harness, b: &mut Harness) {
+    a.converged(Via::Primary, secs(5)).await;
+    b.converged(Via::Primary, secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_see_the_cut_routes_are_made_once_and_heal_deletes_them_once() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    assert_eq!(
+        pair.verdicts(),
+        [
+            ("monitor-a".to_string(), Via::Primary),
+            ("monitor-b".to_string(), Via::Primary)
+        ]
+    );
+
+    a.script.set("DX cut", Reply::None);
+    b.script.set("DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.converged(Via::Backup, secs(10)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    let routes = pair.managed().len();
+    // Each route made once; a second agent deciding at the same instant
+    // may make one redundant call per route, answered RouteAlreadyExists.
+    assert_eq!(pair.world_ops("CreateRoute"), routes);
+    let creates = la.count("CreateRoute") + lb.count("CreateRoute");
+    assert!(
+        (routes..=2 * routes).contains(&creates),
+        "{creates} CreateRoute calls for {routes} routes"
+    );
+    a.run_for(secs(60)).await;
+    assert_eq!(pair.ours(), pair.managed(), "the routes stay");
+    assert_eq!(la.count("CreateRoute") + lb.count("CreateRoute"), creates);
+    assert_eq!(la.count("DeleteRoute") + lb.count("DeleteRoute"), 0);
+
+    a.script.set("DX healed", Reply::All);
+    b.script.set("DX healed", Reply::All);
+    let healed = Instant::now();
+    a.converged(Via::Primary, secs(60)).await;
+    b.converged(Via::Primary, secs(60)).await;
+    assert!(pair.ours().is_empty());
+    assert_eq!(pair.world_ops("DeleteRoute"), routes);
+    let deletes = la.count("DeleteRoute") + lb.count("DeleteRoute");
+    assert!(
+        (routes..=2 * routes).contains(&deletes),
+        "{deletes} DeleteRoute calls"
+    );
+    // Long after: deleted once and never made again by either agent.
+    a.run_for(secs(120)).await;
+    b.run_for(Duration::ZERO).await;
+    assert!(pair.ours().is_empty());
+    assert_eq!(la.count("CreateRoute") + lb.count("CreateRoute"), creates);
+    assert!(changes_after(&a, healed)
+        .iter()
+        .chain(&changes_after(&b, healed))
+        .all(|c| c.starts_with("delete")));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_survivor_fails_over_alone_when_its_peer_was_killed_on_primary() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    b.run_for(secs(15)).await;
+    a.kill();
+
+    b.script.set("DX cut", Reply::None);
+    let cut = Instant::now();
+    b.converged(Via::Backup, secs(60)).await;
+    let latency = cut.elapsed();
+    // Detection is fall = 3 rounds of 1 s; a dead Primary verdict never
+    // holds a failover, so peer_timeout is not even needed.
+    assert!(
+        latency <= secs(3) + PEER_TIMEOUT,
+        "failover took {latency:?}"
+    );
+    assert!(latency <= secs(5), "failover took {latency:?}");
+    assert_eq!(pair.ours(), pair.managed());
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_peers_backup_verdict_holds_failback_only_until_peer_timeout() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("DX cut", Reply::None);
+    b.script.set("DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(5)).await;
+    // A dies while saying Backup; then DX heals.
+    a.kill();
+    let killed = Instant::now();
+    b.script.set("DX healed", Reply::All);
+    b.transition(Via::Primary, secs(30)).await;
+    // B's own verdict is Primary, but A's Backup is still live: no deletion.
+    assert_eq!(pair.ours(), pair.managed());
+    assert_eq!(lb.count("DeleteRoute"), 0);
+    b.converged(Via::Primary, secs(120)).await;
+    let waited = killed.elapsed();
+    // A's last beat was at most one heartbeat before its death; its
+    // verdict dies peer_timeout (+ skew tolerance) later, and B notices on
+    // its next heartbeat.
+    assert!(
+        waited <= PEER_TIMEOUT + peers::SKEW_TOLERANCE + BEAT + BEAT,
+        "failback {waited:?} after the peer died"
+    );
+    assert!(
+        waited >= PEER_TIMEOUT - BEAT,
+        "failback {waited:?}: too early"
+    );
+    assert!(pair.ours().is_empty());
+    let stale = peers_views(&b).iter().any(|v| {
+        v.peers
+            .iter()
+            .any(|s| s.verdict.agent_id == "monitor-a" && s.liveness == Liveness::Stale)
+    });
+    assert!(stale, "A is reported stale");
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_agents_view_alone_fails_over_and_the_other_names_it() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("A's view of DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    assert_eq!(la.count("CreateRoute"), pair.managed().len());
+    // B still sees DX up, but follows the pair and never undoes A's routes.
+    b.run_for(secs(120)).await;
+    a.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    assert_eq!(lb.route_calls(), 0, "B made route calls");
+    let findings: Vec<String> = peers_views(&b)
+        .into_iter()
+        .filter_map(|v| v.disagreement)
+        .collect();
+    assert!(
+        findings.first().is_some_and(
+            |f| f.starts_with("agent monitor-a (") && f.contains("sees DX down, we see it up")
+        ),
+        "{findings:?}"
+    );
+    let theirs: Vec<String> = peers_views(&a)
+        .into_iter()
+        .filter_map(|v| v.disagreement)
+        .collect();
+    assert!(
+        theirs.first().is_some_and(
+            |f| f.starts_with("agent monitor-b") && f.contains("sees DX up, we see it down")
+        ),
+        "{theirs:?}"
+    );
+    // The view heals: both agree, the routes go once.
+    a.script.set("A's view healed", Reply::All);
+    a.converged(Via::Primary, secs(60)).await;
+    assert!(pair.ours().is_empty());
+    b.run_for(secs(60)).await;
+    assert!(pair.ours().is_empty());
+    assert_eq!(lb.count("CreateRoute"), 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_restarted_while_its_peer_says_backup_deletes_nothing() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("A's view of DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.stop().await;
+
+    // B comes back with a healthy view: it adopts Backup from the tables,
+    // its own verdict goes Primary after rise and hold-down, A's live
+    // Backup keeps the routes.
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    b.transition(Via::Primary, secs(60)).await;
+    b.run_for(secs(120)).await;
+    a.run_for(Duration::ZERO).await;
+    assert_eq!(lb.route_calls(), 0, "the restarted agent changed routes");
+    assert_eq!(pair.ours(), pair.managed());
+    assert!(pair
+        .verdicts()
+        .contains(&("monitor-b".to_string(), Via::Primary)));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_loses_the_api_expires_and_converges_on_return_without_undoing() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("DX cut", Reply::None);
+    b.script.set("DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(3)).await;
+
+    // A loses the EC2 API while saying Backup; DX heals for both.
+    la.set_cut(true);
+    let lost = Instant::now();
+    a.script.set("DX healed", Reply::All);
+    b.script.set("DX healed", Reply::All);
+    b.converged(Via::Primary, secs(120)).await;
+    let waited = lost.elapsed();
+    assert!(
+        waited <= PEER_TIMEOUT + peers::SKEW_TOLERANCE + 2 * BEAT,
+        "B waited {waited:?} for A's verdict to expire"
+    );
+    assert!(pair.ours().is_empty(), "B deleted the routes");
+    assert!(peers_views(&b).iter().any(|v| v
+        .peers
+        .iter()
+        .any(|s| s.verdict.agent_id == "monitor-a" && s.liveness == Liveness::Stale)));
+
+    // A's API comes back: it publishes, reads and converges; nothing undone.
+    la.reset();
+    let back = Instant::now();
+    la.set_cut(false);
+    a.converged(Via::Primary, secs(120)).await;
+    b.run_for(secs(60)).await;
+    assert_eq!(la.route_calls(), 0, "A changed routes on its return");
+    assert!(la.count("CreateTags") >= 1);
+    assert!(pair.ours().is_empty());
+    assert_eq!(changes_after(&b, back), Vec::<String>::new());
+    assert!(lb.count("CreateRoute") <= pair.managed().len());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn verdict_tags_deleted_by_hand_are_back_within_a_heartbeat() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("DX cut", Reply::None);
+    b.script.set("DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(7)).await;
+    let (routes_a, routes_b) = (la.route_calls(), lb.route_calls());
+
+    let anchor = pair.config.routes[0].route_table_id.clone();
+    let keys: Vec<String> = ["monitor-a", "monitor-b"]
+        .iter()
+        .map(|id| peers::tag_key(id))
+        .collect();
+    pair.world.delete_tags(&anchor, &keys).await.unwrap();
+    assert!(pair.verdicts().is_empty());
+    a.run_for(BEAT).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(
+        pair.verdicts(),
+        [
+            ("monitor-a".to_string(), Via::Backup),
+            ("monitor-b".to_string(), Via::Backup)
+        ]
+    );
+    a.run_for(secs(60)).await;
+    assert_eq!((la.route_calls(), lb.route_calls()), (routes_a, routes_b));
+    assert_eq!(pair.ours(), pair.managed());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn steady_state_costs_one_create_tags_per_beat_and_no_extra_read() {
+    const SPAN: u64 = 600;
+    // The same agent alone, without [ha], for the reads it makes anyway.
+    let single_reads = {
+        let config = config();
+        let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+        let link = Link::new(&world);
+        let mut h = Harness::start(&config, Arc::clone(&link) as _, Reply::All);
+        h.converged(Via::Primary, secs(5)).await;
+        link.reset();
+        h.run_for(secs(SPAN)).await;
+        h.stop().await;
+        link.count("DescribeRouteTables")
+    };
+
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start_skewed("monitor-b", Reply::All, 1);
+    let (mut c, lc) = pair.start("monitor-c", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    c.converged(Via::Primary, secs(5)).await;
+    for l in [&la, &lb, &lc] {
+        l.reset();
+    }
+    a.run_for(secs(SPAN)).await;
+    let beats = (SPAN / BEAT.as_secs()) as usize;
+    for (name, l) in [("a", &la), ("b", &lb), ("c", &lc)] {
+        let tags = l.count("CreateTags");
+        let reads = l.count("DescribeRouteTables");
+        println!("agent {name}: {tags} CreateTags, {reads} DescribeRouteTables in {SPAN} s (alone: {single_reads} reads)");
+        assert!(
+            (beats - 1..=beats + 1).contains(&tags),
+            "agent {name}: {tags} CreateTags in {beats} beats"
+        );
+        assert!(
+            reads <= single_reads,
+            "agent {name}: {reads} reads, {single_reads} alone"
+        );
+        assert_eq!(l.route_calls(), 0);
+    }
+    for h in [a, b, c] {
+        h.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_ha_nothing_is_tagged() {
+    let config = config();
+    assert!(config.ha.is_none());
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let link = Link::new(&world);
+    let mut h = Harness::start(&config, Arc::clone(&link) as _, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set("DX cut", Reply::None);
+    h.converged(Via::Backup, secs(10)).await;
+    h.run_for(secs(60)).await;
+    let events = h.stop().await;
+    assert_eq!(link.count("CreateTags"), 0);
+    assert!(world.tables().iter().all(|t| t.tags.is_empty()));
+    assert!(!events.iter().any(|(_, e)| matches!(e, Event::Peers(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_agents_with_staggered_views_and_clocks_never_undo_each_other() {
+    let pair = Pair::new();
+    let routes = pair.managed().len();
+    let mut agents = Vec::new();
+    // Started out of step, with clocks up to 2 s apart.
+    for (i, id) in ["monitor-a", "monitor-b", "monitor-c"].iter().enumerate() {
+        agents.push(pair.start_skewed(id, Reply::All, i as u64));
+        agents[i].0.run_for(Duration::from_millis(370)).await;
+    }
+    agents[0].0.run_for(secs(5)).await;
+    for (h, _) in &mut agents {
+        h.run_for(Duration::ZERO).await;
+        assert!(h.events.iter().any(|(_, e)| matches!(
+            e,
+            Event::Converged {
+                path: Via::Primary,
+                ..
+            }
+        )));
+    }
+    let cut_order = [0, 1, 2];
+    let heal_order = [2, 0, 1];
+    for cycle in 1..=4 {
+        for &i in &cut_order {
+            agents[i].0.script.set("cut", Reply::None);
+            agents[i].0.run_for(Duration::from_millis(430)).await;
+        }
+        agents[0].0.run_for(secs(20)).await;
+        assert_eq!(pair.ours(), pair.managed(), "cycle {cycle}: failed over");
+        for &i in &heal_order {
+            agents[i].0.script.set("healed", Reply::All);
+            // Each heal is seen while the others still say Backup.
+            agents[i].0.run_for(secs(7)).await;
+            if i != heal_order[2] {
+                assert_eq!(
+                    pair.ours(),
+                    pair.managed(),
+                    "cycle {cycle}: failed back early"
+                );
+            }
+        }
+        agents[0].0.run_for(secs(60)).await;
+        assert!(pair.ours().is_empty(), "cycle {cycle}: failed back");
+        // Made once and deleted once per cycle: never re-made, never
+        // deleted under a Backup verdict.
+        assert_eq!(pair.world_ops("CreateRoute"), cycle * routes);
+        assert_eq!(pair.world_ops("DeleteRoute"), cycle * routes);
+    }
+    let calls: usize = agents.iter().map(|(_, l)| l.route_calls()).sum();
+    // Per transition at most N = 3 calls per route (one, plus N - 1 redundant).
+    assert!(calls <= 4 * 2 * 3 * routes, "{calls} route calls");
+    for (h, _) in agents {
+        h.stop().await;
+    }
+}
