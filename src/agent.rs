@@ -400,8 +400,13 @@ impl Agent {
                             ticker = ticker_for(config.probe.interval);
                         }
                         if config.backup != self.config.backup {
+                            let same_probes = match (&self.config.backup, &config.backup) {
+                                (Some(old), Some(new)) => old.same_probes(new),
+                                _ => false,
+                            };
                             let verdict = judge.set_backup_policy(
                                 config.backup.as_ref().map(BackupConfig::policy),
+                                same_probes,
                                 Instant::now(),
                             );
                             self.after(&judge, verdict, desired, number > 0);

@@ -131,6 +131,16 @@ impl BackupConfig {
         interval.saturating_sub(self.timeout) / self.count
     }
 
+    /// Whether `other` probes the same way: its rounds are then evidence
+    /// for ours (a reload keeps the backup's streaks).
+    pub fn same_probes(&self, other: &BackupConfig) -> bool {
+        self.targets == other.targets
+            && self.count == other.count
+            && self.timeout == other.timeout
+            && self.round == other.round
+            && self.source == other.source
+    }
+
     /// What the judge needs of it.
     pub fn policy(&self) -> crate::judge::BackupPolicy {
         crate::judge::BackupPolicy {

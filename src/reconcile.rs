@@ -386,6 +386,8 @@ impl Reconciler {
                         // New routes to converge: say so again once they are.
                         converged_on = None;
                         self.appliance_checked = None;
+                        // The judge may have a new backup: tell it the count again.
+                        self.blackholes = None;
                         break;
                     }
                     changed = self.paused.changed() => {
