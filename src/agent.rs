@@ -358,6 +358,11 @@ impl Agent {
                         "adopted the path the route tables show"
                     );
                     self.verdict_reason.send_replace(format!("adopted: {}", found.adoption));
+                    if let Some(appliance) = found.appliance {
+                        // Checked before adopting: known before any failover.
+                        let verdict = self.note_appliance(&mut judge, now, appliance);
+                        self.after(&judge, verdict, desired, number > 0);
+                    }
                     let verdict = judge.adopt(found.adoption, now, last_summary.as_ref());
                     self.events.emit(Event::Adopted {
                         adoption: found.adoption,
@@ -368,16 +373,7 @@ impl Agent {
                 Some(fact) = facts.recv() => {
                     let now = Instant::now();
                     let verdict = match fact {
-                        BackupFact::Appliance(appliance) => {
-                            if judge.backup_health().is_some_and(|h| *h.appliance() != appliance) {
-                                match &appliance {
-                                    Appliance::Failed(_) => warn!(%appliance, "appliance check failed: the backup path is down"),
-                                    _ => info!(%appliance, "appliance check"),
-                                }
-                            }
-                            self.events.emit(Event::ApplianceChecked(appliance.clone()));
-                            judge.set_appliance(now, appliance)
-                        }
+                        BackupFact::Appliance(appliance) => self.note_appliance(&mut judge, now, appliance),
                         BackupFact::Blackholes(n) => judge.set_blackholes(now, n),
                     };
                     self.after(&judge, verdict, desired, number > 0);
@@ -489,6 +485,23 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Logs an appliance check when its verdict changed, and tells the judge.
+    fn note_appliance(&self, judge: &mut Judge, now: Instant, appliance: Appliance) -> Verdict {
+        if judge
+            .backup_health()
+            .is_some_and(|h| *h.appliance() != appliance)
+        {
+            match &appliance {
+                Appliance::Failed(_) => {
+                    warn!(%appliance, "appliance check failed: the backup path is down");
+                }
+                _ => info!(%appliance, "appliance check"),
+            }
+        }
+        self.events.emit(Event::ApplianceChecked(appliance.clone()));
+        judge.set_appliance(now, appliance)
     }
 
     /// The state machine's policy: the config's, with `fall = 1` when the

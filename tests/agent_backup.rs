@@ -7,9 +7,11 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::apis::Knobs;
 use common::*;
 use route_failover::backup::{Appliance, EniProblem};
 use route_failover::cloud::memory::{MemoryRouteApi, SEED_VGW};
+use route_failover::cloud::{CloudError, ErrorKind};
 use route_failover::config::Config;
 use route_failover::decide::{Alarms, BackupState};
 use route_failover::events::Event;
@@ -559,18 +561,19 @@ async fn a_backup_failing_as_long_as_dx_holds_the_failover_despite_a_longer_fall
 }
 
 #[tokio::test(start_paused = true)]
-async fn blackholed_routes_alone_make_the_backup_down() {
+async fn blackholed_routes_alone_make_the_backup_down_while_describe_hangs() {
     let config = probed();
-    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let api = Arc::new(Knobs::new(world.clone()));
     let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
     h.converged(Via::Primary, secs(5)).await;
     h.script.set("DX cut", Reply::None);
     h.transition(Via::Backup, secs(5)).await;
     h.converged(Via::Backup, secs(2)).await;
-    // DescribeNetworkInterfaces now fails (the last verdict, ok, stays)
+    // DescribeNetworkInterfaces now hangs (the last verdict, ok, stays)
     // and the ENI is deleted: only the blackholed routes tell.
-    api.deny("DescribeNetworkInterfaces");
-    api.delete_network_interface(ENI).unwrap();
+    api.slow_describes(secs(3600));
+    world.delete_network_interface(ENI).unwrap();
     h.wait_for("both paths down", secs(31), raised("both_down"))
         .await;
     let failed = h
@@ -581,5 +584,52 @@ async fn blackholed_routes_alone_make_the_backup_down() {
         !failed,
         "the appliance check could not run: the blackholes alone decide"
     );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_appliance_check_does_not_delay_a_failover() {
+    let config = probed();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let api = Arc::new(Knobs::new(world.clone()));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    // The next check (at the resync, 30 s) hangs for two minutes.
+    api.slow_describes(secs(120));
+    h.run_for(secs(32)).await;
+    h.script.set("DX cut", Reply::None);
+    let cut = Instant::now();
+    h.transition(Via::Backup, secs(5)).await;
+    h.converged(Via::Backup, secs(5)).await;
+    let took = Instant::now() - cut;
+    assert!(took <= secs(5), "converged {took:?} after the cut");
+    assert_eq!(our_routes(&world.tables()), all_managed(&config));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_during_a_dx_outage_checks_the_appliance_before_any_failover() {
+    let config = probed();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    world.detach_network_interface(ENI).unwrap();
+    let api = Arc::new(Knobs::new(world.clone()));
+    // EC2 unreachable at first while DX is down: fall rounds pile up.
+    api.fail_reads(Some(CloudError::new(
+        ErrorKind::Transient,
+        None,
+        "connection refused",
+    )));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::None, Reply::All);
+    h.run_for(secs(6)).await;
+    api.fail_reads(None);
+    h.wait_for("adopted", secs(40), |e| matches!(e, Event::Adopted { .. }))
+        .await;
+    h.run_for(secs(10)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over onto a detached ENI never checked"
+    );
+    assert!(world.mutating_calls().is_empty());
+    assert!(alarms(&h.events).iter().any(|a| a.both_down));
     h.stop().await;
 }
