@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::backup::{Appliance, BackupFact};
 use crate::cloud::RouteApi;
 use crate::config::{BackupConfig, Config};
-use crate::decide::{Alarms, Operator};
+use crate::decide::{Alarms, BackupState, Operator};
 use crate::events::{Event, Events, Sink};
 use crate::fsm::Via;
 use crate::ha::{Ha, WallClock};
@@ -653,9 +653,20 @@ fn report_alarms(alarms: Alarms, judge: &Judge) {
     if alarms.both_down {
         error!(backup = %why, "both paths down: DX is down and so is the backup; staying put, failing over as soon as the backup is up");
     } else if alarms.no_redundancy {
-        warn!(backup = %why, "no redundancy: the backup path is down while DX carries the traffic");
+        // Said of DX's health, not of the tables: a held failback can
+        // still have traffic on the VPN.
+        warn!(backup = %why, "no redundancy: the backup path is down while DX is up");
     } else {
-        info!("the backup path is healthy again");
+        match judge.backup() {
+            BackupState::Up => info!("the backup path is healthy again"),
+            BackupState::Unknown => {
+                info!("backup alarms cleared: the backup's state is unknown until it is checked again");
+            }
+            BackupState::Unwatched => info!("backup alarms cleared: [backup] is no longer watched"),
+            // Only both_down cleared (DX is back) while the backup stays down
+            // lands in no_redundancy above; nothing else reaches here.
+            BackupState::Down => info!("backup alarms cleared"),
+        }
     }
 }
 

@@ -167,7 +167,7 @@ fn write_alarms(out: &mut String, s: &Status) -> std::fmt::Result {
     } else if s.backup.no_redundancy {
         writeln!(
             out,
-            "!!! NO REDUNDANCY: the backup path is down while DX carries the traffic"
+            "!!! NO REDUNDANCY: the backup path is down while DX is up"
         )?;
     }
     if s.state_machine.pinned {
