@@ -508,10 +508,13 @@ fn validate_backup(
     probe: &ProbeConfig,
     detector: DetectorKind,
 ) -> Result<BackupConfig, Invalid> {
-    if raw.fall < 1 {
+    // Both count backup probe rounds: 3 unless set.
+    let fall = raw.fall.unwrap_or(3);
+    let rise = raw.rise.unwrap_or(3);
+    if fall < 1 {
         return Err(invalid("backup.fall", "must be at least 1"));
     }
-    if raw.rise < 1 {
+    if rise < 1 {
         return Err(invalid("backup.rise", "must be at least 1"));
     }
     if raw.targets.is_empty() {
@@ -523,6 +526,8 @@ fn validate_backup(
             ("backup.min_replies", raw.min_replies.is_some()),
             ("backup.quorum", raw.quorum.is_some()),
             ("backup.source", raw.source.is_some()),
+            ("backup.fall", raw.fall.is_some()),
+            ("backup.rise", raw.rise.is_some()),
         ];
         if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
             return Err(invalid(
@@ -641,8 +646,8 @@ fn validate_backup(
             min_replies,
             quorum,
         },
-        fall: raw.fall,
-        rise: raw.rise,
+        fall,
+        rise,
         required: raw.required,
         source,
     })
