@@ -251,10 +251,13 @@ async fn on_backup_a_dying_backup_only_raises_the_alarm() {
         .iter()
         .any(|(_, e)| matches!(e, Event::Finding(Finding::Blackhole { .. }))));
     // Traffic is dropped: not "converged".
-    assert!(h
-        .events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Diverged { path: Via::Backup, .. })));
+    assert!(h.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Diverged {
+            path: Via::Backup,
+            ..
+        }
+    )));
     // Nothing better exists: stay (moving back onto a dead DX helps no one).
     assert_eq!(transitions(&h.events), [(Via::Primary, Via::Backup)]);
     assert_eq!(api.mutating_calls().len(), calls);
