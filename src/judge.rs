@@ -86,7 +86,13 @@ impl Judge {
     pub fn standing(&self, now: Instant) -> Standing {
         Standing {
             path: self.decided,
-            local: self.fsm.path(),
+            // A held failover leaves the state machine on Primary, but
+            // its verdict is Backup (the primary is down).
+            local: if self.fsm.primary_down() {
+                Via::Backup
+            } else {
+                Via::Primary
+            },
             phase: self.fsm.phase(),
             down_streak: self.fsm.down_streak(),
             up_streak: self.fsm.up_streak(),
@@ -481,6 +487,12 @@ mod tests {
         assert!(feed(&mut j, &mut t, 5, false, Some(false)).is_empty());
         assert!(j.alarms().both_down);
         assert_eq!(j.fsm().path(), Via::Primary, "nothing committed");
+        let standing = j.standing(t);
+        assert_eq!(
+            (standing.path, standing.local),
+            (Via::Primary, Via::Backup),
+            "status shows the held failover"
+        );
         assert_eq!(j.fsm().hold_down_left(t), None);
         // DX recovers: the alarm follows DX, not a state machine on Backup.
         feed(&mut j, &mut t, 1, true, Some(false));

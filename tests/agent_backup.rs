@@ -641,3 +641,22 @@ async fn a_start_during_a_dx_outage_checks_the_appliance_before_any_failover() {
     assert!(alarms(&h.events).iter().any(|a| a.both_down));
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn ipv6_backup_targets_hold_a_failover_like_ipv4_ones() {
+    let config = config_backup("targets = [\"fd00:9::1\", \"fd00:9::2\"]\nfall = 2\nrise = 2");
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set_backup("VPN cut", Reply::None);
+    h.wait_for("no redundancy", secs(3), raised("no_redundancy"))
+        .await;
+    h.script.set("DX cut", Reply::None);
+    h.wait_for("both paths down", secs(5), raised("both_down"))
+        .await;
+    h.run_for(secs(10)).await;
+    assert!(transitions(&h.events).is_empty());
+    h.script.set_backup("VPN back", Reply::All);
+    h.transition(Via::Backup, secs(3)).await;
+    h.stop().await;
+}
