@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::backup::{Appliance, BackupFact};
 use crate::cloud::RouteApi;
 use crate::config::{BackupConfig, Config};
-use crate::decide::{Alarms, Operator};
+use crate::decide::{Alarms, BackupState, Operator};
 use crate::events::{Event, Events, Sink};
 use crate::fsm::Via;
 use crate::ha::{Ha, WallClock};
@@ -358,6 +358,11 @@ impl Agent {
                         "adopted the path the route tables show"
                     );
                     self.verdict_reason.send_replace(format!("adopted: {}", found.adoption));
+                    if let Some(appliance) = found.appliance {
+                        // Checked before adopting: known before any failover.
+                        let verdict = self.note_appliance(&mut judge, now, appliance);
+                        self.after(&judge, verdict, desired, number > 0);
+                    }
                     let verdict = judge.adopt(found.adoption, now, last_summary.as_ref());
                     self.events.emit(Event::Adopted {
                         adoption: found.adoption,
@@ -368,16 +373,7 @@ impl Agent {
                 Some(fact) = facts.recv() => {
                     let now = Instant::now();
                     let verdict = match fact {
-                        BackupFact::Appliance(appliance) => {
-                            if judge.backup_health().is_some_and(|h| *h.appliance() != appliance) {
-                                match &appliance {
-                                    Appliance::Failed(_) => warn!(%appliance, "appliance check failed: the backup path is down"),
-                                    _ => info!(%appliance, "appliance check"),
-                                }
-                            }
-                            self.events.emit(Event::ApplianceChecked(appliance.clone()));
-                            judge.set_appliance(now, appliance)
-                        }
+                        BackupFact::Appliance(appliance) => self.note_appliance(&mut judge, now, appliance),
                         BackupFact::Blackholes(n) => judge.set_blackholes(now, n),
                     };
                     self.after(&judge, verdict, desired, number > 0);
@@ -400,8 +396,13 @@ impl Agent {
                             ticker = ticker_for(config.probe.interval);
                         }
                         if config.backup != self.config.backup {
+                            let same_probes = match (&self.config.backup, &config.backup) {
+                                (Some(old), Some(new)) => old.same_probes(new),
+                                _ => false,
+                            };
                             let verdict = judge.set_backup_policy(
                                 config.backup.as_ref().map(BackupConfig::policy),
+                                same_probes,
                                 Instant::now(),
                             );
                             self.after(&judge, verdict, desired, number > 0);
@@ -484,6 +485,23 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Logs an appliance check when its verdict changed, and tells the judge.
+    fn note_appliance(&self, judge: &mut Judge, now: Instant, appliance: Appliance) -> Verdict {
+        if judge
+            .backup_health()
+            .is_some_and(|h| *h.appliance() != appliance)
+        {
+            match &appliance {
+                Appliance::Failed(_) => {
+                    warn!(%appliance, "appliance check failed: the backup path is down");
+                }
+                _ => info!(%appliance, "appliance check"),
+            }
+        }
+        self.events.emit(Event::ApplianceChecked(appliance.clone()));
+        judge.set_appliance(now, appliance)
     }
 
     /// The state machine's policy: the config's, with `fall = 1` when the
@@ -635,9 +653,20 @@ fn report_alarms(alarms: Alarms, judge: &Judge) {
     if alarms.both_down {
         error!(backup = %why, "both paths down: DX is down and so is the backup; staying put, failing over as soon as the backup is up");
     } else if alarms.no_redundancy {
-        warn!(backup = %why, "no redundancy: the backup path is down while DX carries the traffic");
+        // Said of DX's health, not of the tables: a held failback can
+        // still have traffic on the VPN.
+        warn!(backup = %why, "no redundancy: the backup path is down while DX is up");
     } else {
-        info!("the backup path is healthy again");
+        match judge.backup() {
+            BackupState::Up => info!("the backup path is healthy again"),
+            BackupState::Unknown => {
+                info!("backup alarms cleared: the backup's state is unknown until it is checked again");
+            }
+            BackupState::Unwatched => info!("backup alarms cleared: [backup] is no longer watched"),
+            // Only both_down cleared (DX is back) while the backup stays down
+            // lands in no_redundancy above; nothing else reaches here.
+            BackupState::Down => info!("backup alarms cleared"),
+        }
     }
 }
 

@@ -152,6 +152,42 @@ impl BackupHealth {
         }
     }
 
+    /// Takes new settings (reload). With the same probes (targets, count,
+    /// timeout, source, round rule: `same_probes`) the streaks stand and
+    /// are judged by the new `fall`/`rise`; with other probes the old
+    /// rounds say nothing of the new ones, but a backup known down stays
+    /// down until `rise` up rounds say otherwise: forgetting it would let
+    /// the next failover go onto it. The appliance check and the blackhole
+    /// count do not depend on the probes and always carry over.
+    // `was_down` is the probes' verdict alone: the appliance carries over by itself.
+    pub fn reconfigure(&mut self, fall: u32, rise: u32, probed: bool, same_probes: bool) {
+        let was_down = self.probes == Some(false);
+        self.fall = fall;
+        self.rise = rise;
+        self.probed = probed;
+        if same_probes {
+            if self.down_streak >= fall {
+                self.probes = Some(false);
+            } else if self.up_streak >= rise {
+                self.probes = Some(true);
+            }
+        } else {
+            self.down_streak = 0;
+            self.up_streak = 0;
+            self.probes = (probed && was_down).then_some(false);
+        }
+    }
+
+    /// Consecutive backup probe rounds down so far.
+    pub fn down_streak(&self) -> u32 {
+        self.down_streak
+    }
+
+    /// Whether backup targets are probed.
+    pub fn probed(&self) -> bool {
+        self.probed
+    }
+
     pub fn set_appliance(&mut self, appliance: Appliance) {
         self.appliance = appliance;
     }
@@ -295,20 +331,65 @@ mod tests {
             .contains("eni-0ddddddddddddddd0 does not exist"));
     }
 
+    #[test]
+    fn a_reload_keeps_what_is_known() {
+        let mut h = BackupHealth::new(2, 2, true);
+        h.set_appliance(Appliance::Ok);
+        h.set_blackholes(1);
+        h.observe(false);
+        h.observe(false);
+        // Same probes, new rise: still down, blackholes and appliance kept.
+        h.reconfigure(2, 3, true, true);
+        assert_eq!(h.verdict(), BackupState::Down);
+        h.set_blackholes(0);
+        assert_eq!(h.verdict(), BackupState::Down, "the probes' down stands");
+        // A longer fall than the streak in hand: judged by the new rule
+        // only as rounds come; the known verdict stays until then.
+        h.reconfigure(5, 3, true, true);
+        assert_eq!(h.verdict(), BackupState::Down);
+        // Other targets: no evidence yet, but a known-down backup stays
+        // down until `rise` up rounds.
+        h.reconfigure(2, 2, true, false);
+        assert_eq!(h.verdict(), BackupState::Down);
+        h.observe(true);
+        assert_eq!(h.verdict(), BackupState::Down);
+        h.observe(true);
+        assert_eq!(h.verdict(), BackupState::Up);
+        // Other targets while up: unknown until evidence.
+        h.reconfigure(2, 2, true, false);
+        assert_eq!(h.verdict(), BackupState::Unknown);
+    }
+
+    /// True when `trace` holds `n` consecutive `value`s.
+    fn has_run(trace: &[bool], value: bool, n: u32) -> bool {
+        trace
+            .split(|&r| r != value)
+            .any(|run| run.len() >= n as usize)
+    }
+
     proptest! {
-        /// The probes' verdict follows fall/rise hysteresis exactly.
+        /// Hysteresis, stated without the streak counters: `fall` downs in
+        /// a row give Down, `rise` ups in a row give Up; neither verdict
+        /// appears before such a run, and the verdict only moves with the
+        /// round just seen.
         #[test]
         fn probe_hysteresis(fall in 1u32..5, rise in 1u32..5, rounds in proptest::collection::vec(any::<bool>(), 0..100)) {
             let mut h = BackupHealth::new(fall, rise, true);
             h.set_appliance(Appliance::Ok);
-            let (mut ups, mut downs) = (0, 0);
-            let mut expected = BackupState::Unknown;
-            for up in rounds {
-                h.observe(up);
-                if up { ups += 1; downs = 0 } else { downs += 1; ups = 0 }
-                if ups >= rise { expected = BackupState::Up }
-                if downs >= fall { expected = BackupState::Down }
-                prop_assert_eq!(h.verdict(), expected);
+            let mut before = h.verdict();
+            for i in 0..rounds.len() {
+                h.observe(rounds[i]);
+                let seen = &rounds[..=i];
+                let verdict = h.verdict();
+                let tail = |n: u32, v: bool| seen.len() >= n as usize && seen[seen.len() - n as usize..].iter().all(|&r| r == v);
+                if tail(fall, false) { prop_assert_eq!(verdict, BackupState::Down); }
+                if tail(rise, true) { prop_assert_eq!(verdict, BackupState::Up); }
+                if verdict == BackupState::Down { prop_assert!(has_run(seen, false, fall)); }
+                if verdict == BackupState::Up { prop_assert!(has_run(seen, true, rise)); }
+                if verdict != before {
+                    prop_assert_eq!(rounds[i], verdict == BackupState::Up, "moved against the round");
+                }
+                before = verdict;
             }
         }
     }

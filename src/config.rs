@@ -131,6 +131,16 @@ impl BackupConfig {
         interval.saturating_sub(self.timeout) / self.count
     }
 
+    /// Whether `other` probes the same way: its rounds are then evidence
+    /// for ours (a reload keeps the backup's streaks).
+    pub fn same_probes(&self, other: &BackupConfig) -> bool {
+        self.targets == other.targets
+            && self.count == other.count
+            && self.timeout == other.timeout
+            && self.round == other.round
+            && self.source == other.source
+    }
+
     /// What the judge needs of it.
     pub fn policy(&self) -> crate::judge::BackupPolicy {
         crate::judge::BackupPolicy {
@@ -498,10 +508,13 @@ fn validate_backup(
     probe: &ProbeConfig,
     detector: DetectorKind,
 ) -> Result<BackupConfig, Invalid> {
-    if raw.fall < 1 {
+    // Both count backup probe rounds: 3 unless set.
+    let fall = raw.fall.unwrap_or(3);
+    let rise = raw.rise.unwrap_or(3);
+    if fall < 1 {
         return Err(invalid("backup.fall", "must be at least 1"));
     }
-    if raw.rise < 1 {
+    if rise < 1 {
         return Err(invalid("backup.rise", "must be at least 1"));
     }
     if raw.targets.is_empty() {
@@ -513,6 +526,8 @@ fn validate_backup(
             ("backup.min_replies", raw.min_replies.is_some()),
             ("backup.quorum", raw.quorum.is_some()),
             ("backup.source", raw.source.is_some()),
+            ("backup.fall", raw.fall.is_some()),
+            ("backup.rise", raw.rise.is_some()),
         ];
         if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
             return Err(invalid(
@@ -631,8 +646,8 @@ fn validate_backup(
             min_replies,
             quorum,
         },
-        fall: raw.fall,
-        rise: raw.rise,
+        fall,
+        rise,
         required: raw.required,
         source,
     })

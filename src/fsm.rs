@@ -170,6 +170,10 @@ pub struct Fsm {
     failovers: VecDeque<Instant>,
     pinned: bool,
     operator_failback: bool,
+    /// A failover the backup gate holds: the down streak keeps counting
+    /// but nothing is committed (no hold-down, no flap count), because
+    /// traffic never moved.
+    failover_held: bool,
 }
 
 impl Fsm {
@@ -187,6 +191,7 @@ impl Fsm {
             failovers: VecDeque::new(),
             pinned: false,
             operator_failback: false,
+            failover_held: false,
         }
     }
 
@@ -203,6 +208,7 @@ impl Fsm {
             failovers: VecDeque::new(),
             pinned: false,
             operator_failback: false,
+            failover_held: false,
         }
     }
 
@@ -276,6 +282,25 @@ impl Fsm {
         self.pinned
     }
 
+    /// True when the primary is down: on Backup, or on Primary with
+    /// `fall` down rounds in hand (a failover held by the backup gate).
+    pub fn primary_down(&self) -> bool {
+        self.path == Via::Backup || self.down_streak >= self.policy.fall
+    }
+
+    /// Holds (or releases) a failover: while held, `fall` down rounds
+    /// commit nothing. After a release, [`Fsm::reconsider`] fails over at
+    /// once if the streak still says so.
+    pub fn hold_failover(&mut self, held: bool) {
+        self.failover_held = held;
+    }
+
+    /// Applies the rules again to the streaks as they stand (say, a held
+    /// failover was released), reasoned from `last`, the latest round.
+    pub fn reconsider(&mut self, now: Instant, last: &RoundSummary) -> Step {
+        self.decide(now, last)
+    }
+
     /// Replaces the policy (config reload) without losing the path or streaks.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
@@ -339,7 +364,7 @@ impl Fsm {
             Phase::Settled => {}
         }
         match self.path {
-            Via::Primary if self.down_streak >= self.policy.fall => {
+            Via::Primary if self.down_streak >= self.policy.fall && !self.failover_held => {
                 step.transition = Some(self.fail_over(now, round));
                 let pinned = self.failovers.len() > self.policy.max_failovers as usize;
                 if pinned && !self.pinned {

@@ -51,6 +51,10 @@ pub struct Judge {
     adopted: bool,
     decision: Option<Decision>,
     alarms: Alarms,
+    /// The latest primary round, to reason a failover the gate releases.
+    last: Option<RoundSummary>,
+    /// Whether the gate held a failover at the last update.
+    holding: bool,
 }
 
 impl Judge {
@@ -65,6 +69,8 @@ impl Judge {
             adopted: false,
             decision: None,
             alarms: Alarms::default(),
+            last: None,
+            holding: false,
         }
     }
 
@@ -80,7 +86,13 @@ impl Judge {
     pub fn standing(&self, now: Instant) -> Standing {
         Standing {
             path: self.decided,
-            local: self.fsm.path(),
+            // A held failover leaves the state machine on Primary, but
+            // its verdict is Backup (the primary is down).
+            local: if self.fsm.primary_down() {
+                Via::Backup
+            } else {
+                Via::Primary
+            },
             phase: self.fsm.phase(),
             down_streak: self.fsm.down_streak(),
             up_streak: self.fsm.up_streak(),
@@ -132,17 +144,19 @@ impl Judge {
     }
 
     /// Changes the backup settings (reload), keeping what is known when
-    /// it stays watched.
-    pub fn set_backup_policy(&mut self, backup: Option<BackupPolicy>, now: Instant) -> Verdict {
+    /// it stays watched: see [`BackupHealth::reconfigure`]; `same_probes`
+    /// says whether the backup targets are probed as before.
+    pub fn set_backup_policy(
+        &mut self,
+        backup: Option<BackupPolicy>,
+        same_probes: bool,
+        now: Instant,
+    ) -> Verdict {
         self.required = backup.is_some_and(|b| b.required);
-        match (backup, &self.backup) {
+        match (backup, self.backup.as_mut()) {
             (None, _) => self.backup = None,
             (Some(b), None) => self.backup = Some(BackupHealth::new(b.fall, b.rise, b.probed)),
-            (Some(b), Some(old)) => {
-                let mut new = BackupHealth::new(b.fall, b.rise, b.probed);
-                new.set_appliance(old.appliance().clone());
-                self.backup = Some(new);
-            }
+            (Some(b), Some(health)) => health.reconfigure(b.fall, b.rise, b.probed, same_probes),
         }
         self.update(now, Step::default())
     }
@@ -158,7 +172,11 @@ impl Judge {
         if let (Some(health), Some(up)) = (self.backup.as_mut(), backup_up) {
             health.observe(up);
         }
+        // The gate as it stands after the backup's round and before the
+        // primary's: a round that takes both down holds the failover.
+        self.fsm.hold_failover(self.gated(true));
         let step = self.fsm.observe(now, primary);
+        self.last = Some(primary.clone());
         self.update(now, step)
     }
 
@@ -169,7 +187,11 @@ impl Judge {
         now: Instant,
         last: Option<&RoundSummary>,
     ) -> Verdict {
+        self.fsm.hold_failover(self.gated(true));
         let step = self.fsm.adopt(adoption, now, last);
+        if let Some(last) = last {
+            self.last = Some(last.clone());
+        }
         self.adopted = true;
         // Where traffic is now, before any decision moves it.
         self.decided = match adoption {
@@ -206,16 +228,62 @@ impl Judge {
         self.fsm.request_failback();
     }
 
+    /// The backup as the gate sees it: down when known down, or, while
+    /// the primary is down, when its probes have failed as many rounds as
+    /// the primary's `fall` (with a longer `backup.fall` a common cause,
+    /// the site gone, would otherwise be judged on DX first).
+    fn gate_backup(&self, primary_down: bool) -> BackupState {
+        let state = self.backup();
+        let failing = self
+            .backup
+            .as_ref()
+            .is_some_and(|h| h.probed() && h.down_streak() >= self.fsm.policy().fall);
+        if state != BackupState::Down && primary_down && failing {
+            BackupState::Down
+        } else {
+            state
+        }
+    }
+
+    /// Whether a failover is held: the backup is required and down.
+    fn gated(&self, primary_down: bool) -> bool {
+        self.required && self.gate_backup(primary_down) == BackupState::Down
+    }
+
     /// Re-decides after a change; `step` is what the state machine did.
-    fn update(&mut self, now: Instant, step: Step) -> Verdict {
+    fn update(&mut self, now: Instant, mut step: Step) -> Verdict {
+        // A held failover commits nothing in the state machine; once the
+        // gate lets go, the streak in hand fails over at once.
+        let held = self.gated(true);
+        self.fsm.hold_failover(held);
+        let was_holding = self.holding;
+        if !held
+            && step.transition.is_none()
+            && self.fsm.path() == Via::Primary
+            && self.fsm.primary_down()
+        {
+            if let Some(last) = self.last.clone() {
+                let again = self.fsm.reconsider(now, &last);
+                step.transition = again.transition;
+                step.pinned_changed = step.pinned_changed.or(again.pinned_changed);
+                step.settled = step.settled.or(again.settled);
+            }
+        }
+        let primary_down = self.fsm.primary_down();
+        self.holding = held && self.fsm.path() == Via::Primary && primary_down;
         let mut verdict = Verdict {
             settled: step.settled,
             pinned_changed: step.pinned_changed,
             ..Verdict::default()
         };
+        let local = if primary_down {
+            Via::Backup
+        } else {
+            Via::Primary
+        };
         let decision = decide(Inputs {
-            local: self.fsm.path(),
-            backup: self.backup(),
+            local,
+            backup: self.gate_backup(primary_down),
             backup_required: self.required,
             current: self.decided,
             operator: self.operator,
@@ -229,8 +297,26 @@ impl Judge {
         }
         self.decision = Some(decision);
         let fsm_transition = step.transition;
+        if self.holding && !was_holding && decision.why == Why::HeldBothDown {
+            // What the state machine would have done: said once per hold.
+            let reason = match &self.last {
+                Some(last) => Reason::Fall {
+                    rounds: self.fsm.down_streak(),
+                    last: last.clone(),
+                },
+                None => Reason::Released,
+            };
+            let would = Transition {
+                from: Via::Primary,
+                to: Via::Backup,
+                at: now,
+                reason,
+            };
+            verdict.overruled = Some((would, decision.why));
+        }
         if decision.path != self.decided {
             let reason = match &fsm_transition {
+                Some(t) if t.to == Via::Backup && was_holding => Reason::BackupReturned,
                 Some(t) if t.to == decision.path => t.reason.clone(),
                 _ => match decision.why {
                     Why::OperatorHold => Reason::OperatorHold {
@@ -384,5 +470,95 @@ mod tests {
         assert_eq!(j.desired(), None);
         j.adopt(Adoption::Primary, t, Some(&round(false)));
         assert_eq!(j.desired(), Some(Via::Backup));
+    }
+
+    #[test]
+    fn a_held_failover_leaves_the_state_machine_on_the_primary() {
+        let mut t = Instant::now();
+        let held = Policy {
+            hold_down: Duration::from_secs(600),
+            failback: Failback::Manual,
+            ..policy()
+        };
+        let mut j = Judge::new(held, backup(), Operator::Auto);
+        j.adopt(Adoption::Primary, t, None);
+        j.set_appliance(t, Appliance::Ok);
+        feed(&mut j, &mut t, 2, true, Some(false));
+        assert!(feed(&mut j, &mut t, 5, false, Some(false)).is_empty());
+        assert!(j.alarms().both_down);
+        assert_eq!(j.fsm().path(), Via::Primary, "nothing committed");
+        let standing = j.standing(t);
+        assert_eq!(
+            (standing.path, standing.local),
+            (Via::Primary, Via::Backup),
+            "status shows the held failover"
+        );
+        assert_eq!(j.fsm().hold_down_left(t), None);
+        // DX recovers: the alarm follows DX, not a state machine on Backup.
+        feed(&mut j, &mut t, 1, true, Some(false));
+        assert!(!j.alarms().both_down && j.alarms().no_redundancy);
+        // The VPN returns with DX healthy: nothing to do.
+        assert!(feed(&mut j, &mut t, 5, true, Some(true)).is_empty());
+        assert_eq!(j.alarms(), Alarms::default());
+    }
+
+    #[test]
+    fn a_released_hold_fails_over_at_once_saying_why() {
+        let mut t = Instant::now();
+        let mut j = Judge::new(policy(), backup(), Operator::Auto);
+        j.adopt(Adoption::Primary, t, None);
+        j.set_appliance(
+            t,
+            Appliance::Failed(vec![("eni-0123456789abcdef0".into(), EniProblem::Missing)]),
+        );
+        feed(&mut j, &mut t, 3, false, Some(true));
+        assert_eq!(j.path(), Via::Primary);
+        let v = j.set_appliance(t, Appliance::Ok);
+        let tr = v.transition.expect("fails over when the ENI is back");
+        assert_eq!((tr.from, tr.to), (Via::Primary, Via::Backup));
+        assert!(matches!(tr.reason, Reason::BackupReturned));
+    }
+
+    proptest::proptest! {
+        /// Whatever the rounds and appliance checks: while the decided path
+        /// never left the primary, the state machine has committed nothing
+        /// (still on Primary, no hold-down running, not pinned), and it
+        /// never fails over while the backup is known down.
+        #[test]
+        fn held_failovers_commit_nothing(
+            events in proptest::collection::vec((proptest::bool::ANY, proptest::bool::ANY, 0u8..8), 1..80),
+        ) {
+            let strict = Policy {
+                hold_down: Duration::from_secs(3600),
+                failback: Failback::Manual,
+                max_failovers: 0,
+                ..policy()
+            };
+            let mut t = Instant::now();
+            let mut j = Judge::new(strict, backup(), Operator::Auto);
+            j.adopt(Adoption::Primary, t, None);
+            let mut moved = false;
+            for (primary, vpn, eni) in events {
+                t += Duration::from_secs(1);
+                let before = j.backup();
+                let v = match eni {
+                    0 => j.set_appliance(t, Appliance::Failed(vec![("eni-0123456789abcdef0".into(), EniProblem::Missing)])),
+                    1 => j.set_appliance(t, Appliance::Ok),
+                    _ => j.observe(t, &round(primary), Some(vpn)),
+                };
+                if let Some(tr) = v.transition {
+                    proptest::prop_assert!(
+                        !(tr.to == Via::Backup && j.backup() == BackupState::Down),
+                        "failed over onto a backup known down (was {:?})", before
+                    );
+                    moved = true;
+                }
+                if !moved {
+                    proptest::prop_assert_eq!(j.fsm().path(), Via::Primary);
+                    proptest::prop_assert!(!j.fsm().pinned());
+                    proptest::prop_assert_eq!(j.fsm().hold_down_left(t), None);
+                }
+            }
+        }
     }
 }

@@ -82,17 +82,19 @@ fn set_path(path: Via) {
     }
 }
 
-/// `route_failover_backup_up`: 1 up, 0 known down; unset while unknown
-/// (or with no `[backup]`), so that an alert on `== 0` means known down.
-/// `route_failover_backup_state` says which, unknown included.
+/// `route_failover_backup_up`: 1 up, 0 known down, NaN while unknown or
+/// not watched (a reload may remove `[backup]`: no stale 0 stays behind),
+/// so that an alert on `== 0` means known down.
+/// `route_failover_backup_state` says which, unknown included (all 0 when
+/// not watched); `route_failover_appliance_ok` is NaN when not watched.
 fn set_backup_state(state: BackupState) {
+    gauge!("route_failover_backup_up").set(match state {
+        BackupState::Up => 1.0,
+        BackupState::Down => 0.0,
+        BackupState::Unknown | BackupState::Unwatched => f64::NAN,
+    });
     if state == BackupState::Unwatched {
-        return;
-    }
-    match state {
-        BackupState::Up => gauge!("route_failover_backup_up").set(1.0),
-        BackupState::Down => gauge!("route_failover_backup_up").set(0.0),
-        BackupState::Unknown | BackupState::Unwatched => {}
+        gauge!("route_failover_appliance_ok").set(f64::NAN);
     }
     for (s, label) in [
         (BackupState::Up, "up"),
@@ -190,6 +192,8 @@ fn record(event: &Event) {
             counter!("route_failover_transitions_total", "to" => path_label(t.to)).increment(1);
             gauge!("route_failover_last_transition_timestamp_seconds").set(unix_now());
             gauge!("route_failover_routes_converged").set(0.0);
+            // A new transition: the guard will be judged again, if at all.
+            gauge!("route_failover_failback_held").set(0.0);
         }
         Event::Pinned(pinned) => {
             gauge!("route_failover_flap_pinned").set(f64::from(u8::from(*pinned)))
@@ -299,4 +303,50 @@ fn operator_gauges(operator: Operator, paused: bool) {
             .set(f64::from(u8::from(held)));
     }
     gauge!("route_failover_paused").set(f64::from(u8::from(paused)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup_round(state: BackupState) -> Event {
+        Event::BackupRound {
+            number: 1,
+            summary: crate::probe::RoundSummary::synthetic(state == BackupState::Up),
+            targets: Vec::new(),
+            policy: crate::probe::RoundPolicy {
+                min_replies: 1,
+                quorum: 1,
+            },
+            state,
+        }
+    }
+
+    /// Split so that tests/deploy.rs's scan of this file for recorded
+    /// metric names sees only the real ones.
+    const PREFIX: &str = concat!("route", "_failover_");
+
+    /// The value `series` (a name without the prefix) has in `text`.
+    fn value(text: &str, series: &str) -> Option<String> {
+        let name = format!("{PREFIX}{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()).map(str::to_string))
+    }
+
+    #[test]
+    fn a_backup_no_longer_watched_leaves_no_stale_down() {
+        let down = [
+            Event::ApplianceChecked(Appliance::Failed(Vec::new())),
+            backup_round(BackupState::Down),
+        ];
+        let text = render(&down, &[]).unwrap();
+        assert_eq!(value(&text, "backup_up").as_deref(), Some("0"));
+        let mut gone = down.to_vec();
+        gone.push(backup_round(BackupState::Unwatched));
+        let text = render(&gone, &[]).unwrap();
+        assert_eq!(value(&text, "backup_up").as_deref(), Some("NaN"));
+        assert_eq!(value(&text, "appliance_ok").as_deref(), Some("NaN"));
+        let state = format!("{PREFIX}{}", "backup_state{state=\"down\"} 0");
+        assert!(text.contains(&state), "{text}");
+    }
 }

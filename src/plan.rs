@@ -52,9 +52,9 @@ impl Finding {
             Finding::Foreign { .. } => desired == Via::Backup,
             // A held failback leaves traffic on the VPN.
             Finding::FailbackHeld { .. } => desired == Via::Primary,
-            Finding::Shadowed { .. } | Finding::Blackhole { .. } | Finding::Unmanaged { .. } => {
-                false
-            }
+            // On Backup a blackhole of ours drops the traffic it should carry.
+            Finding::Blackhole { .. } => desired == Via::Backup,
+            Finding::Shadowed { .. } | Finding::Unmanaged { .. } => false,
         }
     }
 }
@@ -627,6 +627,10 @@ mod tests {
             vec![Finding::Blackhole {
                 route: m[0].clone()
             }]
+        );
+        assert!(
+            !p.converged(Via::Backup),
+            "traffic dropped is not converged"
         );
     }
 

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backoff::backoff;
-use crate::backup::{check_appliance, BackupFact};
+use crate::backup::{check_appliance, Appliance, BackupFact};
 use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
 use crate::events::{Event, Events, Outcome};
@@ -48,6 +48,9 @@ const STARTUP_RETRY_CAP: Duration = Duration::from_secs(30);
 /// slowly, starting about a minute apart, up to five minutes.
 const AUTH_RETRY_CAP: Duration = Duration::from_secs(300);
 const AUTH_RETRY_SKIP: u32 = 6;
+/// Longest wait for one appliance check: the startup check holds the
+/// adoption, and a hung call must be reported rather than waited on.
+const APPLIANCE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The path the probe loop wants, with the instant of the transition that
 /// asked for it; `None` until there is probe evidence and an adopted path.
@@ -74,6 +77,9 @@ pub type StartupCheck =
 pub(crate) struct Adopted {
     pub(crate) adoption: Adoption,
     pub(crate) ours: Vec<ManagedRoute>,
+    /// The appliance check made before adopting (with `[backup]`), so that
+    /// a start during a DX outage never fails over onto an unchecked ENI.
+    pub(crate) appliance: Option<Appliance>,
 }
 
 /// What the reconciler manages; replaced whole on reload.
@@ -106,6 +112,88 @@ impl Spec {
             .iter()
             .find(|r| r.route_table_id == table && r.destination == destination)
             .map(|r| r.target_eni.clone())
+    }
+}
+
+/// Checks the appliance ENIs with one DescribeNetworkInterfaces per
+/// resync, and at once when the spec changes. A failed or hung call keeps
+/// the last verdict: the API being unreachable says nothing about the
+/// appliance.
+struct ApplianceWatch {
+    api: Arc<dyn RouteApi>,
+    events: Events,
+    /// Whether the last check failed to run (logged once).
+    unread: bool,
+}
+
+impl ApplianceWatch {
+    /// One check of `enis`; `None` when there is none to check or the call
+    /// failed or timed out.
+    async fn check(&mut self, enis: &[String]) -> Option<Appliance> {
+        if enis.is_empty() {
+            return None;
+        }
+        let call = self.api.describe_network_interfaces(enis);
+        let error = match tokio::time::timeout(APPLIANCE_CHECK_TIMEOUT, call).await {
+            Ok(Ok(found)) => {
+                if self.unread {
+                    info!("the appliance ENIs can be read again");
+                    self.unread = false;
+                }
+                return Some(check_appliance(enis, &found));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => CloudError::new(
+                ErrorKind::Transient,
+                None,
+                format!("no answer within {APPLIANCE_CHECK_TIMEOUT:?}"),
+            ),
+        };
+        if !self.unread {
+            warn!(error = %error, "cannot check the appliance ENIs; keeping the last verdict, retrying every resync");
+            self.unread = true;
+        }
+        self.events.emit(Event::ApiError {
+            op: "DescribeNetworkInterfaces",
+            error,
+        });
+        None
+    }
+
+    /// Checks every resync (the first at `first`, `None`: at once) until
+    /// `stop`, sending each verdict to `facts`.
+    async fn run(
+        mut self,
+        mut spec: watch::Receiver<Spec>,
+        facts: mpsc::UnboundedSender<BackupFact>,
+        stop: CancellationToken,
+        first: Option<Instant>,
+    ) {
+        let mut due = first.unwrap_or_else(Instant::now);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = spec.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A reload may add ENIs or the section itself: check now.
+                }
+                () = tokio::time::sleep_until(due) => {}
+            }
+            let current = spec.borrow_and_update().clone();
+            let checked = tokio::select! {
+                () = stop.cancelled() => return,
+                checked = self.check(&current.appliance_enis) => checked,
+            };
+            if let Some(appliance) = checked {
+                if facts.send(BackupFact::Appliance(appliance)).is_err() {
+                    // The probe loop stopped first: nobody left to tell.
+                    return;
+                }
+            }
+            due = Instant::now() + current.settings.resync_interval;
+        }
     }
 }
 
@@ -153,10 +241,6 @@ pub(crate) struct Reconciler {
     transition_at: Option<Instant>,
     /// Where the backup facts (appliance check, blackholes) go: the probe loop.
     facts: Option<mpsc::UnboundedSender<BackupFact>>,
-    /// When the appliance was last checked; `None`: at the next chance.
-    appliance_checked: Option<Instant>,
-    /// Whether the last appliance check failed to run (logged once).
-    appliance_unread: bool,
     /// The blackhole count last sent.
     blackholes: Option<usize>,
     /// With `[ha]`: our verdict's publication and the peers' verdicts.
@@ -191,8 +275,6 @@ impl Reconciler {
             reported: HashSet::new(),
             transition_at: None,
             facts: None,
-            appliance_checked: None,
-            appliance_unread: false,
             blackholes: None,
             ha: None,
             verdict_reason: None,
@@ -212,46 +294,6 @@ impl Reconciler {
         if let Some(tx) = &self.facts {
             // The probe loop stopped first: nobody left to tell.
             let _ = tx.send(fact);
-        }
-    }
-
-    /// Checks the appliance ENIs with one DescribeNetworkInterfaces, once
-    /// per resync. A failed call keeps the last verdict: the API being
-    /// unreachable says nothing about the appliance.
-    async fn check_appliance(&mut self, spec: &Spec) {
-        if spec.appliance_enis.is_empty() || self.facts.is_none() {
-            return;
-        }
-        let resync = spec.settings.resync_interval;
-        if self.appliance_checked.is_some_and(|t| t.elapsed() < resync) {
-            return;
-        }
-        self.appliance_checked = Some(Instant::now());
-        match self
-            .api
-            .describe_network_interfaces(&spec.appliance_enis)
-            .await
-        {
-            Ok(found) => {
-                if self.appliance_unread {
-                    info!("the appliance ENIs can be read again");
-                    self.appliance_unread = false;
-                }
-                self.send_fact(BackupFact::Appliance(check_appliance(
-                    &spec.appliance_enis,
-                    &found,
-                )));
-            }
-            Err(e) => {
-                if !self.appliance_unread {
-                    warn!(error = %e, "cannot check the appliance ENIs; keeping the last verdict, retrying every resync");
-                    self.appliance_unread = true;
-                }
-                self.events.emit(Event::ApiError {
-                    op: "DescribeNetworkInterfaces",
-                    error: e,
-                });
-            }
         }
     }
 
@@ -300,14 +342,31 @@ impl Reconciler {
         let spec = self.spec.borrow().clone();
         self.tidy_ledger(&spec, &observed);
         let record = self.ledger.record();
+        let mut watcher = ApplianceWatch {
+            api: Arc::clone(&self.api),
+            events: self.events.clone(),
+            unread: false,
+        };
+        let appliance = if self.facts.is_some() {
+            watcher.check(&spec.appliance_enis).await
+        } else {
+            None
+        };
         let found = Adopted {
             adoption: plan::adopt(&spec.routes, record, &observed),
             ours: plan::ours(&spec.routes, record, &observed)
                 .cloned()
                 .collect(),
+            appliance: appliance.clone(),
         };
         if adopted.send(Ok(found)).is_err() {
             return;
+        }
+        if let Some(facts) = self.facts.clone() {
+            // Its own task: a slow or throttled DescribeNetworkInterfaces
+            // must never delay a pass, a failover or a heartbeat.
+            let first = appliance.map(|_| Instant::now() + spec.settings.resync_interval);
+            tokio::spawn(watcher.run(self.spec.clone(), facts, self.stop.clone(), first));
         }
 
         let mut failures = 0u32;
@@ -364,8 +423,6 @@ impl Reconciler {
                     }
                 }
             };
-            // After the pass, so a failover's calls never wait for it.
-            self.check_appliance(&spec).await;
             let deadline = Instant::now() + wait;
             loop {
                 // Heartbeats fall between passes: a beat publishes, and
@@ -385,7 +442,8 @@ impl Reconciler {
                         }
                         // New routes to converge: say so again once they are.
                         converged_on = None;
-                        self.appliance_checked = None;
+                        // The judge may have a new backup: tell it the count again.
+                        self.blackholes = None;
                         break;
                     }
                     changed = self.paused.changed() => {

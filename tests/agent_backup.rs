@@ -7,9 +7,11 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::apis::Knobs;
 use common::*;
 use route_failover::backup::{Appliance, EniProblem};
 use route_failover::cloud::memory::{MemoryRouteApi, SEED_VGW};
+use route_failover::cloud::{CloudError, ErrorKind};
 use route_failover::config::Config;
 use route_failover::decide::{Alarms, BackupState};
 use route_failover::events::Event;
@@ -21,6 +23,16 @@ use tokio::time::Instant;
 /// The harness's config (1 s rounds, fall 3, rise 5, hold-down 10 s,
 /// resync 30 s, two tables × two destinations) with `[backup]` = `backup`.
 fn config_backup(backup: &str) -> Config {
+    config_backup_with(backup, "")
+}
+
+/// As [`config_backup`], with `failover` appended to `[failover]`.
+fn config_backup_with(backup: &str, failover: &str) -> Config {
+    let hold_down = if failover.contains("hold_down") {
+        ""
+    } else {
+        "hold_down = \"10s\""
+    };
     let text = format!(
         r#"
 [aws]
@@ -38,8 +50,9 @@ count = 3
 [failover]
 fall = 3
 rise = 5
-hold_down = "10s"
 resync_interval = "30s"
+{hold_down}
+{failover}
 
 [[routes]]
 route_table_id = "{TABLE_A}"
@@ -237,6 +250,14 @@ async fn on_backup_a_dying_backup_only_raises_the_alarm() {
         .events
         .iter()
         .any(|(_, e)| matches!(e, Event::Finding(Finding::Blackhole { .. }))));
+    // Traffic is dropped: not "converged".
+    assert!(h.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Diverged {
+            path: Via::Backup,
+            ..
+        }
+    )));
     // Nothing better exists: stay (moving back onto a dead DX helps no one).
     assert_eq!(transitions(&h.events), [(Via::Primary, Via::Backup)]);
     assert_eq!(api.mutating_calls().len(), calls);
@@ -403,5 +424,239 @@ async fn a_reload_that_adds_the_section_checks_the_appliance_at_once() {
     // And a reload that drops it again lets the failover go ahead.
     h.control.reload(config, None);
     h.transition(Via::Backup, secs(2)).await;
+    h.stop().await;
+}
+
+/// The VPN dies, then DX for longer than `fall`: held. DX recovers, then
+/// the VPN: the held failover must have left no trace (no hold-down, no
+/// manual wait, no flap count), so nothing moves and the alarm clears.
+async fn held_failover_leaves_no_trace(failover: &str) {
+    let config = config_backup_with(
+        "targets = [\"198.19.0.1\", \"198.19.0.2\"]\nfall = 2\nrise = 2",
+        failover,
+    );
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set_backup("VPN cut", Reply::None);
+    h.wait_for("no redundancy", secs(3), raised("no_redundancy"))
+        .await;
+    // Several DX blips, each longer than fall (3): every one held.
+    for _ in 0..3 {
+        h.script.set("DX cut", Reply::None);
+        h.wait_for("both paths down", secs(5), raised("both_down"))
+            .await;
+        h.run_for(secs(3)).await;
+        h.script.set("DX back", Reply::All);
+        h.wait_for(
+            "DX healthy again",
+            secs(3),
+            |e| matches!(e, Event::Alarms(a) if !a.both_down),
+        )
+        .await;
+        h.run_for(secs(5)).await;
+    }
+    let last = alarms(&h.events).last().copied();
+    assert_eq!(
+        last.map(|a| (a.both_down, a.no_redundancy)),
+        Some((false, true)),
+        "DX carries the traffic again: no redundancy, not both down"
+    );
+    // The VPN returns while DX is healthy: nothing to fail over for.
+    h.script.set_backup("VPN back", Reply::All);
+    h.run_for(secs(30)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over with DX healthy: {:?}",
+        transitions(&h.events)
+    );
+    assert!(
+        !h.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Pinned(true))),
+        "held failovers counted as flaps"
+    );
+    assert!(api.mutating_calls().is_empty());
+    assert_eq!(
+        alarms(&h.events)
+            .last()
+            .map(|a| (a.both_down, a.no_redundancy)),
+        Some((false, false))
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_failover_starts_no_hold_down() {
+    held_failover_leaves_no_trace("hold_down = \"600s\"").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_failover_waits_for_no_manual_failback() {
+    held_failover_leaves_no_trace("failback = \"manual\"").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_failovers_do_not_count_as_flaps() {
+    held_failover_leaves_no_trace("max_failovers = 1\nflap_window = \"1h\"").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_of_the_backup_section_keeps_a_known_down_backup_down() {
+    let config = probed();
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set_backup("VPN cut", Reply::None);
+    h.wait_for("no redundancy", secs(3), raised("no_redundancy"))
+        .await;
+    // Only `required`'s neighbour changes: the same targets, a new rise.
+    let reloaded = config_backup("targets = [\"198.19.0.1\", \"198.19.0.2\"]\nfall = 2\nrise = 3");
+    h.script.set("DX cut", Reply::None);
+    h.wait_for("both paths down", secs(5), raised("both_down"))
+        .await;
+    h.control.reload(reloaded, None);
+    h.run_for(secs(10)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over onto a backup known down before the reload"
+    );
+    assert_eq!(alarms(&h.events).last().map(|a| a.both_down), Some(true));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_with_new_backup_targets_starts_a_down_backup_down() {
+    let config = probed();
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set_backup("VPN cut", Reply::None);
+    h.wait_for("no redundancy", secs(3), raised("no_redundancy"))
+        .await;
+    // Other targets: no evidence for them yet, but the backup was down.
+    h.script.set("DX cut", Reply::None);
+    h.wait_for("both paths down", secs(5), raised("both_down"))
+        .await;
+    h.control.reload(
+        config_backup("targets = [\"198.19.0.3\"]\nfall = 2\nrise = 2"),
+        None,
+    );
+    h.run_for(secs(10)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over onto a backup known down before the reload"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backup_failing_as_long_as_dx_holds_the_failover_despite_a_longer_fall() {
+    // backup.fall 5 > failover.fall 3: a common cause (the site is gone)
+    // takes both at once, and DX is judged first.
+    let config = config_backup("targets = [\"198.19.0.1\", \"198.19.0.2\"]\nfall = 5\nrise = 2");
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set_backup("VPN cut", Reply::None);
+    h.script.set("DX cut", Reply::None);
+    h.run_for(secs(10)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over onto a VPN that had failed as many rounds as DX"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn blackholed_routes_alone_make_the_backup_down_while_describe_hangs() {
+    let config = probed();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let api = Arc::new(Knobs::new(world.clone()));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set("DX cut", Reply::None);
+    h.transition(Via::Backup, secs(5)).await;
+    h.converged(Via::Backup, secs(2)).await;
+    // DescribeNetworkInterfaces now hangs (the last verdict, ok, stays)
+    // and the ENI is deleted: only the blackholed routes tell.
+    api.slow_describes(secs(3600));
+    world.delete_network_interface(ENI).unwrap();
+    h.wait_for("both paths down", secs(31), raised("both_down"))
+        .await;
+    let failed = h
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::ApplianceChecked(a) if *a != Appliance::Ok));
+    assert!(
+        !failed,
+        "the appliance check could not run: the blackholes alone decide"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_appliance_check_does_not_delay_a_failover() {
+    let config = probed();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let api = Arc::new(Knobs::new(world.clone()));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    // The next check (at the resync, 30 s) hangs for two minutes.
+    api.slow_describes(secs(120));
+    h.run_for(secs(32)).await;
+    h.script.set("DX cut", Reply::None);
+    let cut = Instant::now();
+    h.transition(Via::Backup, secs(5)).await;
+    h.converged(Via::Backup, secs(5)).await;
+    let took = Instant::now() - cut;
+    assert!(took <= secs(5), "converged {took:?} after the cut");
+    assert_eq!(our_routes(&world.tables()), all_managed(&config));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_during_a_dx_outage_checks_the_appliance_before_any_failover() {
+    let config = probed();
+    let world = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    world.detach_network_interface(ENI).unwrap();
+    let api = Arc::new(Knobs::new(world.clone()));
+    // EC2 unreachable at first while DX is down: fall rounds pile up.
+    api.fail_reads(Some(CloudError::new(
+        ErrorKind::Transient,
+        None,
+        "connection refused",
+    )));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::None, Reply::All);
+    h.run_for(secs(6)).await;
+    api.fail_reads(None);
+    h.wait_for("adopted", secs(40), |e| matches!(e, Event::Adopted { .. }))
+        .await;
+    h.run_for(secs(10)).await;
+    assert!(
+        transitions(&h.events).is_empty(),
+        "failed over onto a detached ENI never checked"
+    );
+    assert!(world.mutating_calls().is_empty());
+    assert!(alarms(&h.events).iter().any(|a| a.both_down));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ipv6_backup_targets_hold_a_failover_like_ipv4_ones() {
+    let config = config_backup("targets = [\"fd00:9::1\", \"fd00:9::2\"]\nfall = 2\nrise = 2");
+    let api = Arc::new(MemoryRouteApi::seeded(&config.routes));
+    let mut h = Harness::start_backup(&config, api.clone(), Reply::All, Reply::All);
+    h.converged(Via::Primary, secs(5)).await;
+    h.script.set_backup("VPN cut", Reply::None);
+    h.wait_for("no redundancy", secs(3), raised("no_redundancy"))
+        .await;
+    h.script.set("DX cut", Reply::None);
+    h.wait_for("both paths down", secs(5), raised("both_down"))
+        .await;
+    h.run_for(secs(10)).await;
+    assert!(transitions(&h.events).is_empty());
+    h.script.set_backup("VPN back", Reply::All);
+    h.transition(Via::Backup, secs(3)).await;
     h.stop().await;
 }

@@ -75,7 +75,7 @@ fn defaults_follow_the_probe_section() {
 
 #[test]
 fn an_empty_section_watches_the_appliance_alone() {
-    let c = parse(&with_backup("", "required = false\nfall = 2")).unwrap();
+    let c = parse(&with_backup("", "required = false")).unwrap();
     let b = c.backup.unwrap();
     assert!(b.targets.is_empty());
     assert!(!b.policy().probed);
@@ -223,6 +223,13 @@ source = "10.0.2.5""#
             "count = 2".into(),
             "count = 2",
             "backup.count",
+            "only applies with backup.targets",
+        ),
+        (
+            "",
+            "rise = 2".into(),
+            "rise = 2",
+            "backup.rise",
             "only applies with backup.targets",
         ),
         (

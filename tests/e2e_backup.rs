@@ -226,7 +226,10 @@ async fn e2e_backup_gate_and_failback_guard() {
             .is_some_and(|r| r.contains("backup path is up again")),
         "{t}"
     );
-    let bound = Duration::from_millis((BACKUP_RISE + 1) * INTERVAL_MS + 1500);
+    // At most rise + 1 rounds (the VPN may return early in a round that
+    // then counts as down), plus a few LocalStack calls: well under 400 ms
+    // on this loopback, seen at ~380 ms in all.
+    let bound = Duration::from_millis((BACKUP_RISE + 1) * INTERVAL_MS + 400);
     assert!(after < bound, "failover {after:?} after the VPN returned");
     eprintln!(
         "e2e backup: both down held the failover; routes in LocalStack {} ms after the VPN returned \

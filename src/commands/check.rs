@@ -41,28 +41,82 @@ fn print_backup(config: &Config) {
 
 /// Each failback guard: whether deleting our route would leave a DX route.
 fn print_guards(config: &Config, observed: &[RouteTable]) {
-    if !config.reconcile.failback_requires_dx_route {
-        println!(
-            "! failback guard off (failover.failback_requires_dx_route = false): failback deletes our routes even with no DX route left"
-        );
-        return;
+    for line in guard_rows(config, observed) {
+        println!("{line}");
     }
+}
+
+/// The rows of [`print_guards`].
+fn guard_rows(config: &Config, observed: &[RouteTable]) -> Vec<String> {
+    if !config.reconcile.failback_requires_dx_route {
+        return vec![
+            "! failback guard off (failover.failback_requires_dx_route = false): failback deletes our routes even with no DX route left".to_string(),
+        ];
+    }
+    let mut rows = Vec::new();
     for r in &config.routes {
         let Some(table) = observed.iter().find(|t| t.id == r.route_table_id) else {
             continue;
         };
-        if plan::has_dx_route(table, r.destination) {
-            println!(
+        rows.push(if plan::has_dx_route(table, r.destination) {
+            format!(
                 "✓ failback guard: {} in {} has a DX route to fall back to",
                 r.destination, r.route_table_id
-            );
+            )
         } else {
-            println!(
+            format!(
                 "! failback guard: {} in {} has no DX route (propagated from the VGW, or static to a vgw-): a failback now would be held",
                 r.destination, r.route_table_id
-            );
-        }
+            )
+        });
     }
+    rows
+}
+
+/// Each target ENI as EC2 describes it: `(passed, row)`. One that cannot
+/// take traffic (missing, detached, not in-use, source/destination check
+/// on) fails the check: a failover onto it blackholes production, or with
+/// `[backup]` is held until it is fixed.
+fn eni_rows(
+    config: &Config,
+    enis: &[String],
+    found: &[crate::cloud::NetworkInterface],
+) -> Vec<(bool, String)> {
+    enis.iter()
+        .map(|id| match found.iter().find(|n| &n.id == id) {
+            None => (
+                false,
+                format!("✗ network interface {id} not found\n    fix: check routes[].target_eni"),
+            ),
+            Some(n) if n.source_dest_check => (
+                false,
+                format!(
+                    "✗ network interface {id} has source/destination check enabled: the VPN appliance cannot forward\n    \
+                     fix: aws ec2 modify-network-interface-attribute --network-interface-id {id} --no-source-dest-check"
+                ),
+            ),
+            Some(n) if !n.is_forwarding_target() => (
+                false,
+                format!(
+                    "✗ network interface {id} is {}{}: a route to it is a blackhole; {}\n    \
+                     fix: attach it to the running VPN appliance (or point routes[].target_eni at the one that is)",
+                    n.status,
+                    if n.attached { "" } else { ", not attached" },
+                    if config.backup.is_some() {
+                        "the agent holds any failover onto it ([backup]) until it is in-use and attached"
+                    } else {
+                        "a failover now would blackhole production (add [backup] to hold failovers onto it)"
+                    }
+                ),
+            ),
+            Some(_) => (
+                true,
+                format!(
+                    "✓ network interface {id} exists, in-use and attached, source/destination check off"
+                ),
+            ),
+        })
+        .collect()
 }
 
 /// Preflight rows: ✓ passed, ✗ failed (with the fix), ! worth knowing.
@@ -138,30 +192,11 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
     };
     match api.describe_network_interfaces(&enis).await {
         Ok(found) => {
-            for id in &enis {
-                match found.iter().find(|n| &n.id == id) {
-                    None => fail(format!(
-                        "✗ network interface {id} not found\n    fix: check routes[].target_eni"
-                    )),
-                    Some(n) if n.source_dest_check => fail(format!(
-                        "✗ network interface {id} has source/destination check enabled: the VPN appliance cannot forward\n    \
-                         fix: aws ec2 modify-network-interface-attribute --network-interface-id {id} --no-source-dest-check"
-                    )),
-                    Some(n) if !n.is_forwarding_target() => println!(
-                        "! network interface {id} is {}{}: a route to it is a blackhole; {}",
-                        n.status,
-                        if n.attached { "" } else { ", not attached" },
-                        if config.backup.is_some() {
-                            "the agent holds any failover onto it ([backup]) until it is in-use and attached"
-                        } else {
-                            "a failover now would blackhole production (add [backup] to hold failovers onto it)"
-                        }
-                    ),
-                    Some(_) => {
-                        println!(
-                            "✓ network interface {id} exists, in-use and attached, source/destination check off"
-                        );
-                    }
+            for (ok, line) in eni_rows(config, &enis, &found) {
+                if ok {
+                    println!("{line}");
+                } else {
+                    fail(line);
                 }
             }
         }
@@ -325,5 +360,51 @@ mod tests {
         assert!(e.contains("already has 50 tags"), "{e}");
         assert!(check_ha(&config, &ha, &[table(full(true))]).is_ok());
         assert!(check_ha(&config, &ha, &[]).unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn a_detached_eni_fails_the_check() {
+        use crate::cloud::{EniStatus, NetworkInterface};
+        let config = config();
+        let id = "eni-0123456789abcdef0".to_string();
+        let eni = |status, attached| NetworkInterface {
+            id: id.clone(),
+            subnet_id: None,
+            status,
+            attached,
+            source_dest_check: false,
+        };
+        let rows = eni_rows(
+            &config,
+            std::slice::from_ref(&id),
+            &[eni(EniStatus::Available, false)],
+        );
+        assert!(!rows[0].0, "{rows:?}");
+        assert!(
+            rows[0].1.starts_with(
+                "✗ network interface eni-0123456789abcdef0 is available, not attached"
+            ),
+            "{rows:?}"
+        );
+        let rows = eni_rows(
+            &config,
+            std::slice::from_ref(&id),
+            &[eni(EniStatus::InUse, true)],
+        );
+        assert!(rows[0].0, "{rows:?}");
+        assert!(!eni_rows(&config, std::slice::from_ref(&id), &[])[0].0);
+    }
+
+    #[test]
+    fn a_table_without_a_dx_route_says_failback_would_be_held() {
+        let config = config();
+        let rows = guard_rows(&config, &[table([])]);
+        assert_eq!(rows.len(), 1);
+        assert!(
+            rows[0].starts_with(
+                "! failback guard: 10.1.0.0/16 in rtb-0123456789abcdef0 has no DX route"
+            ),
+            "{rows:?}"
+        );
     }
 }

@@ -41,20 +41,11 @@ pub(super) struct RawBackup {
     pub(super) timeout: Option<Duration>,
     pub(super) min_replies: Option<u32>,
     pub(super) quorum: Option<u32>,
-    #[serde(default = "default_backup_fall")]
-    pub(super) fall: u32,
-    #[serde(default = "default_backup_rise")]
-    pub(super) rise: u32,
+    pub(super) fall: Option<u32>,
+    pub(super) rise: Option<u32>,
     #[serde(default = "default_true")]
     pub(super) required: bool,
     pub(super) source: Option<String>,
-}
-
-fn default_backup_fall() -> u32 {
-    3
-}
-fn default_backup_rise() -> u32 {
-    3
 }
 
 /// `[ha]`: absent, one agent decides alone.

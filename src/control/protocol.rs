@@ -234,6 +234,10 @@ pub struct BackupView {
     /// The last appliance ENI check: "ok", "not checked yet", or each
     /// ENI's problem; `None` without `[backup]`.
     pub appliance: Option<String>,
+    /// Seconds since that check; `None` before the first. It grows while
+    /// DescribeNetworkInterfaces fails (the last verdict is kept).
+    #[serde(default)]
+    pub appliance_age_seconds: Option<f64>,
     /// The backup targets (over the VPN), over the window.
     pub targets: Vec<TargetView>,
     /// `failover.failback_requires_dx_route`.

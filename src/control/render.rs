@@ -167,7 +167,7 @@ fn write_alarms(out: &mut String, s: &Status) -> std::fmt::Result {
     } else if s.backup.no_redundancy {
         writeln!(
             out,
-            "!!! NO REDUNDANCY: the backup path is down while DX carries the traffic"
+            "!!! NO REDUNDANCY: the backup path is down while DX is up"
         )?;
     }
     if s.state_machine.pinned {
@@ -189,7 +189,11 @@ fn write_backup(out: &mut String, s: &Status) -> std::fmt::Result {
     };
     writeln!(out, "backup path:     {}{gate}", b.state)?;
     if let Some(appliance) = &b.appliance {
-        writeln!(out, "  appliance ENI: {appliance}")?;
+        // The age tells a fresh verdict from one kept while the API fails.
+        match b.appliance_age_seconds {
+            Some(age) => writeln!(out, "  appliance ENI: {appliance} (checked {age:.0}s ago)")?,
+            None => writeln!(out, "  appliance ENI: {appliance}")?,
+        }
     }
     if !b.targets.is_empty() {
         let width = b

@@ -185,7 +185,7 @@ struct Board {
     findings: VecDeque<Stamped<String>>,
     /// The backup targets' last rounds.
     backup_samples: HashMap<IpAddr, VecDeque<Sample>>,
-    appliance: Option<crate::backup::Appliance>,
+    appliance: Option<Stamped<crate::backup::Appliance>>,
     /// Failbacks the guard holds, until the tables converge or the path moves.
     failback_held: Vec<String>,
     /// With `[ha]`: the pair as last assessed.
@@ -300,7 +300,9 @@ impl Board {
                     );
                 }
             }
-            Event::ApplianceChecked(appliance) => self.appliance = Some(appliance.clone()),
+            Event::ApplianceChecked(appliance) => {
+                self.appliance = Some(Stamped::new(now, wall, appliance.clone()));
+            }
             Event::Peers(view) => {
                 if let Some(text) = &view.disagreement {
                     self.findings.retain(|f| &f.value != text);
@@ -416,10 +418,18 @@ impl Board {
                 both_paths_down: self.alarms.both_down,
                 no_redundancy: self.alarms.no_redundancy,
                 required: self.settings.backup == Some(true),
-                appliance: self
+                appliance: self.settings.backup.map(|_| {
+                    self.appliance
+                        .as_ref()
+                        .map(|a| a.value.clone())
+                        .unwrap_or_default()
+                        .to_string()
+                }),
+                appliance_age_seconds: self
                     .settings
                     .backup
-                    .map(|_| self.appliance.clone().unwrap_or_default().to_string()),
+                    .and(self.appliance.as_ref())
+                    .map(|a| a.age(now)),
                 targets: self
                     .settings
                     .backup_targets
@@ -1109,6 +1119,7 @@ target_eni = "eni-0123456789abcdef0"
             b.appliance.as_deref(),
             Some("eni-0123456789abcdef0 is not attached to an instance")
         );
+        assert!(b.appliance_age_seconds.is_some_and(|a| a < 60.0));
         let t = &b.targets[0];
         assert_eq!((t.rounds, t.up_rounds, t.up), (1, 0, false));
         assert_eq!(b.failback_held.len(), 1);
@@ -1119,6 +1130,7 @@ target_eni = "eni-0123456789abcdef0"
             text.contains("appliance ENI: eni-0123456789abcdef0 is not attached"),
             "{text}"
         );
+        assert!(text.contains("(checked 0s ago)"), "{text}");
         assert!(text.contains("198.19.0.1"), "{text}");
         sink.record(&Event::Converged {
             path: Via::Primary,

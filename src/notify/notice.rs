@@ -177,7 +177,7 @@ impl Notice {
                 } else if alarms.no_redundancy {
                     "no redundancy: the VPN backup path is down".to_string()
                 } else {
-                    "the VPN backup path is healthy again".to_string()
+                    "backup alarms cleared: the VPN backup path is up, unknown or no longer watched".to_string()
                 },
                 if alarms.both_down {
                     "DX is down and so is the backup: staying put, failing over as soon as the backup answers".to_string()

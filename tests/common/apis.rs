@@ -22,6 +22,8 @@ pub struct Knobs {
     pub read_error: Mutex<Option<CloudError>>,
     /// Called with the ids of each DescribeRouteTables, before it reads.
     pub before_read: Option<Hook>,
+    /// Each DescribeNetworkInterfaces takes this long (paused clock).
+    pub describe_delay: Mutex<Duration>,
     reads: AtomicUsize,
     writes_started: AtomicUsize,
 }
@@ -33,6 +35,7 @@ impl Knobs {
             write_delay: Duration::ZERO,
             read_error: Mutex::new(None),
             before_read: None,
+            describe_delay: Mutex::new(Duration::ZERO),
             reads: AtomicUsize::new(0),
             writes_started: AtomicUsize::new(0),
         }
@@ -49,6 +52,12 @@ impl Knobs {
     ) -> Self {
         self.before_read = Some(Box::new(hook));
         self
+    }
+
+    /// From now on, DescribeNetworkInterfaces hangs for `delay` (an SDK
+    /// retrying a throttled call).
+    pub fn slow_describes(&self, delay: Duration) {
+        *self.describe_delay.lock().unwrap() = delay;
     }
 
     pub fn fail_reads(&self, error: Option<CloudError>) {
@@ -90,6 +99,10 @@ impl RouteApi for Knobs {
         &self,
         ids: &[String],
     ) -> Result<Vec<NetworkInterface>, CloudError> {
+        let delay = *self.describe_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.world.describe_network_interfaces(ids).await
     }
     async fn create_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
