@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole benchmark suite, as root: setup (first run only), LocalStack,
 # the simulated false-failover study and its plot, then the live runs
-# (latency, footprint, noise, scale). Figures go to stdout and bench/results/.
+# (latency, footprint, noise, scale) and the idle CPU of one agent alone
+# (bench/cpu.sh). Figures go to stdout and bench/results/.
 # Extra arguments go to bench/failover.py (e.g. --reps 5, --only latency).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,3 +30,7 @@ bench/.venv/bin/python bench/tables.py > bench/results/false_failover_tables.md
 
 echo
 bench/.venv/bin/python bench/failover.py "$@"
+
+echo
+echo "== idle CPU, one agent alone (memory backend, 2 loopback targets)"
+bench/cpu.sh
