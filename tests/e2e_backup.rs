@@ -15,7 +15,7 @@ mod netns;
 #[path = "common/process.rs"]
 mod process;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::AttributeBooleanValue;
 use aws_sdk_ec2::Client;
@@ -109,30 +109,11 @@ impl Setup {
     }
 
     async fn wait_routes(&self, want: usize, within: Duration) -> Duration {
-        let started = Instant::now();
-        loop {
-            if self.our_routes().await == want {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < within,
-                "LocalStack did not reach {want} routes within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        localstack::wait_count(|| self.our_routes(), want, within).await
     }
 
     async fn hold_routes(&self, want: usize, d: Duration) {
-        let started = Instant::now();
-        while started.elapsed() < d {
-            assert_eq!(
-                self.our_routes().await,
-                want,
-                "routes changed after {:?}",
-                started.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        localstack::hold_count(|| self.our_routes(), want, d).await;
     }
 
     /// Adds (`true`) or removes the covering static routes to the VGW that

@@ -199,3 +199,45 @@ pub async fn attach_vgw(client: &Client, w: &World) -> String {
         .expect("AttachVpnGateway");
     vgw
 }
+
+/// Polls `count` (our routes as LocalStack shows them) until it is `want`;
+/// how long that took. Fails the test after `within`.
+pub async fn wait_count<F, Fut>(
+    count: F,
+    want: usize,
+    within: std::time::Duration,
+) -> std::time::Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if count().await == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "LocalStack did not reach {want} routes within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts that `count` stays at `want` for `d`, polling.
+pub async fn hold_count<F, Fut>(count: F, want: usize, d: std::time::Duration)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < d {
+        assert_eq!(
+            count().await,
+            want,
+            "routes changed after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
