@@ -58,7 +58,7 @@
 //! Steady state: one CreateTags per heartbeat; reads as without `[ha]`
 //! (every `resync_interval`), plus the anchor's re-read before a deletion.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cloud::{CloudError, RouteApi};
+use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::fsm::Via;
 use crate::model::RouteTable;
 use crate::peers::{self, Combined, Liveness, Seen, Verdict};
@@ -284,8 +284,13 @@ pub(crate) struct Ha {
     published: Option<Via>,
     /// When the last write was tried (successful or not).
     last_write: Option<Instant>,
-    /// The verdicts in the anchor's tags at the last read, ours excluded.
-    peers: Vec<Verdict>,
+    /// Since when every write has failed; `None` after a success.
+    failing_since: Option<Instant>,
+    /// Each peer's last verdict read, ours excluded. Kept when its tag
+    /// vanishes (deleted by hand, by `terraform apply`): it ages like any
+    /// other and counts until it goes stale, so a deleted Backup verdict
+    /// never lets another agent undo a failover early.
+    peers: BTreeMap<String, Verdict>,
     tracker: Tracker,
 }
 
@@ -305,7 +310,8 @@ impl Ha {
             counter: 0,
             published: None,
             last_write: None,
-            peers: Vec::new(),
+            failing_since: None,
+            peers: BTreeMap::new(),
             tracker: Tracker::default(),
         }
     }
@@ -319,7 +325,12 @@ impl Ha {
         let Some(anchor) = tables.iter().find(|t| t.id == self.anchor) else {
             return;
         };
-        self.peers.clear();
+        let now = (self.clock)();
+        let limit = (self.peer_timeout + peers::SKEW_TOLERANCE).as_secs();
+        // A vanished tag's verdict is forgotten once it is stale anyway.
+        self.peers.retain(|id, v| {
+            anchor.tags.contains_key(&peers::tag_key(id)) || now.saturating_sub(v.at) <= limit
+        });
         for (key, value) in &anchor.tags {
             let Some(v) = peers::parse_tag(key, value) else {
                 continue;
@@ -330,7 +341,7 @@ impl Ha {
                     self.counter = self.counter.max(v.counter);
                 }
             } else {
-                self.peers.push(v);
+                self.peers.insert(v.agent_id.clone(), v);
             }
         }
     }
@@ -338,10 +349,11 @@ impl Ha {
     /// The pair's path for our `local` verdict, from the verdicts last read,
     /// aged to now.
     pub(crate) fn combined(&self, local: Via) -> Combined {
+        let peers: Vec<Verdict> = self.peers.values().cloned().collect();
         peers::combine(
             local,
             &self.agent_id,
-            &self.peers,
+            &peers,
             (self.clock)(),
             self.peer_timeout,
         )
@@ -378,8 +390,14 @@ impl Ha {
             reason: reason.to_string(),
         };
         let tag = (peers::tag_key(&self.agent_id), peers::tag_value(&verdict));
-        api.create_tags(&self.anchor, std::slice::from_ref(&tag))
-            .await?;
+        if let Err(e) = api
+            .create_tags(&self.anchor, std::slice::from_ref(&tag))
+            .await
+        {
+            self.failing_since.get_or_insert(Instant::now());
+            return Err(e);
+        }
+        self.failing_since = None;
         self.counter += 1;
         if self.published != Some(local) {
             info!(verdict = %local, %reason, anchor = %self.anchor, "published our verdict to the pair");
@@ -388,12 +406,39 @@ impl Ha {
         Ok(())
     }
 
+    /// Whether a Backup verdict we could not publish (`error`) is acted on
+    /// anyway at `now`. Failing over is the safe direction: a peer that
+    /// cannot see our verdict may at worst delete our routes once, and we
+    /// put them back, whereas holding the failover leaves production on a
+    /// dead DX. So it is held only while the failure may clear soon: a
+    /// retryable error for less than one `peer_timeout`. A Primary verdict
+    /// (which deletes) always waits for its publication.
+    pub(crate) fn act_unpublished(&self, local: Via, error: &CloudError, now: Instant) -> bool {
+        if local != Via::Backup {
+            return false;
+        }
+        let retryable = matches!(error.kind, ErrorKind::Throttled | ErrorKind::Transient);
+        !retryable
+            || self
+                .failing_since
+                .is_some_and(|since| now - since >= self.peer_timeout)
+    }
+
     /// Assesses the pair at `now`: logs what changed, returns the view when
     /// a status view should hear of it.
     pub(crate) fn assess(&mut self, local: Via, now: Instant) -> (Combined, Option<PeerView>) {
         let combined = self.combined(local);
         let changes = self.tracker.assess(&combined, local, now, self.heartbeat);
+        let now_wall = (self.clock)();
         for id in &changes.went_stale {
+            if let Some(v) = self
+                .peers
+                .get(id)
+                .filter(|v| v.at > now_wall + peers::SKEW_TOLERANCE.as_secs())
+            {
+                warn!(peer = %id, at = v.at, now = now_wall, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; ignored until it is current");
+                continue;
+            }
             warn!(peer = %id, peer_timeout = ?self.peer_timeout, "peer's verdict is stale: taken for dead and ignored until it publishes again");
         }
         for id in &changes.came_back {

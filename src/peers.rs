@@ -100,9 +100,12 @@ pub fn combine(
         .iter()
         .filter(|v| v.agent_id != own_id)
         .map(|v| {
-            // A timestamp from the future (clock skew) counts as fresh.
             let age = Duration::from_secs(now.saturating_sub(v.at));
-            let liveness = if age > limit {
+            // A timestamp further ahead than the skew tolerance is not to be
+            // trusted (a clock far off, a hand-edited tag): taken as fresh,
+            // a dead agent's Backup would hold the pair for ever.
+            let future = v.at > now.saturating_add(SKEW_TOLERANCE.as_secs());
+            let liveness = if future || age > limit {
                 Liveness::Stale
             } else {
                 Liveness::Live
@@ -212,6 +215,27 @@ mod tests {
     }
 
     #[test]
+    fn a_timestamp_from_the_future_beyond_the_skew_tolerance_is_stale() {
+        let now = 1_000;
+        // Within the tolerance: a clock slightly ahead, still live.
+        let c = combine(Via::Primary, "i-a", &[v("i-b", Via::Backup, 1_002)], now, T);
+        assert_eq!((c.path, c.peers[0].liveness), (Via::Backup, Liveness::Live));
+        // A hand-edited `backup;1;9999999999` must not hold the pair for ever.
+        let c = combine(
+            Via::Primary,
+            "i-a",
+            &[v("i-b", Via::Backup, 9_999_999_999)],
+            now,
+            T,
+        );
+        assert_eq!(
+            (c.path, c.peers[0].liveness),
+            (Via::Primary, Liveness::Stale)
+        );
+        assert!(c.backup_votes.is_empty());
+    }
+
+    #[test]
     fn tags_round_trip() {
         let verdict = Verdict {
             agent_id: "i-0123456789abcdef0".into(),
@@ -245,19 +269,38 @@ mod tests {
     proptest! {
         /// Backup iff some live agent (self included) says Backup.
         #[test]
-        fn the_rule(own in via(), peers in proptest::collection::vec((via(), 0u64..100), 0..5)) {
+        fn the_rule(
+            own in via(),
+            peers in proptest::collection::vec((via(), -10i64..100, proptest::bool::weighted(0.2)), 0..5),
+        ) {
             let now = 1_000u64;
+            // Negative ages are timestamps from the future; some verdicts
+            // carry our own id (our tag read back) and must never count.
+            let id = |i: usize, ours: bool| if ours { "self".to_string() } else { format!("i-{i}") };
             let verdicts: Vec<Verdict> = peers
                 .iter()
                 .enumerate()
-                .map(|(i, (p, age))| v(&format!("i-{i}"), *p, now - age))
+                .map(|(i, (p, age, ours))| v(&id(i, *ours), *p, now.checked_add_signed(-age).unwrap()))
                 .collect();
             let c = combine(own, "self", &verdicts, now, T);
-            let live_backup = peers
-                .iter()
-                .any(|(p, age)| *p == Via::Backup && Duration::from_secs(*age) <= T + SKEW_TOLERANCE);
-            let expect = if own == Via::Backup || live_backup { Via::Backup } else { Via::Primary };
+            let skew = i64::try_from(SKEW_TOLERANCE.as_secs()).unwrap();
+            let limit = i64::try_from((T + SKEW_TOLERANCE).as_secs()).unwrap();
+            let live = |age: i64| age >= -skew && age <= limit;
+            let mut votes: Vec<String> = if own == Via::Backup { vec!["self".into()] } else { vec![] };
+            for (i, (p, age, ours)) in peers.iter().enumerate() {
+                if !ours && *p == Via::Backup && live(*age) {
+                    votes.push(id(i, false));
+                }
+            }
+            let expect = if votes.is_empty() { Via::Primary } else { Via::Backup };
             prop_assert_eq!(c.path, expect);
+            prop_assert_eq!(&c.backup_votes, &votes);
+            let others: Vec<_> = peers.iter().filter(|(_, _, ours)| !ours).collect();
+            prop_assert_eq!(c.peers.len(), others.len());
+            for (s, (_, age, _)) in c.peers.iter().zip(others) {
+                let want = if live(*age) { Liveness::Live } else { Liveness::Stale };
+                prop_assert_eq!(s.liveness, want);
+            }
         }
     }
 }

@@ -672,10 +672,24 @@ impl Reconciler {
             .is_some_and(|h| h.due(local, Instant::now()))
         {
             if let Err(e) = self.publish(local).await {
-                return Pass::Failed {
-                    kind: e.kind,
-                    why: format!("CreateTags (our verdict) failed: {e}"),
-                };
+                let act = self
+                    .ha
+                    .as_ref()
+                    .is_some_and(|h| h.act_unpublished(local, &e, Instant::now()));
+                if !act {
+                    return Pass::Failed {
+                        kind: e.kind,
+                        why: format!("CreateTags (our verdict) failed: {e}"),
+                    };
+                }
+                // Loud, every pass while it lasts: peers cannot see why
+                // our routes are there. The publication is retried with
+                // every pass and heartbeat.
+                error!(error = %e, verdict = %local, "CRITICAL: failing over although our Backup verdict cannot be published to the pair (failover is the safe direction); peers may delete our routes once, we put them back; fix CreateTags on the anchor table");
+                self.events.emit(Event::Diverged {
+                    path: local,
+                    why: format!("acting on an unpublished Backup verdict: CreateTags failed: {e}"),
+                });
             }
         }
         for _ in 0..MAX_PASSES {
