@@ -303,10 +303,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let routes = validate_routes(raw.routes)?;
     let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
     let control = validate_control(raw.control)?;
-    let ha = raw
-        .ha
-        .map(|h| validate_ha(h, aws.backend, reconcile.resync_interval))
-        .transpose()?;
+    let ha = raw.ha.map(|h| validate_ha(h, aws.backend)).transpose()?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
         Some(text) => Some(text.parse().map_err(|_| {
@@ -332,11 +329,7 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     })
 }
 
-fn validate_ha(
-    raw: RawHa,
-    backend: Backend,
-    resync: Duration,
-) -> Result<crate::ha::HaConfig, Invalid> {
+fn validate_ha(raw: RawHa, backend: Backend) -> Result<crate::ha::HaConfig, Invalid> {
     if let Some(id) = &raw.agent_id {
         crate::ha::check_agent_id(id).map_err(|why| invalid("ha.agent_id", why))?;
     } else if backend != Backend::Ec2 {
@@ -352,22 +345,17 @@ fn validate_ha(
         limits::HEARTBEAT,
         ", each beat is one CreateTags call",
     )?;
-    // Peers' verdicts are read with the tables, every resync_interval, and
-    // published every heartbeat: between two reads the newest verdict we
-    // hold of a live peer grows up to resync + heartbeat old (plus skew).
-    // A shorter timeout takes live peers for dead between reads.
-    let floor = resync + raw.heartbeat + crate::peers::SKEW_TOLERANCE;
-    let peer_timeout = raw
-        .peer_timeout
-        .unwrap_or_else(|| (raw.heartbeat * 3).max(floor + raw.heartbeat));
+    // Between two reads of the anchor (the reconciler's, or the
+    // heartbeat's own when those are too far apart) a live peer's newest
+    // verdict grows up to one heartbeat old, plus the clock skew.
+    let floor = raw.heartbeat + crate::peers::SKEW_TOLERANCE;
+    let peer_timeout = raw.peer_timeout.unwrap_or(raw.heartbeat * 3);
     if peer_timeout <= floor {
         return Err(invalid(
             "ha.peer_timeout",
             format!(
-                "{} must exceed failover.resync_interval + ha.heartbeat + the clock-skew \
-                 tolerance ({}): peers' verdicts are read once per resync_interval, so a \
-                 shorter timeout takes a live peer for dead between two reads; leave it out \
-                 for the default, the larger of 3 x heartbeat and that sum + one heartbeat",
+                "{} must exceed the heartbeat plus the clock-skew tolerance ({}), or a live \
+                 peer would be taken for dead between two beats; 3 x heartbeat is the default",
                 show(peer_timeout),
                 show(floor)
             ),

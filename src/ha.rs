@@ -291,6 +291,8 @@ pub(crate) struct Ha {
     /// other and counts until it goes stale, so a deleted Backup verdict
     /// never lets another agent undo a failover early.
     peers: BTreeMap<String, Verdict>,
+    /// When the anchor's tags were last read (by a pass or a heartbeat).
+    last_read: Option<Instant>,
     tracker: Tracker,
 }
 
@@ -312,6 +314,7 @@ impl Ha {
             last_write: None,
             failing_since: None,
             peers: BTreeMap::new(),
+            last_read: None,
             tracker: Tracker::default(),
         }
     }
@@ -320,11 +323,24 @@ impl Ha {
         &self.anchor
     }
 
+    /// Whether the heartbeat must read the anchor itself: the verdicts in
+    /// hand would otherwise grow older than `peer_timeout` between the
+    /// reconciler's own reads (every `resync_interval`) and a live peer
+    /// be taken for dead. With the defaults (10 s, 30 s, resync 30 s) that
+    /// is one extra DescribeRouteTables of the anchor about every 30 s.
+    pub(crate) fn read_due(&self, now: Instant) -> bool {
+        let fresh_for = self
+            .peer_timeout
+            .saturating_sub(self.heartbeat + peers::SKEW_TOLERANCE);
+        self.last_read.is_none_or(|at| now >= at + fresh_for)
+    }
+
     /// Takes the verdicts from a read, if it includes the anchor.
     pub(crate) fn observe(&mut self, tables: &[RouteTable]) {
         let Some(anchor) = tables.iter().find(|t| t.id == self.anchor) else {
             return;
         };
+        self.last_read = Some(Instant::now());
         let now = (self.clock)();
         let limit = (self.peer_timeout + peers::SKEW_TOLERANCE).as_secs();
         // A vanished tag's verdict is forgotten once it is stale anyway.

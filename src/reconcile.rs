@@ -24,7 +24,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::backoff;
 use crate::backup::{check_appliance, Appliance, BackupFact};
@@ -473,6 +473,26 @@ impl Reconciler {
     async fn heartbeat(&mut self, local: Via) -> bool {
         // A failed beat is logged; the next one retries.
         let _ = self.publish(local).await;
+        let anchor = match &self.ha {
+            Some(ha) if ha.read_due(Instant::now()) => Some(ha.anchor().to_string()),
+            _ => None,
+        };
+        if let Some(anchor) = anchor {
+            // The reconciler's reads alone would leave the peers' verdicts
+            // older than peer_timeout between two resyncs.
+            match self
+                .api
+                .describe_route_tables(std::slice::from_ref(&anchor))
+                .await
+            {
+                Ok(tables) => {
+                    if let Some(ha) = self.ha.as_mut() {
+                        ha.observe(&tables);
+                    }
+                }
+                Err(e) => debug!(error = %e, "cannot read the peers' verdicts; next beat retries"),
+            }
+        }
         let Some(ha) = self.ha.as_mut() else {
             return false;
         };

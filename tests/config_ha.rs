@@ -46,8 +46,7 @@ fn absent_means_one_agent_and_defaults_follow_the_heartbeat() {
     // On EC2 the id comes from instance metadata at startup.
     assert_eq!(ha.agent_id, None);
     assert_eq!(ha.heartbeat, Duration::from_secs(10));
-    // resync 30 s + heartbeat 10 s + skew 2 s, plus one heartbeat of margin.
-    assert_eq!(ha.peer_timeout, Duration::from_secs(52));
+    assert_eq!(ha.peer_timeout, Duration::from_secs(30));
     let c = parse(&with_ha(
         "memory",
         "agent_id = \"monitor-a\"\nheartbeat = \"5s\"",
@@ -55,10 +54,7 @@ fn absent_means_one_agent_and_defaults_follow_the_heartbeat() {
     .unwrap();
     let ha = c.ha.unwrap();
     assert_eq!(ha.agent_id.as_deref(), Some("monitor-a"));
-    assert_eq!(ha.peer_timeout, Duration::from_secs(42));
-    // A long heartbeat: 3 x heartbeat is the larger.
-    let c = parse(&with_ha("ec2", "heartbeat = \"60s\"")).unwrap();
-    assert_eq!(c.ha.unwrap().peer_timeout, Duration::from_secs(180));
+    assert_eq!(ha.peer_timeout, Duration::from_secs(15));
 }
 
 #[test]
@@ -70,7 +66,7 @@ fn the_commented_example_is_valid() {
         .replace("# peer_timeout = ", "peer_timeout = ");
     let ha = parse(&text).expect("the [ha] example is valid").ha.unwrap();
     assert_eq!(ha.agent_id.as_deref(), Some("monitor-a"));
-    assert_eq!(ha.peer_timeout, Duration::from_secs(60));
+    assert_eq!(ha.peer_timeout, Duration::from_secs(30));
 }
 
 #[test]
@@ -95,7 +91,7 @@ fn errors_name_the_file_line_and_key() {
     let e = error("ec2", "heartbeat = \"10s\"\npeer_timeout = \"12s\"");
     assert!(
         e.starts_with(&format!(
-            "{file}:15: ha.peer_timeout: 12s must exceed failover.resync_interval + ha.heartbeat + the clock-skew tolerance (42s)"
+            "{file}:15: ha.peer_timeout: 12s must exceed the heartbeat plus the clock-skew tolerance (12s)"
         )),
         "{e}"
     );
@@ -109,19 +105,10 @@ fn errors_name_the_file_line_and_key() {
 }
 
 #[test]
-fn exactly_resync_plus_heartbeat_plus_skew_is_refused_one_second_more_allowed() {
-    // resync_interval defaults to 30 s: the floor is 30 + 1 + 2 = 33 s.
-    assert!(parse(&with_ha(
-        "ec2",
-        "heartbeat = \"1s\"\npeer_timeout = \"33s\""
-    ))
-    .is_err());
-    let c = parse(&with_ha(
-        "ec2",
-        "heartbeat = \"1s\"\npeer_timeout = \"34s\"",
-    ))
-    .unwrap();
-    assert_eq!(c.ha.unwrap().peer_timeout, Duration::from_secs(34));
+fn exactly_heartbeat_plus_skew_is_refused_one_second_more_allowed() {
+    assert!(parse(&with_ha("ec2", "heartbeat = \"1s\"\npeer_timeout = \"3s\"")).is_err());
+    let c = parse(&with_ha("ec2", "heartbeat = \"1s\"\npeer_timeout = \"4s\"")).unwrap();
+    assert_eq!(c.ha.unwrap().peer_timeout, Duration::from_secs(4));
 }
 
 #[test]

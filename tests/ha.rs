@@ -764,8 +764,9 @@ async fn a_short_heartbeat_never_takes_a_live_peer_for_dead_between_reads() {
         c.ha = Some(HaConfig {
             agent_id: Some(id.to_string()),
             heartbeat: secs(5),
-            // The least config validation accepts: resync 30 s + 5 s + 2 s.
-            peer_timeout: secs(38),
+            // The default, 3 x heartbeat: shorter than the 30 s between
+            // the reconciler's reads, so the heartbeat reads the anchor.
+            peer_timeout: secs(15),
         });
         let link = Link::new(&world);
         let h = Harness::start_with(
@@ -787,7 +788,7 @@ async fn a_short_heartbeat_never_takes_a_live_peer_for_dead_between_reads() {
         .filter(|v| v.peers.iter().any(|s| s.liveness == Liveness::Stale))
         .count();
     println!(
-        "heartbeat 5s, peer_timeout 38s, resync 30s: B saw live A as stale {flips} times in 300 s; B reads {}",
+        "heartbeat 5s, peer_timeout 15s, resync 30s: B saw live A as stale {flips} times in 300 s; B reads {}",
         lb.count("DescribeRouteTables")
     );
     assert_eq!(flips, 0, "a live peer was taken for dead");
