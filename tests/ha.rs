@@ -722,7 +722,7 @@ async fn tags_deleted_while_only_one_agent_says_backup_leave_its_failover_alone(
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "hangs: the paused clock never advances once CreateTags fails on a full anchor (review finding 2, under investigation)"]
+
 async fn a_full_anchor_does_not_block_a_failover() {
     let pair = Pair::new();
     let (anchor, _) = anchor_keys(&pair);
@@ -735,15 +735,18 @@ async fn a_full_anchor_does_not_block_a_failover() {
     a.run_for(secs(10)).await;
     a.script.set("DX cut", Reply::None);
     a.run_for(secs(300)).await;
+    // Counted apart: a guard held across the println deadlocked with
+    // count() (the hang seen in review: a test bug, not the agent's).
+    let tags_ok = la
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(o, ok)| *o == "CreateTags" && *ok)
+        .count();
     println!(
-        "full anchor: CreateTags {} (ok {}), creates {}, ours {:?}",
+        "full anchor: CreateTags {} (ok {tags_ok}), creates {}, ours {:?}",
         la.count("CreateTags"),
-        la.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(o, ok)| *o == "CreateTags" && *ok)
-            .count(),
         la.count("CreateRoute"),
         pair.ours()
     );
