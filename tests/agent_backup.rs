@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use common::apis::Knobs;
@@ -28,54 +27,7 @@ fn config_backup(backup: &str) -> Config {
 
 /// As [`config_backup`], with `failover` appended to `[failover]`.
 fn config_backup_with(backup: &str, failover: &str) -> Config {
-    let hold_down = if failover.contains("hold_down") {
-        ""
-    } else {
-        "hold_down = \"10s\""
-    };
-    let text = format!(
-        r#"
-[aws]
-backend = "memory"
-
-[probe]
-targets = ["198.18.0.10", "198.18.0.11"]
-interval = "1s"
-timeout = "500ms"
-count = 3
-
-[backup]
-{backup}
-
-[failover]
-fall = 3
-rise = 5
-resync_interval = "30s"
-{hold_down}
-{failover}
-
-[[routes]]
-route_table_id = "{TABLE_A}"
-destination = "10.1.0.0/16"
-target_eni = "{ENI}"
-
-[[routes]]
-route_table_id = "{TABLE_A}"
-destination = "fd00:1::/48"
-target_eni = "{ENI}"
-
-[[routes]]
-route_table_id = "{TABLE_B}"
-destination = "10.1.0.0/16"
-target_eni = "{ENI}"
-
-[[routes]]
-route_table_id = "{TABLE_B}"
-destination = "fd00:1::/48"
-target_eni = "{ENI}"
-"#
-    );
-    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+    config_with_section(&format!("[backup]\n{backup}\n"), failover)
 }
 
 /// Two targets over the VPN, backup fall 2 and rise 2.

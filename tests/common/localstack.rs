@@ -86,22 +86,7 @@ pub async fn world(client: &Client, test: &str, tables: usize, enis: usize) -> W
             .expect("route table id");
         table_ids.push(id);
     }
-    let vgw = client
-        .create_vpn_gateway()
-        .r#type(aws_sdk_ec2::types::GatewayType::Ipsec1)
-        .send()
-        .await
-        .expect("CreateVpnGateway")
-        .vpn_gateway
-        .and_then(|g| g.vpn_gateway_id)
-        .expect("vgw id");
-    client
-        .attach_vpn_gateway()
-        .vpc_id(&vpc)
-        .vpn_gateway_id(&vgw)
-        .send()
-        .await
-        .expect("AttachVpnGateway");
+    let vgw = new_vgw(client, &vpc).await;
     for table in &table_ids {
         for prefix in DX_PREFIXES {
             let call = client.create_route().route_table_id(table).gateway_id(&vgw);
@@ -181,6 +166,10 @@ pub async fn attach_enis(client: &Client, w: &World) -> Vec<String> {
 
 /// A virtual private gateway attached to the world's VPC; returns its id.
 pub async fn attach_vgw(client: &Client, w: &World) -> String {
+    new_vgw(client, &w.vpc).await
+}
+
+async fn new_vgw(client: &Client, vpc: &str) -> String {
     let vgw = client
         .create_vpn_gateway()
         .r#type(aws_sdk_ec2::types::GatewayType::Ipsec1)
@@ -193,7 +182,7 @@ pub async fn attach_vgw(client: &Client, w: &World) -> String {
     client
         .attach_vpn_gateway()
         .vpn_gateway_id(&vgw)
-        .vpc_id(&w.vpc)
+        .vpc_id(vpc)
         .send()
         .await
         .expect("AttachVpnGateway");

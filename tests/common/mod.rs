@@ -28,6 +28,12 @@ pub const TABLE_B: &str = "rtb-0b22bb22bb22bb220";
 /// 1 s rounds, fall 3, rise 5, hold-down 10 s, resync 30 s; two tables ×
 /// an IPv4 and an IPv6 destination.
 pub fn config_with(failover_extra: &str) -> Config {
+    config_with_section("", failover_extra)
+}
+
+/// As [`config_with`], with `section` (say, a `[backup]` table) placed
+/// before `[failover]`; only `failover_extra` overrides the defaults.
+pub fn config_with_section(section: &str, failover_extra: &str) -> Config {
     let text = format!(
         r#"
 [aws]
@@ -39,6 +45,7 @@ interval = "1s"
 timeout = "500ms"
 count = 3
 
+{SECTION}
 [failover]
 fall = 3
 rise = 5
@@ -80,8 +87,13 @@ target_eni = "{ENI}"
         })
         .map(|l| format!("{l}\n"))
         .collect();
+    let text = text.replacen(SECTION, section, 1);
     Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
 }
+
+/// Where [`config_with_section`] puts its section, after the defaults are
+/// overridden, so that no key of the section is taken for an override.
+const SECTION: &str = "# section";
 
 pub fn config() -> Config {
     config_with("")
