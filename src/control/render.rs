@@ -196,25 +196,7 @@ fn write_backup(out: &mut String, s: &Status) -> std::fmt::Result {
         }
     }
     if !b.targets.is_empty() {
-        let width = b
-            .targets
-            .iter()
-            .map(|t| t.target.len())
-            .max()
-            .unwrap_or(0)
-            .max("TARGET".len());
-        writeln!(
-            out,
-            "  {:<width$}  {:>7}  {:>5}  {:<26}  ERROR",
-            "BACKUP TARGET",
-            "UP",
-            "LOSS",
-            "RTT MIN/AVG/MAX (ms)",
-            width = width.max("BACKUP TARGET".len())
-        )?;
-        for t in &b.targets {
-            write_target(out, t, width.max("BACKUP TARGET".len()))?;
-        }
+        write_targets(out, "BACKUP TARGET", &b.targets)?;
     }
     if !b.failback_guard {
         writeln!(
@@ -260,19 +242,23 @@ fn write_probes(out: &mut String, s: &Status) -> std::fmt::Result {
         p.window,
         age(p.interval_seconds)
     )?;
-    let width = p
-        .targets
+    write_targets(out, "TARGET", &p.targets)
+}
+
+/// A table of targets under `title`, as wide as its longest address.
+fn write_targets(out: &mut String, title: &str, targets: &[TargetView]) -> std::fmt::Result {
+    let width = targets
         .iter()
         .map(|t| t.target.len())
         .max()
         .unwrap_or(0)
-        .max("TARGET".len());
+        .max(title.len());
     writeln!(
         out,
         "  {:<width$}  {:>7}  {:>5}  {:<26}  ERROR",
-        "TARGET", "UP", "LOSS", "RTT MIN/AVG/MAX (ms)"
+        title, "UP", "LOSS", "RTT MIN/AVG/MAX (ms)"
     )?;
-    for t in &p.targets {
+    for t in targets {
         write_target(out, t, width)?;
     }
     Ok(())
