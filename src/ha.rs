@@ -47,9 +47,14 @@
 //! written before it, as one DescribeRouteTables answer does.
 //!
 //! # Freshness
-//! A verdict is live while its timestamp is at most `peer_timeout` plus
-//! [`peers::SKEW_TOLERANCE`] old by this agent's clock (EC2 instances keep time
-//! with Amazon Time Sync). Between two reads, the verdicts last read are
+//! A verdict is live while its timestamp is at most `peer_timeout` old by
+//! this agent's clock, exactly as the contract says (EC2 instances keep
+//! time with Amazon Time Sync). The clock-skew tolerance
+//! ([`peers::SKEW_TOLERANCE`], 2 s) is in the config's floor instead:
+//! `peer_timeout` must exceed the heartbeat plus it, so a live peer's
+//! newest verdict, read at most a heartbeat (plus skew) old, is never
+//! taken for dead; a timestamp more than the tolerance in the future is
+//! stale. Between two reads, the verdicts last read are
 //! aged on every heartbeat, so a dead peer's Backup stops holding the pair
 //! in time without an extra read; the deletion that follows is re-checked
 //! on a fresh read as always.
@@ -342,7 +347,7 @@ impl Ha {
         };
         self.last_read = Some(Instant::now());
         let now = (self.clock)();
-        let limit = (self.peer_timeout + peers::SKEW_TOLERANCE).as_secs();
+        let limit = self.peer_timeout.as_secs();
         // A vanished tag's verdict is forgotten once it is stale anyway.
         self.peers.retain(|id, v| {
             anchor.tags.contains_key(&peers::tag_key(id)) || now.saturating_sub(v.at) <= limit

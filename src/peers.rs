@@ -10,16 +10,21 @@
 //!
 //! Pure: verdicts and the wall-clock time in, the combined path out.
 //! Freshness is judged by the timestamp each agent writes with its verdict
-//! against this agent's clock; EC2 instances keep time with Amazon Time
-//! Sync (well under a millisecond apart), and [`SKEW_TOLERANCE`] absorbs
-//! far worse.
+//! against this agent's clock: live while at most `peer_timeout` old,
+//! exactly. EC2 instances keep time with Amazon Time Sync (well under a
+//! millisecond apart); [`SKEW_TOLERANCE`] absorbs far worse, and lives in
+//! the config's floor (`peer_timeout` must exceed the heartbeat plus it),
+//! not in the staleness limit, so a dead agent's Backup verdict holds the
+//! pair no longer than `peer_timeout`.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::fsm::Via;
 
-/// How far apart two agents' clocks may be before freshness is misjudged.
+/// How far apart two agents' clocks may be before freshness is misjudged:
+/// part of the floor of `peer_timeout`, and how far in the future a
+/// timestamp may be before it is distrusted.
 pub const SKEW_TOLERANCE: Duration = Duration::from_secs(2);
 
 /// One agent's published verdict.
@@ -40,7 +45,8 @@ pub struct Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
     Live,
-    /// Older than `peer_timeout` (plus the skew tolerance): ignored.
+    /// Older than `peer_timeout`, or stamped further in the future than
+    /// [`SKEW_TOLERANCE`]: ignored.
     Stale,
 }
 
@@ -95,7 +101,6 @@ pub fn combine(
     if own == Via::Backup {
         backup_votes.push(own_id.to_string());
     }
-    let limit = peer_timeout + SKEW_TOLERANCE;
     let seen: Vec<Seen> = peers
         .iter()
         .filter(|v| v.agent_id != own_id)
@@ -105,7 +110,7 @@ pub fn combine(
             // trusted (a clock far off, a hand-edited tag): taken as fresh,
             // a dead agent's Backup would hold the pair for ever.
             let future = v.at > now.saturating_add(SKEW_TOLERANCE.as_secs());
-            let liveness = if future || age > limit {
+            let liveness = if future || age > peer_timeout {
                 Liveness::Stale
             } else {
                 Liveness::Live
@@ -215,6 +220,19 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_is_live_up_to_exactly_peer_timeout() {
+        let now = 1_000;
+        let at = |age: u64| [v("i-b", Via::Backup, now - age)];
+        let c = combine(Via::Primary, "i-a", &at(30), now, T);
+        assert_eq!((c.path, c.peers[0].liveness), (Via::Backup, Liveness::Live));
+        let c = combine(Via::Primary, "i-a", &at(31), now, T);
+        assert_eq!(
+            (c.path, c.peers[0].liveness),
+            (Via::Primary, Liveness::Stale)
+        );
+    }
+
+    #[test]
     fn a_timestamp_from_the_future_beyond_the_skew_tolerance_is_stale() {
         let now = 1_000;
         // Within the tolerance: a clock slightly ahead, still live.
@@ -284,7 +302,9 @@ mod tests {
                 .collect();
             let c = combine(own, "self", &verdicts, now, T);
             let skew = i64::try_from(SKEW_TOLERANCE.as_secs()).unwrap();
-            let limit = i64::try_from((T + SKEW_TOLERANCE).as_secs()).unwrap();
+            // Exactly peer_timeout, as the contract says: the skew tolerance
+            // is in the config's floor (peer_timeout > heartbeat + 2 s).
+            let limit = i64::try_from(T.as_secs()).unwrap();
             let live = |age: i64| age >= -skew && age <= limit;
             let mut votes: Vec<String> = if own == Via::Backup { vec!["self".into()] } else { vec![] };
             for (i, (p, age, ours)) in peers.iter().enumerate() {

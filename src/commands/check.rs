@@ -280,7 +280,7 @@ fn check_ha(
         ));
     };
     let now = peers::unix_now();
-    let limit = ha.peer_timeout + peers::SKEW_TOLERANCE;
+    let limit = ha.peer_timeout;
     let verdicts: Vec<peers::Verdict> = table
         .tags
         .iter()
