@@ -162,9 +162,16 @@ impl RouteApi for Link {
         };
         self.note("CreateTags", r)
     }
-    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
-        self.check()?;
-        self.world.delete_tags(resource_id, keys).await
+    async fn delete_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, Option<String>)],
+    ) -> Result<(), CloudError> {
+        let r = match self.check() {
+            Ok(()) => self.world.delete_tags(resource_id, tags).await,
+            Err(e) => Err(e),
+        };
+        self.note("DeleteTags", r)
     }
 }
 
@@ -531,9 +538,9 @@ async fn verdict_tags_deleted_by_hand_are_back_within_a_heartbeat() {
     let (routes_a, routes_b) = (la.route_calls(), lb.route_calls());
 
     let anchor = pair.config.routes[0].route_table_id.clone();
-    let keys: Vec<String> = ["monitor-a", "monitor-b"]
+    let keys: Vec<(String, Option<String>)> = ["monitor-a", "monitor-b"]
         .iter()
-        .map(|id| peers::tag_key(id))
+        .map(|id| (peers::tag_key(id), None))
         .collect();
     pair.world.delete_tags(&anchor, &keys).await.unwrap();
     assert!(pair.verdicts().is_empty());
@@ -674,11 +681,11 @@ async fn three_agents_with_staggered_views_and_clocks_never_undo_each_other() {
 }
 // Review findings of issue 11 (one-sided tag deletion, full anchor, short heartbeat).
 
-fn anchor_keys(pair: &Pair) -> (String, Vec<String>) {
+fn anchor_keys(pair: &Pair) -> (String, Vec<(String, Option<String>)>) {
     let anchor = pair.config.routes[0].route_table_id.clone();
     let keys = ["monitor-a", "monitor-b"]
         .iter()
-        .map(|id| peers::tag_key(id))
+        .map(|id| (peers::tag_key(id), None))
         .collect();
     (anchor, keys)
 }

@@ -459,7 +459,7 @@ async fn where_localstack_differs_the_memory_backend_has_ec2_semantics() {
     );
 
     // 4. DeleteTags on a table that does not exist.
-    let gone = ["route-failover:x".to_string()];
+    let gone = [("route-failover:x".to_string(), None)];
     assert_eq!(
         memory
             .delete_tags("rtb-0fffffffffffffff0", &gone)

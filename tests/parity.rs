@@ -76,7 +76,7 @@ enum Step {
         destination: IpNet,
     },
     CreateTags(String, Vec<(String, String)>),
-    DeleteTags(String, Vec<String>),
+    DeleteTags(String, Vec<(String, Option<String>)>),
 }
 
 /// One side of the comparison.
@@ -206,7 +206,33 @@ async fn api_steps_give_the_same_tables_and_error_codes_on_both_backends() {
         (
             Step::DeleteTags(
                 t0.clone(),
-                vec!["route-failover:verdict:1".into(), "absent".into()],
+                vec![
+                    ("route-failover:verdict:1".into(), None),
+                    ("absent".into(), None),
+                ],
+            ),
+            ok.clone(),
+        ),
+        // Conditional: with a value, deleted only while the tag holds it
+        // (verdict:0 holds "Backup"); a missing key with a value is no error.
+        (
+            Step::DeleteTags(
+                t0.clone(),
+                vec![
+                    ("route-failover:verdict:0".into(), Some("Primary".into())),
+                    ("absent".into(), Some("v".into())),
+                ],
+            ),
+            ok.clone(),
+        ),
+        (
+            Step::CreateTags(t0.clone(), tags("route-failover:verdict:", 2, "Backup")),
+            ok.clone(),
+        ),
+        (
+            Step::DeleteTags(
+                t0.clone(),
+                vec![("route-failover:verdict:1".into(), Some("Backup".into()))],
             ),
             ok.clone(),
         ),

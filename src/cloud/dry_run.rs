@@ -55,6 +55,25 @@ pub fn aws_cli_tags(
     } else {
         "create-tags"
     };
+    tags_line(verb, resource_id, tags, region)
+}
+
+/// The AWS CLI command that deletes tags: a key with a value only while
+/// the tag still holds it.
+pub fn aws_cli_delete_tags(
+    resource_id: &str,
+    tags: &[(String, Option<String>)],
+    region: Option<&str>,
+) -> String {
+    tags_line("delete-tags", resource_id, tags, region)
+}
+
+fn tags_line(
+    verb: &str,
+    resource_id: &str,
+    tags: &[(String, Option<String>)],
+    region: Option<&str>,
+) -> String {
     let mut line = format!("aws ec2 {verb} --resources {resource_id} --tags");
     for (key, value) in tags {
         let arg = match value {
@@ -273,9 +292,28 @@ impl RouteApi for DryRun {
         Ok(())
     }
 
-    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
-        let tags: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
-        self.pretend_tags(resource_id, &tags);
+    async fn delete_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, Option<String>)],
+    ) -> Result<(), CloudError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        // Printed with the value, as `aws ec2 delete-tags` takes it; the
+        // overlay drops the key (the value is what the agent just read).
+        self.print(&aws_cli_delete_tags(
+            resource_id,
+            tags,
+            self.region.as_deref(),
+        ));
+        let mut overlay = self
+            .tag_overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, _) in tags {
+            overlay.insert((resource_id.to_string(), key.clone()), None);
+        }
         Ok(())
     }
 }
@@ -366,7 +404,9 @@ mod tests {
         )
         .await
         .unwrap();
-        dry.delete_tags(t, &["gone".to_string()]).await.unwrap();
+        dry.delete_tags(t, &[("gone".to_string(), None)])
+            .await
+            .unwrap();
         assert_eq!(
             inner.mutating_calls().len(),
             before,

@@ -580,16 +580,22 @@ impl RouteApi for Ec2RouteApi {
         Ok(())
     }
 
-    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
+    async fn delete_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, Option<String>)],
+    ) -> Result<(), CloudError> {
         // An empty list would delete every tag on the resource.
-        if keys.is_empty() {
+        if tags.is_empty() {
             return Ok(());
         }
         self.client
             .delete_tags()
             .resources(resource_id)
             .set_tags(Some(
-                keys.iter().map(|k| Tag::builder().key(k).build()).collect(),
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).set_value(v.clone()).build())
+                    .collect(),
             ))
             .send()
             .await

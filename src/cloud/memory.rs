@@ -409,15 +409,23 @@ impl RouteApi for MemoryRouteApi {
         })
     }
 
-    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
-        if keys.is_empty() {
+    async fn delete_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, Option<String>)],
+    ) -> Result<(), CloudError> {
+        if tags.is_empty() {
             return Ok(());
         }
+        let keys: Vec<&str> = tags.iter().map(|(k, _)| k.as_str()).collect();
         let subject = format!("{resource_id} {}", keys.join(","));
         self.call("DeleteTags", subject, |state| {
             let table = table_mut(state, resource_id)?;
-            for key in keys {
-                table.tags.remove(key);
+            for (key, value) in tags {
+                // With a value, only while the tag still holds it (EC2's rule).
+                if value.is_none() || table.tags.get(key) == value.as_ref() {
+                    table.tags.remove(key);
+                }
             }
             Ok(())
         })

@@ -230,11 +230,17 @@ pub trait RouteApi: Send + Sync {
         Err(unsupported("CreateTags", resource_id))
     }
 
-    /// Removes tags by key, whatever their values (EC2 `DeleteTags`); keys
-    /// that are not there are no error. No keys, no call: EC2 would read an
+    /// Removes tags (EC2 `DeleteTags`): a key with `None` whatever its
+    /// value, a key with `Some(value)` only if the tag still holds exactly
+    /// that value (a conditional delete, applied by EC2 itself). Keys that
+    /// are not there are no error. No tags, no call: EC2 would read an
     /// empty list as "delete every tag".
-    async fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), CloudError> {
-        let _ = keys;
+    async fn delete_tags(
+        &self,
+        resource_id: &str,
+        tags: &[(String, Option<String>)],
+    ) -> Result<(), CloudError> {
+        let _ = tags;
         Err(unsupported("DeleteTags", resource_id))
     }
 }

@@ -354,8 +354,8 @@ async fn tags_are_set_overwritten_deleted_and_read_back() {
     api.delete_tags(
         t,
         &[
-            "route-failover:verdict:a".to_string(),
-            "not-there".to_string(),
+            ("route-failover:verdict:a".to_string(), None),
+            ("not-there".to_string(), None),
         ],
     )
     .await
@@ -399,11 +399,42 @@ async fn tags_stop_at_ec2s_limit_of_fifty_and_need_a_known_table() {
         api.create_tags("rtb-0fffffffffffffff0", &[tag("k", "v")])
             .await
             .unwrap_err(),
-        api.delete_tags("rtb-0fffffffffffffff0", &["k".to_string()])
+        api.delete_tags("rtb-0fffffffffffffff0", &[("k".to_string(), None)])
             .await
             .unwrap_err(),
     ] {
         assert_eq!(e.code.as_deref(), Some("InvalidRouteTableID.NotFound"));
         assert_eq!(e.kind, ErrorKind::TableNotFound);
     }
+}
+
+/// EC2's DeleteTags with a value deletes the tag only while it still holds
+/// that value (moto and LocalStack do the same; tests/parity.rs compares):
+/// an agent forgetting a retired peer's verdict never deletes one the peer
+/// wrote since. A key that is not there is no error.
+#[tokio::test]
+async fn delete_tags_with_a_value_deletes_only_a_tag_that_still_holds_it() {
+    let r = managed("10.1.0.0/16");
+    let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
+    let t = r.route_table_id.as_str();
+    api.create_tags(t, &[tag("a", "old"), tag("b", "x"), tag("c", "")])
+        .await
+        .unwrap();
+    let some = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
+    // The value changed since it was read: kept.
+    api.delete_tags(t, &[some("a", "older")]).await.unwrap();
+    assert_eq!(api.tables()[0].tags["a"], "old");
+    // An empty value matches only an empty value.
+    api.delete_tags(t, &[some("b", "")]).await.unwrap();
+    assert!(api.tables()[0].tags.contains_key("b"));
+    api.delete_tags(t, &[some("c", ""), some("a", "old"), some("gone", "v")])
+        .await
+        .unwrap();
+    let keys: Vec<String> = api.tables()[0].tags.keys().cloned().collect();
+    assert_eq!(keys, ["b"]);
+    // Without a value, whatever it holds.
+    api.delete_tags(t, &[("b".to_string(), None)])
+        .await
+        .unwrap();
+    assert!(api.tables()[0].tags.is_empty());
 }
