@@ -249,9 +249,8 @@ impl Agent {
                         .to_string(),
                 ));
             };
-            // routes is never empty (validated): the first table anchors the verdicts.
-            let anchor = self.config.routes[0].route_table_id.clone();
-            info!(agent_id = %id, %anchor, heartbeat = ?ha.heartbeat, peer_timeout = ?ha.peer_timeout, "[ha]: sharing verdicts with peers through the anchor table's tags");
+            let anchor = ha.anchor.clone();
+            info!(agent_id = %id, %anchor, anchor_from = ha.anchor_source(), heartbeat = ?ha.heartbeat, peer_timeout = ?ha.peer_timeout, forget_after = ?ha.forget_after, "[ha]: sharing verdicts with peers through the anchor table's tags");
             let ha = Ha::new(id, ha, anchor, Arc::clone(&self.wall_clock));
             reconciler = reconciler.with_ha(ha, self.verdict_reason.subscribe());
         }

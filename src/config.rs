@@ -59,6 +59,8 @@ pub mod limits {
     pub const HEARTBEAT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
     /// `ha.peer_timeout` at most.
     pub const PEER_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// `ha.forget_after` at most.
+    pub const FORGET_AFTER: Duration = Duration::from_secs(30 * DAY);
 }
 
 /// Which implementation of the route API the agent talks to.
@@ -303,7 +305,10 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     let routes = validate_routes(raw.routes)?;
     let notify = crate::notify::config::validate(raw.notify).map_err(|(k, r)| invalid(k, r))?;
     let control = validate_control(raw.control)?;
-    let ha = raw.ha.map(|h| validate_ha(h, aws.backend)).transpose()?;
+    let ha = raw
+        .ha
+        .map(|h| validate_ha(h, aws.backend, &routes))
+        .transpose()?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
         Some(text) => Some(text.parse().map_err(|_| {
@@ -329,7 +334,11 @@ fn validate(raw: RawConfig, source: &Path) -> Result<Config, Invalid> {
     })
 }
 
-fn validate_ha(raw: RawHa, backend: Backend) -> Result<crate::ha::HaConfig, Invalid> {
+fn validate_ha(
+    raw: RawHa,
+    backend: Backend,
+    routes: &[ManagedRoute],
+) -> Result<crate::ha::HaConfig, Invalid> {
     if let Some(id) = &raw.agent_id {
         crate::ha::check_agent_id(id).map_err(|why| invalid("ha.agent_id", why))?;
     } else if backend != Backend::Ec2 {
@@ -368,10 +377,47 @@ fn validate_ha(raw: RawHa, backend: Backend) -> Result<crate::ha::HaConfig, Inva
             limits::PEER_TIMEOUT,
         ));
     }
+    if raw.forget_after <= peer_timeout {
+        return Err(invalid(
+            "ha.forget_after",
+            format!(
+                "{} must exceed ha.peer_timeout ({}): only a verdict long dead is deleted; \
+                 the default is \"24h\"",
+                show(raw.forget_after),
+                show(peer_timeout)
+            ),
+        ));
+    }
+    if raw.forget_after > limits::FORGET_AFTER {
+        return Err(too_long(
+            "ha.forget_after",
+            raw.forget_after,
+            limits::FORGET_AFTER,
+        ));
+    }
+    let tables: BTreeSet<&str> = routes.iter().map(|r| r.route_table_id.as_str()).collect();
+    // routes is never empty (validated before [ha]).
+    let anchor = match raw.anchor {
+        Some(id) if !tables.contains(id.as_str()) => {
+            return Err(invalid(
+                "ha.anchor",
+                format!(
+                    "{id:?} is not a managed route table: use one of {} (every agent of the \
+                     pair must name the same one)",
+                    tables.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Some(id) => (id, true),
+        None => (routes[0].route_table_id.clone(), false),
+    };
     Ok(crate::ha::HaConfig {
         agent_id: raw.agent_id,
         heartbeat: raw.heartbeat,
         peer_timeout,
+        anchor: anchor.0,
+        anchor_set: anchor.1,
+        forget_after: raw.forget_after,
     })
 }
 

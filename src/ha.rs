@@ -86,6 +86,24 @@ pub struct HaConfig {
     pub agent_id: Option<String>,
     pub heartbeat: Duration,
     pub peer_timeout: Duration,
+    /// The route table whose tags carry the verdicts: `ha.anchor`, or by
+    /// default the first managed route's table.
+    pub anchor: String,
+    /// Whether `ha.anchor` named it (so a reordering of routes cannot move it).
+    pub anchor_set: bool,
+    /// A peer's verdict older than this is deleted (retired agents).
+    pub forget_after: Duration,
+}
+
+impl HaConfig {
+    /// Where the anchor came from, for logs and `check`.
+    pub fn anchor_source(&self) -> &'static str {
+        if self.anchor_set {
+            "ha.anchor"
+        } else {
+            "the first managed table; set ha.anchor to pin it"
+        }
+    }
 }
 
 /// Why `id` cannot name an agent, if it cannot: it becomes part of a tag

@@ -47,6 +47,10 @@ fn absent_means_one_agent_and_defaults_follow_the_heartbeat() {
     assert_eq!(ha.agent_id, None);
     assert_eq!(ha.heartbeat, Duration::from_secs(10));
     assert_eq!(ha.peer_timeout, Duration::from_secs(30));
+    // The anchor defaults to the first managed route's table.
+    assert_eq!(ha.anchor, "rtb-0123456789abcdef0");
+    assert!(!ha.anchor_set);
+    assert_eq!(ha.forget_after, Duration::from_secs(24 * 3600));
     let c = parse(&with_ha(
         "memory",
         "agent_id = \"monitor-a\"\nheartbeat = \"5s\"",
@@ -63,10 +67,64 @@ fn the_commented_example_is_valid() {
         .replace("# [ha]", "[ha]")
         .replace("# agent_id = ", "agent_id = ")
         .replace("# heartbeat = ", "heartbeat = ")
-        .replace("# peer_timeout = ", "peer_timeout = ");
+        .replace("# peer_timeout = ", "peer_timeout = ")
+        .replace("# anchor = ", "anchor = ")
+        .replace("# forget_after = ", "forget_after = ");
     let ha = parse(&text).expect("the [ha] example is valid").ha.unwrap();
     assert_eq!(ha.agent_id.as_deref(), Some("monitor-a"));
     assert_eq!(ha.peer_timeout, Duration::from_secs(30));
+    assert_eq!(ha.anchor, "rtb-0123456789abcdef0");
+    assert!(ha.anchor_set);
+    assert_eq!(ha.forget_after, Duration::from_secs(24 * 3600));
+}
+
+/// Two managed tables; `[ha]` last.
+fn two_tables(ha: &str) -> String {
+    with_ha("ec2", ha).replace(
+        "[ha]",
+        "[[routes]]\nroute_table_id = \"rtb-0fedcba9876543210\"\ndestination = \"10.1.0.0/16\"\n\
+         target_eni = \"eni-0123456789abcdef0\"\n\n[ha]",
+    )
+}
+
+#[test]
+fn the_anchor_is_explicit_and_must_be_a_managed_table() {
+    // A rolling change that reorders routes keeps the anchor where it was.
+    let c = parse(&two_tables("anchor = \"rtb-0fedcba9876543210\"")).unwrap();
+    let ha = c.ha.unwrap();
+    assert_eq!(ha.anchor, "rtb-0fedcba9876543210");
+    assert!(ha.anchor_set);
+    let file = "/etc/route-failover/test.toml";
+    let e = parse(&two_tables("anchor = \"rtb-0aaaaaaaaaaaaaaa0\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{file}:19: ha.anchor: \"rtb-0aaaaaaaaaaaaaaa0\" is not a managed route table: \
+             use one of rtb-0123456789abcdef0, rtb-0fedcba9876543210"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn forget_after_defaults_to_a_day_and_must_exceed_peer_timeout() {
+    let file = "/etc/route-failover/test.toml";
+    let c = parse(&with_ha("ec2", "forget_after = \"1h\"")).unwrap();
+    assert_eq!(c.ha.unwrap().forget_after, Duration::from_secs(3600));
+    let e = error("ec2", "peer_timeout = \"60s\"\nforget_after = \"60s\"");
+    assert!(
+        e.starts_with(&format!(
+            "{file}:15: ha.forget_after: 1m must exceed ha.peer_timeout (1m)"
+        )),
+        "{e}"
+    );
+    let e = error("ec2", "forget_after = \"40d\"");
+    assert!(
+        e.starts_with(&format!("{file}:14: ha.forget_after: "))
+            && e.contains("is too long: at most 30days"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -112,10 +170,27 @@ fn exactly_heartbeat_plus_skew_is_refused_one_second_more_allowed() {
 }
 
 #[test]
+fn run_with_an_anchor_that_is_not_managed_exits_78_before_touching_anything() {
+    let text = two_tables("agent_id = \"monitor-a\"\nanchor = \"rtb-0aaaaaaaaaaaaaaa0\"")
+        .replace("backend = \"ec2\"", "backend = \"memory\"");
+    exits_78(
+        &text,
+        "20: ha.anchor: \"rtb-0aaaaaaaaaaaaaaa0\" is not a managed route table",
+    );
+}
+
+#[test]
 fn run_without_an_agent_id_off_ec2_exits_78_before_touching_anything() {
+    exits_78(
+        &with_ha("memory", "heartbeat = \"10s\""),
+        "13: ha.agent_id: required off EC2",
+    );
+}
+
+fn exits_78(text: &str, at_line: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, with_ha("memory", "heartbeat = \"10s\"")).unwrap();
+    std::fs::write(&path, text).unwrap();
     let locks = dir.path().join("run");
     std::fs::create_dir(&locks).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_route-failover"))
@@ -127,10 +202,7 @@ fn run_without_an_agent_id_off_ec2_exits_78_before_touching_anything() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
-        stderr.contains(&format!(
-            "{}:13: ha.agent_id: required off EC2",
-            path.display()
-        )),
+        stderr.contains(&format!("{}:{at_line}", path.display())),
         "{stderr}"
     );
     assert_eq!(
@@ -155,8 +227,8 @@ fn check_names_the_anchor_and_our_tag_key() {
     assert!(out.status.success(), "{stdout}");
     assert!(
         stdout.contains(
-            "✓ [ha]: verdicts on rtb-0123456789abcdef0 (the first managed table), ours as \
-             route-failover:verdict:monitor-a"
+            "✓ [ha]: verdicts on rtb-0123456789abcdef0 (the first managed table; set ha.anchor to \
+             pin it), ours as route-failover:verdict:monitor-a"
         ),
         "{stdout}"
     );

@@ -177,12 +177,20 @@ impl RouteApi for Link {
 
 fn ha_config(id: &str) -> Config {
     let mut config = config();
-    config.ha = Some(HaConfig {
-        agent_id: Some(id.to_string()),
-        heartbeat: BEAT,
-        peer_timeout: PEER_TIMEOUT,
-    });
+    config.ha = Some(ha_settings(id, BEAT, PEER_TIMEOUT, &config));
     config
+}
+
+/// `[ha]` as validation makes it: the anchor is the first managed table.
+fn ha_settings(id: &str, heartbeat: Duration, peer_timeout: Duration, c: &Config) -> HaConfig {
+    HaConfig {
+        agent_id: Some(id.to_string()),
+        heartbeat,
+        peer_timeout,
+        anchor: c.routes[0].route_table_id.clone(),
+        anchor_set: false,
+        forget_after: secs(24 * 3600),
+    }
 }
 
 /// Wall time that passes with the paused clock, `skew` seconds ahead; one
@@ -772,13 +780,9 @@ async fn a_short_heartbeat_never_takes_a_live_peer_for_dead_between_reads() {
     let epoch = Instant::now();
     let start = |id: &str| {
         let mut c = config();
-        c.ha = Some(HaConfig {
-            agent_id: Some(id.to_string()),
-            heartbeat: secs(5),
-            // The default, 3 x heartbeat: shorter than the 30 s between
-            // the reconciler's reads, so the heartbeat reads the anchor.
-            peer_timeout: secs(15),
-        });
+        // peer_timeout: the default, 3 x heartbeat: shorter than the 30 s
+        // between the reconciler's reads, so the heartbeat reads the anchor.
+        c.ha = Some(ha_settings(id, secs(5), secs(15), &c));
         let link = Link::new(&world);
         let h = Harness::start_with(
             &c,

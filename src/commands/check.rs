@@ -238,7 +238,7 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         print_guards(config, observed);
     }
     if let (Some(ha), Some(observed)) = (&config.ha, &observed) {
-        if let Err(e) = check_ha(config, ha, observed) {
+        if let Err(e) = check_ha(ha, observed) {
             fail(e);
         }
     }
@@ -262,16 +262,15 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
 /// `[ha]`: where the verdicts live, what is there now, and whether ours
 /// fits (EC2 allows 50 tags on a table).
 fn check_ha(
-    config: &Config,
     ha: &crate::ha::HaConfig,
     observed: &[crate::model::RouteTable],
 ) -> Result<(), String> {
     use crate::peers;
-    // routes is never empty (validated).
-    let anchor = &config.routes[0].route_table_id;
+    let anchor = &ha.anchor;
     let id = ha.agent_id.as_deref().unwrap_or("<this instance's id>");
     println!(
-        "✓ [ha]: verdicts on {anchor} (the first managed table), ours as {}",
+        "✓ [ha]: verdicts on {anchor} ({}), ours as {}",
+        ha.anchor_source(),
         peers::tag_key(id)
     );
     let Some(table) = observed.iter().find(|t| &t.id == anchor) else {
@@ -356,10 +355,10 @@ mod tests {
                 }
             })
         };
-        let e = check_ha(&config, &ha, &[table(full(false))]).unwrap_err();
+        let e = check_ha(&ha, &[table(full(false))]).unwrap_err();
         assert!(e.contains("already has 50 tags"), "{e}");
-        assert!(check_ha(&config, &ha, &[table(full(true))]).is_ok());
-        assert!(check_ha(&config, &ha, &[]).unwrap_err().contains("missing"));
+        assert!(check_ha(&ha, &[table(full(true))]).is_ok());
+        assert!(check_ha(&ha, &[]).unwrap_err().contains("missing"));
     }
 
     #[test]

@@ -208,6 +208,18 @@ async fn resolve_agent_id(config: &mut Config) -> Result<(), ConfigError> {
     }
 }
 
+/// What of `[ha]` a reload could change, the agent id aside.
+fn ha_settings(
+    h: &crate::ha::HaConfig,
+) -> (
+    std::time::Duration,
+    std::time::Duration,
+    &str,
+    std::time::Duration,
+) {
+    (h.heartbeat, h.peer_timeout, &h.anchor, h.forget_after)
+}
+
 /// How long hooks may take at shutdown to deliver what they hold (well
 /// inside the unit's TimeoutStopSec).
 const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -233,8 +245,7 @@ async fn reload(
     if new.aws != running.aws
         || new.metrics_listen != running.metrics_listen
         || new.control != running.control
-        || new.ha.as_ref().map(|h| (h.heartbeat, h.peer_timeout))
-            != running.ha.as_ref().map(|h| (h.heartbeat, h.peer_timeout))
+        || new.ha.as_ref().map(ha_settings) != running.ha.as_ref().map(ha_settings)
         || new
             .ha
             .as_ref()

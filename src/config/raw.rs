@@ -57,6 +57,13 @@ pub(super) struct RawHa {
     pub(super) heartbeat: Duration,
     #[serde(default, with = "humantime_serde")]
     pub(super) peer_timeout: Option<Duration>,
+    pub(super) anchor: Option<String>,
+    #[serde(default = "default_forget_after", with = "humantime_serde")]
+    pub(super) forget_after: Duration,
+}
+
+fn default_forget_after() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_heartbeat() -> Duration {
