@@ -69,12 +69,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::fsm::Via;
 use crate::model::RouteTable;
 use crate::peers::{self, Combined, Liveness, Seen, Verdict};
+
+mod guards;
 
 /// Heartbeats two live agents may disagree before it is reported.
 pub const DISAGREE_AFTER_BEATS: u32 = 3;
@@ -146,6 +148,17 @@ pub struct PeerView {
     pub peers: Vec<Seen>,
     /// Live agents have disagreed for more than a few heartbeats.
     pub disagreement: Option<String>,
+    /// The table whose tags carry the verdicts.
+    pub anchor: String,
+    /// When this view was assessed (seconds since the epoch, our clock):
+    /// a peer's age at any later moment is computed from it and its `at`.
+    pub read_at: u64,
+    /// Another process writes under our agent id.
+    pub duplicate: Option<String>,
+    /// A live verdict on a managed table other than our anchor.
+    pub split: Option<String>,
+    /// Why failbacks (deletions) are held, if they are.
+    pub failback_hold: Option<String>,
 }
 
 impl PeerView {
@@ -205,7 +218,7 @@ pub struct Tracker {
 
 /// What a status view shows of the pair: our path, the pair's, each peer's
 /// verdict and liveness (ages left out: they change every second).
-type ViewKey = (Via, Via, Vec<(String, Via, Liveness)>);
+type ViewKey = (Via, Via, Vec<(String, Via, Liveness)>, [Option<String>; 3]);
 
 impl Tracker {
     /// Notes `combined` (for this agent's `local` verdict) at `now`.
@@ -215,6 +228,19 @@ impl Tracker {
         local: Via,
         now: Instant,
         heartbeat: Duration,
+    ) -> Changes {
+        self.assess_with(combined, local, now, heartbeat, [None, None, None])
+    }
+
+    /// As [`assess`](Self::assess), with the guards' findings (duplicate
+    /// id, split anchor, failback hold), whose changes a view shows too.
+    pub(crate) fn assess_with(
+        &mut self,
+        combined: &Combined,
+        local: Via,
+        now: Instant,
+        heartbeat: Duration,
+        guards: [Option<String>; 3],
     ) -> Changes {
         let mut changes = Changes::default();
         for s in &combined.peers {
@@ -253,6 +279,7 @@ impl Tracker {
                 .iter()
                 .map(|s| (s.verdict.agent_id.clone(), s.verdict.path, s.liveness))
                 .collect(),
+            guards,
         );
         changes.view_changed = self.last.as_ref() != Some(&key)
             || changes.disagreement_started.is_some()
@@ -317,6 +344,18 @@ pub(crate) struct Ha {
     /// When the anchor's tags were last read (by a pass or a heartbeat).
     last_read: Option<Instant>,
     tracker: Tracker,
+    forget_after: Duration,
+    /// Another writer under our id (logged once per suspicion).
+    duplicates: guards::Duplicates,
+    duplicate_logged: bool,
+    /// The last read that asked for the anchor did not find it.
+    anchor_missing: bool,
+    /// A live verdict on another managed table (logged once while it lasts).
+    split: Option<String>,
+    /// Retired peers' verdicts (key, value) already deleted or given up on.
+    forgotten: BTreeSet<(String, String)>,
+    /// Retired peers' verdicts to delete, conditionally, after this read.
+    to_forget: Vec<(String, String)>,
 }
 
 impl Ha {
@@ -339,6 +378,13 @@ impl Ha {
             peers: BTreeMap::new(),
             last_read: None,
             tracker: Tracker::default(),
+            forget_after: config.forget_after,
+            duplicates: guards::Duplicates::default(),
+            duplicate_logged: false,
+            anchor_missing: false,
+            split: None,
+            forgotten: BTreeSet::new(),
+            to_forget: Vec::new(),
         }
     }
 
@@ -361,10 +407,29 @@ impl Ha {
     /// Takes the verdicts from a read, if it includes the anchor.
     pub(crate) fn observe(&mut self, tables: &[RouteTable]) {
         let Some(anchor) = tables.iter().find(|t| t.id == self.anchor) else {
+            // Every read asks for the anchor: absent means deleted (or a
+            // wrong id). Peers cannot be read, so failbacks are held.
+            if !self.anchor_missing {
+                error!(anchor = %self.anchor, "the anchor route table is missing: peers' verdicts cannot be read nor ours published; failbacks (route deletions) are held, failovers still made; recreate it or set ha.anchor to another managed table on every agent");
+            }
+            self.anchor_missing = true;
             return;
         };
+        if self.anchor_missing {
+            info!(anchor = %self.anchor, "the anchor route table is readable again");
+            self.anchor_missing = false;
+        }
         self.last_read = Some(Instant::now());
         let now = (self.clock)();
+        let mut to_forget = guards::to_forget(
+            anchor,
+            &self.agent_id,
+            now,
+            self.forget_after,
+            &self.forgotten,
+        );
+        to_forget.retain(|t| !self.to_forget.contains(t));
+        self.to_forget.append(&mut to_forget);
         let limit = self.peer_timeout.as_secs();
         // A vanished tag's verdict is forgotten once it is stale anyway.
         self.peers.retain(|id, v| {
@@ -378,6 +443,10 @@ impl Ha {
                 // Counting on from a previous run keeps the counter rising.
                 if self.published.is_none() {
                     self.counter = self.counter.max(v.counter);
+                }
+                if self.duplicates.read_own(value, &v, Instant::now()) && !self.duplicate_logged {
+                    self.duplicate_logged = true;
+                    error!(agent_id = %self.agent_id, theirs = %value, anchor = %self.anchor, "CRITICAL: another process publishes under our agent id: the pair has degenerated into independent writers; failbacks (route deletions) are held until none is seen for ha.peer_timeout, failovers still made; give every agent its own ha.agent_id");
                 }
             } else {
                 self.peers.insert(v.agent_id.clone(), v);
@@ -396,11 +465,6 @@ impl Ha {
             (self.clock)(),
             self.peer_timeout,
         )
-    }
-
-    /// Whether `local` must be written now: it changed, or a beat is due.
-    pub(crate) fn due(&self, local: Via, now: Instant) -> bool {
-        self.published != Some(local) || self.next_beat().is_none_or(|at| now >= at)
     }
 
     /// Whether `local` differs from what peers last saw from us.
@@ -429,6 +493,7 @@ impl Ha {
             reason: reason.to_string(),
         };
         let tag = (peers::tag_key(&self.agent_id), peers::tag_value(&verdict));
+        self.duplicates.writing(tag.1.clone(), verdict.at);
         if let Err(e) = api
             .create_tags(&self.anchor, std::slice::from_ref(&tag))
             .await
@@ -463,11 +528,93 @@ impl Ha {
                 .is_some_and(|since| now - since >= self.peer_timeout)
     }
 
-    /// Assesses the pair at `now`: logs what changed, returns the view when
-    /// a status view should hear of it.
-    pub(crate) fn assess(&mut self, local: Via, now: Instant) -> (Combined, Option<PeerView>) {
+    /// Notes the verdicts on managed tables other than the anchor, from a
+    /// read of every managed table; a live one means agents read different
+    /// anchors and cannot see each other (logged once while it lasts).
+    pub(crate) fn check_split(&mut self, tables: &[RouteTable]) {
+        let found = guards::split(tables, &self.anchor, (self.clock)(), self.peer_timeout);
+        match (&self.split, &found) {
+            (None, Some(text)) => {
+                error!(finding = %text, "the pair is split: its agents read different anchor tables");
+            }
+            (Some(_), None) => {
+                info!("no verdict on another managed table: the pair is whole again")
+            }
+            _ => {}
+        }
+        self.split = found;
+    }
+
+    /// Why failbacks (route deletions) must wait, if they must: peers
+    /// cannot be read, or another process writes under our id. Failing
+    /// over stays allowed: it is the safe direction.
+    pub(crate) fn failback_hold(&self, now: Instant) -> Option<String> {
+        if self.anchor_missing {
+            return Some(format!(
+                "the anchor table {} is missing, so the peers' verdicts cannot be read",
+                self.anchor
+            ));
+        }
+        self.duplicates.suspected(now, self.peer_timeout).map(|_| {
+            format!(
+                "another process publishes under our agent id {} on {}",
+                self.agent_id, self.anchor
+            )
+        })
+    }
+
+    /// Retired peers' verdicts to delete now, each once, as (key, value).
+    pub(crate) fn take_forget(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.to_forget)
+    }
+
+    /// Notes how deleting a retired peer's verdict went. A failure is
+    /// retried only if the call may succeed later.
+    pub(crate) fn forget_result(&mut self, tag: (String, String), result: &Result<(), CloudError>) {
+        match result {
+            Ok(()) => {
+                info!(key = %tag.0, value = %tag.1, forget_after = ?self.forget_after, anchor = %self.anchor, "deleted a retired agent's verdict (only if unchanged since read)");
+                if let Some(id) = tag.0.strip_prefix(peers::TAG_PREFIX) {
+                    self.peers.remove(id);
+                }
+            }
+            Err(e) if e.kind.is_retryable() => {
+                warn!(key = %tag.0, error = %e, "cannot delete a retired agent's verdict; retried on a later read");
+                return;
+            }
+            Err(e) => {
+                warn!(key = %tag.0, error = %e, "cannot delete a retired agent's verdict; left alone (see iam-policy.example.json for DeleteTags)");
+            }
+        }
+        self.forgotten.insert(tag);
+    }
+
+    /// Assesses the pair at `now`: logs what changed, and returns the view
+    /// with whether a status view has not seen it yet (ages aside).
+    pub(crate) fn assess(&mut self, local: Via, now: Instant) -> (Combined, PeerView, bool) {
         let combined = self.combined(local);
-        let changes = self.tracker.assess(&combined, local, now, self.heartbeat);
+        let duplicate = self
+            .duplicates
+            .suspected(now, self.peer_timeout)
+            .map(|theirs| {
+                format!(
+                    "another process publishes under our agent id {} (read {theirs:?}, which we \
+                     never wrote): give every agent its own ha.agent_id",
+                    self.agent_id
+                )
+            });
+        if duplicate.is_none() && self.duplicate_logged {
+            self.duplicate_logged = false;
+            info!(agent_id = %self.agent_id, peer_timeout = ?self.peer_timeout, "no other writer under our agent id for ha.peer_timeout: failbacks allowed again");
+        }
+        let hold = self.failback_hold(now);
+        let changes = self.tracker.assess_with(
+            &combined,
+            local,
+            now,
+            self.heartbeat,
+            [duplicate.clone(), self.split.clone(), hold.clone()],
+        );
         let now_wall = (self.clock)();
         for id in &changes.went_stale {
             if let Some(v) = self
@@ -489,14 +636,19 @@ impl Ha {
         if changes.disagreement_ended {
             info!("the agents of the pair agree again");
         }
-        let view = changes.view_changed.then(|| PeerView {
+        let view = PeerView {
             agent_id: self.agent_id.clone(),
             local,
             combined: combined.path,
             peers: combined.peers.clone(),
             disagreement: self.tracker.disagreement().map(str::to_string),
-        });
-        (combined, view)
+            anchor: self.anchor.clone(),
+            read_at: now_wall,
+            duplicate,
+            split: self.split.clone(),
+            failback_hold: hold,
+        };
+        (combined, view, changes.view_changed)
     }
 }
 

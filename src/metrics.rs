@@ -260,6 +260,9 @@ fn record(event: &Event) {
             }
             gauge!("route_failover_ha_disagreement")
                 .set(f64::from(u8::from(view.disagreement.is_some())));
+            gauge!("route_failover_ha_duplicate_id")
+                .set(f64::from(u8::from(view.duplicate.is_some())));
+            gauge!("route_failover_ha_split_anchor").set(f64::from(u8::from(view.split.is_some())));
         }
         Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
     }

@@ -37,9 +37,19 @@ pub enum Finding {
     /// Our route for a destination no longer in the config: deleted (or
     /// given back to its original target).
     Unmanaged { route: ManagedRoute },
+    /// A failback that would delete our route is held: kept.
+    FailbackHeld { route: ManagedRoute, held: Held },
+}
+
+/// Why a failback is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
     /// Deleting our route would leave the destination with no route over
-    /// Direct Connect (no propagated or `vgw-` route covers it): kept.
-    FailbackHeld { route: ManagedRoute },
+    /// Direct Connect (no propagated or `vgw-` route covers it).
+    NoDxRoute,
+    /// With `[ha]`, the pair cannot be trusted to agree (the anchor is
+    /// missing, another process uses our agent id): the reason.
+    Pair(String),
 }
 
 impl Finding {
@@ -92,7 +102,19 @@ impl fmt::Display for Finding {
                 f,
                 "our route {route} is no longer in the config: removing it"
             ),
-            Finding::FailbackHeld { route } => write!(
+            Finding::FailbackHeld {
+                route,
+                held: Held::Pair(why),
+            } => write!(
+                f,
+                "failback held for {} in {}: {why}; keeping our route to {} (failovers are \
+                 still made) until that clears",
+                route.destination, route.route_table_id, route.target_eni
+            ),
+            Finding::FailbackHeld {
+                route,
+                held: Held::NoDxRoute,
+            } => write!(
                 f,
                 "failback would blackhole {} in {}: no DX route (propagated from the VGW, or \
                  static to a vgw-) covers it there; keeping our route to {} and checking again \
@@ -115,6 +137,20 @@ impl Plan {
     /// carrying traffic the way `desired` says.
     pub fn converged(&self, desired: Via) -> bool {
         self.actions.is_empty() && !self.findings.iter().any(|f| f.blocks(desired))
+    }
+
+    /// Holds every call that would take a route of ours away, each
+    /// reported as a held failback for `why`; creations stay.
+    pub fn hold_removals(&mut self, why: &str) {
+        let (held, kept): (Vec<Action>, Vec<Action>) = std::mem::take(&mut self.actions)
+            .into_iter()
+            .partition(Action::removes_ours);
+        self.actions = kept;
+        self.findings
+            .extend(held.into_iter().map(|a| Finding::FailbackHeld {
+                route: a.route().clone(),
+                held: Held::Pair(why.to_string()),
+            }));
     }
 }
 
@@ -256,7 +292,10 @@ fn remove(
             original: original.clone(),
         }),
         None if inputs.failback_requires_dx_route && !has_dx_route(table, route.destination) => {
-            plan.findings.push(Finding::FailbackHeld { route: ours });
+            plan.findings.push(Finding::FailbackHeld {
+                route: ours,
+                held: Held::NoDxRoute,
+            });
         }
         None => plan.actions.push(Action::Delete(ours)),
     }
@@ -842,7 +881,8 @@ mod tests {
         assert_eq!(
             p.findings,
             vec![Finding::FailbackHeld {
-                route: m[0].clone()
+                route: m[0].clone(),
+                held: Held::NoDxRoute,
             }]
         );
         assert!(!p.converged(Via::Primary));

@@ -471,8 +471,6 @@ impl Reconciler {
     /// One heartbeat: publishes our verdict and ages the peers' verdicts
     /// last read. True when that changes the pair's path (a pass is due).
     async fn heartbeat(&mut self, local: Via) -> bool {
-        // A failed beat is logged; the next one retries.
-        let _ = self.publish(local).await;
         let anchor = match &self.ha {
             Some(ha) if ha.read_due(Instant::now()) => Some(ha.anchor().to_string()),
             _ => None,
@@ -489,19 +487,52 @@ impl Reconciler {
                     if let Some(ha) = self.ha.as_mut() {
                         ha.observe(&tables);
                     }
+                    self.forget().await;
                 }
                 Err(e) => debug!(error = %e, "cannot read the peers' verdicts; next beat retries"),
             }
         }
-        let Some(ha) = self.ha.as_mut() else {
+        // Published after the read: a read a whole beat after our last
+        // write is one that can show another process writing under our id.
+        // A failed beat is logged; the next one retries.
+        let _ = self.publish(local).await;
+        let Some(combined) = self.assess_pair(local) else {
             return false;
         };
-        let (combined, view) = ha.assess(local, Instant::now());
-        if let Some(view) = view {
-            info!(pair = %view, "the pair");
-            self.events.emit(Event::Peers(view));
-        }
         self.effective != Some(combined.path)
+    }
+
+    /// Assesses the pair and tells the sinks, every time (a status view
+    /// computes ages from it); logged only when it changed.
+    fn assess_pair(&mut self, local: Via) -> Option<crate::peers::Combined> {
+        let ha = self.ha.as_mut()?;
+        let (combined, view, changed) = ha.assess(local, Instant::now());
+        if changed {
+            info!(pair = %view, "the pair");
+        }
+        self.events.emit(Event::Peers(view));
+        Some(combined)
+    }
+
+    /// Deletes retired peers' verdicts found by the last read, each only if
+    /// it still holds the value read (EC2's conditional DeleteTags), so a
+    /// peer that came back meanwhile keeps its fresh verdict.
+    async fn forget(&mut self) {
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        for (key, value) in ha.take_forget() {
+            let anchor = ha.anchor().to_string();
+            let tag = [(key.clone(), Some(value.clone()))];
+            let result = self.api.delete_tags(&anchor, &tag).await;
+            if let Err(e) = &result {
+                self.events.emit(Event::ApiError {
+                    op: "DeleteTags",
+                    error: e.clone(),
+                });
+            }
+            ha.forget_result((key, value), &result);
+        }
     }
 
     /// Writes our verdict to the anchor (one CreateTags). A failure is
@@ -541,11 +572,8 @@ impl Reconciler {
             return local;
         };
         ha.observe(observed);
-        let (combined, view) = ha.assess(local, Instant::now());
-        if let Some(view) = view {
-            info!(pair = %view, "the pair");
-            self.events.emit(Event::Peers(view));
-        }
+        ha.check_split(observed);
+        let combined = self.assess_pair(local).expect("[ha] is set: checked above");
         if combined.path != local && self.effective != Some(combined.path) {
             warn!(ours = %local, pair = %combined.path, why = %combined, "following the pair");
         }
@@ -685,12 +713,11 @@ impl Reconciler {
         let spec = self.spec.borrow().clone();
         let superseded = || desired.has_changed().unwrap_or(true);
         self.ours = Some(local);
-        // Peers hear of a new verdict before any route call it causes.
-        if self
-            .ha
-            .as_ref()
-            .is_some_and(|h| h.due(local, Instant::now()))
-        {
+        // Peers hear of a new verdict before any route call it causes. An
+        // unchanged one is left to the heartbeat (due at once if a beat is
+        // late): the pass reads first, so a read a beat after our last
+        // write can show another process writing under our id.
+        if self.ha.as_ref().is_some_and(|h| h.changed(local)) {
             if let Err(e) = self.publish(local).await {
                 let act = self
                     .ha
@@ -726,7 +753,8 @@ impl Reconciler {
             };
             self.tidy_ledger(&spec, &observed);
             let path = self.effective_path(local, &observed);
-            let plan = plan::plan(
+            self.forget().await;
+            let mut plan = plan::plan(
                 path,
                 Inputs {
                     managed: &spec.routes,
@@ -736,6 +764,15 @@ impl Reconciler {
                 },
                 &observed,
             );
+            // With [ha]: a pair that cannot be trusted to agree keeps our
+            // routes; failing over stays allowed (the safe direction).
+            if let Some(why) = self
+                .ha
+                .as_ref()
+                .and_then(|h| h.failback_hold(Instant::now()))
+            {
+                plan.hold_removals(&why);
+            }
             self.report(&plan.findings);
             self.count_blackholes(&plan.findings);
             if *self.paused.borrow() {
@@ -918,6 +955,10 @@ impl Reconciler {
                     let combined = ha.combined(local);
                     if combined.path == Via::Backup {
                         warn!(why = %combined, "a peer's verdict changed since the tables were read: removing nothing");
+                        return Err(Pass::Superseded);
+                    }
+                    if let Some(why) = ha.failback_hold(Instant::now()) {
+                        warn!(%why, "the pair cannot be trusted to agree since the tables were read: removing nothing");
                         return Err(Pass::Superseded);
                     }
                 }

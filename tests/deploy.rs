@@ -165,6 +165,7 @@ fn representative_events() -> Vec<Event> {
         },
         Event::Finding(Finding::FailbackHeld {
             route: route_held.clone(),
+            held: route_failover::plan::Held::NoDxRoute,
         }),
         Event::Alarms(Alarms {
             both_down: true,
@@ -204,6 +205,11 @@ fn representative_events() -> Vec<Event> {
                 })
                 .collect(),
             disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+            anchor: "rtb-0a11aa11aa11aa110".into(),
+            read_at: 1_800_000_004,
+            duplicate: Some("another process publishes under our agent id monitor-a".into()),
+            split: Some("agent monitor-b publishes on rtb-0b22bb22bb22bb220".into()),
+            failback_hold: None,
         }),
     ]
 }

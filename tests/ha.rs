@@ -19,6 +19,7 @@ use route_failover::fsm::Via;
 use route_failover::ha::{HaConfig, PeerView, WallClock};
 use route_failover::model::{Action, ManagedRoute, RouteTable, Target};
 use route_failover::peers::{self, Liveness};
+use route_failover::plan::Finding;
 use route_failover::probe::scripted::Reply;
 use tokio::time::Instant;
 
@@ -30,6 +31,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(45);
 struct Link {
     world: Arc<MemoryRouteApi>,
     cut: AtomicBool,
+    /// CreateTags refused with UnauthorizedOperation (an IAM policy without it).
+    deny_tags: AtomicBool,
     /// (op, ok, route-changing outcome) of every call, in order.
     calls: Mutex<Vec<(&'static str, bool)>>,
 }
@@ -39,6 +42,7 @@ impl Link {
         Arc::new(Self {
             world: Arc::clone(world),
             cut: AtomicBool::new(false),
+            deny_tags: AtomicBool::new(false),
             calls: Mutex::new(Vec::new()),
         })
     }
@@ -157,6 +161,10 @@ impl RouteApi for Link {
         tags: &[(String, String)],
     ) -> Result<(), CloudError> {
         let r = match self.check() {
+            Ok(()) if self.deny_tags.load(Ordering::SeqCst) => Err(CloudError::from_code(
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            )),
             Ok(()) => self.world.create_tags(resource_id, tags).await,
             Err(e) => Err(e),
         };
@@ -173,6 +181,12 @@ impl RouteApi for Link {
         };
         self.note("DeleteTags", r)
     }
+}
+
+fn ha_config_with(id: &str, adjust: impl FnOnce(&mut HaConfig)) -> Config {
+    let mut config = ha_config(id);
+    adjust(config.ha.as_mut().unwrap());
+    config
 }
 
 fn ha_config(id: &str) -> Config {
@@ -220,13 +234,14 @@ impl Pair {
     }
 
     fn start_skewed(&self, id: &str, reply: Reply, skew: u64) -> (Harness, Arc<Link>) {
+        self.start_config(&ha_config(id), reply, skew)
+    }
+
+    fn start_config(&self, config: &Config, reply: Reply, skew: u64) -> (Harness, Arc<Link>) {
         let link = Link::new(&self.world);
-        let h = Harness::start_with(
-            &ha_config(id),
-            Arc::clone(&link) as Arc<dyn RouteApi>,
-            reply,
-            |a| a.with_wall_clock(clock(self.epoch, skew)),
-        );
+        let h = Harness::start_with(config, Arc::clone(&link) as Arc<dyn RouteApi>, reply, |a| {
+            a.with_wall_clock(clock(self.epoch, skew))
+        });
         (h, link)
     }
 
@@ -248,6 +263,27 @@ impl Pair {
             .filter_map(|(k, v)| peers::parse_tag(k, v))
             .map(|v| (v.agent_id, v.path))
             .collect()
+    }
+
+    /// Puts a verdict of agent `id` on the anchor, `age` seconds old.
+    async fn retire(&self, id: &str, age: u64) -> (String, String) {
+        let verdict = peers::Verdict {
+            agent_id: id.into(),
+            path: Via::Backup,
+            counter: 9,
+            at: 1_800_000_000 - age,
+            reason: "retired".into(),
+        };
+        let tag = (peers::tag_key(id), peers::tag_value(&verdict));
+        self.world
+            .create_tags(&self.anchor(), std::slice::from_ref(&tag))
+            .await
+            .unwrap();
+        tag
+    }
+
+    fn anchor(&self) -> String {
+        self.config.routes[0].route_table_id.clone()
     }
 
     /// Successful route calls of each op made by the world so far.
@@ -585,11 +621,17 @@ async fn steady_state_costs_one_create_tags_per_beat_and_no_extra_read() {
     };
 
     let pair = Pair::new();
+    // A retired agent's verdict, two days old: deleted once at startup
+    // (one conditional DeleteTags per agent at most), never again.
+    pair.retire("monitor-old", 2 * 86_400).await;
     let (mut a, la) = pair.start("monitor-a", Reply::All);
     let (mut b, lb) = pair.start_skewed("monitor-b", Reply::All, 1);
     let (mut c, lc) = pair.start("monitor-c", Reply::All);
     both_on_primary(&mut a, &mut b).await;
     c.converged(Via::Primary, secs(5)).await;
+    let forgets = la.count("DeleteTags") + lb.count("DeleteTags") + lc.count("DeleteTags");
+    assert!((1..=3).contains(&forgets), "{forgets} DeleteTags");
+    assert!(!pair.verdicts().iter().any(|(id, _)| id == "monitor-old"));
     for l in [&la, &lb, &lc] {
         l.reset();
     }
@@ -608,6 +650,11 @@ async fn steady_state_costs_one_create_tags_per_beat_and_no_extra_read() {
             "agent {name}: {reads} reads, {single_reads} alone"
         );
         assert_eq!(l.route_calls(), 0);
+        assert_eq!(
+            l.count("DeleteTags"),
+            0,
+            "agent {name}: DeleteTags in steady state"
+        );
     }
     for h in [a, b, c] {
         h.stop().await;
@@ -807,4 +854,239 @@ async fn a_short_heartbeat_never_takes_a_live_peer_for_dead_between_reads() {
         lb.count("DescribeRouteTables")
     );
     assert_eq!(flips, 0, "a live peer was taken for dead");
+}
+
+// Review findings of issue 11, second round: duplicate ids, split anchors,
+// retired verdicts, CreateTags denied, a missing anchor, live ages.
+
+fn last_view(h: &Harness) -> PeerView {
+    peers_views(h).pop().expect("a view of the pair")
+}
+
+fn held_failbacks(h: &Harness) -> Vec<String> {
+    h.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Finding(f @ Finding::FailbackHeld { .. }) => Some(f.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_agents_with_one_id_are_told_apart_and_hold_failback_until_one_is_gone() {
+    let pair = Pair::new();
+    let (mut a1, _l1) = pair.start("monitor-a", Reply::All);
+    a1.converged(Via::Primary, secs(5)).await;
+    // Out of step, as two instances are.
+    a1.run_for(Duration::from_millis(3_700)).await;
+    let (mut a2, l2) = pair.start_skewed("monitor-a", Reply::All, 1);
+    a2.converged(Via::Primary, secs(5)).await;
+    a1.run_for(secs(90)).await;
+    a2.run_for(Duration::ZERO).await;
+    for h in [&a1, &a2] {
+        let v = last_view(h);
+        assert!(
+            v.duplicate.as_deref().is_some_and(
+                |d| d.starts_with("another process publishes under our agent id monitor-a")
+            ),
+            "{v:?}"
+        );
+    }
+    // Failing over still works.
+    a1.script.set("DX cut", Reply::None);
+    a2.script.set("DX cut", Reply::None);
+    a1.converged(Via::Backup, secs(10)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    // Failing back is held while the duplicate is suspected...
+    a1.script.set("DX healed", Reply::All);
+    a2.script.set("DX healed", Reply::All);
+    a1.transition(Via::Primary, secs(60)).await;
+    a1.run_for(secs(60)).await;
+    a2.run_for(Duration::ZERO).await;
+    assert_eq!(
+        pair.ours(),
+        pair.managed(),
+        "a failback under a duplicate id"
+    );
+    let held = held_failbacks(&a1);
+    assert!(
+        held.iter()
+            .any(|f| f.contains("another process publishes under our agent id")),
+        "{held:?}"
+    );
+    // ...and clears peer_timeout after the other writer is gone.
+    drop(l2);
+    a2.kill();
+    let gone = Instant::now();
+    a1.converged(Via::Primary, PEER_TIMEOUT + 2 * BEAT + secs(31))
+        .await;
+    assert!(pair.ours().is_empty());
+    assert!(
+        gone.elapsed() >= PEER_TIMEOUT - BEAT,
+        "{:?}",
+        gone.elapsed()
+    );
+    assert_eq!(last_view(&a1).duplicate, None);
+    a1.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn agents_on_different_anchors_report_the_split() {
+    let pair = Pair::new();
+    let other = pair
+        .config
+        .routes
+        .iter()
+        .map(|r| r.route_table_id.clone())
+        .find(|t| *t != pair.anchor())
+        .unwrap();
+    let config_b = ha_config_with("monitor-b", |h| {
+        h.anchor.clone_from(&other);
+        h.anchor_set = true;
+    });
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start_config(&config_b, Reply::All, 0);
+    a.converged(Via::Primary, secs(5)).await;
+    b.converged(Via::Primary, secs(5)).await;
+    a.run_for(secs(40)).await;
+    b.run_for(Duration::ZERO).await;
+    let split = last_view(&a).split.expect("A reports the split");
+    assert!(
+        split.starts_with(&format!(
+            "agent monitor-b publishes on {other}, we read {}: the pair is split",
+            pair.anchor()
+        )),
+        "{split}"
+    );
+    assert!(last_view(&b)
+        .split
+        .is_some_and(|s| s.starts_with("agent monitor-a publishes on")));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_verdict_is_forgotten_only_while_unchanged() {
+    let pair = Pair::new();
+    let old = pair.retire("monitor-old", 2 * 86_400).await;
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    a.converged(Via::Primary, secs(5)).await;
+    a.run_for(secs(60)).await;
+    assert_eq!(la.count("DeleteTags"), 1);
+    assert!(!pair.verdicts().iter().any(|(id, _)| id == "monitor-old"));
+    // The retired agent comes back: its fresh verdict is a peer's, kept.
+    let fresh = pair.retire("monitor-old", 0).await;
+    assert_ne!(fresh, old);
+    a.run_for(secs(120)).await;
+    assert_eq!(la.count("DeleteTags"), 1);
+    assert!(pair.verdicts().iter().any(|(id, _)| id == "monitor-old"));
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn create_tags_denied_still_fails_over_and_deletes_nothing_unpublished() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    la.deny_tags.store(true, Ordering::SeqCst);
+    // On Primary it keeps probing and says why it cannot publish.
+    a.run_for(secs(60)).await;
+    assert!(a.rounds() >= 50);
+    let denied = |h: &Harness| {
+        h.events.iter().any(|(_, e)| {
+            matches!(e, Event::ApiError { op: "CreateTags", error } if error.code.as_deref() == Some("UnauthorizedOperation"))
+        })
+    };
+    assert!(denied(&a), "the failure is visible");
+    // A Backup verdict is acted on although it cannot be published.
+    a.script.set("DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    // Its Primary verdict, unpublished, deletes nothing.
+    a.script.set("DX healed", Reply::All);
+    a.transition(Via::Primary, secs(60)).await;
+    a.run_for(secs(120)).await;
+    assert_eq!(la.count("DeleteRoute"), 0);
+    assert_eq!(pair.ours(), pair.managed());
+    let why = a.events.iter().rev().find_map(|(_, e)| match e {
+        Event::Diverged { why, .. } => Some(why.clone()),
+        _ => None,
+    });
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("CreateTags (our verdict) failed")),
+        "{why:?}"
+    );
+    // Once allowed again, it publishes and fails back.
+    la.deny_tags.store(false, Ordering::SeqCst);
+    a.converged(Via::Primary, secs(300)).await;
+    assert!(pair.ours().is_empty());
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_anchor_holds_failback_and_still_fails_over() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    // Deleted by hand: the peers' verdicts cannot be read any more.
+    pair.world.delete_table(&pair.anchor());
+    a.script.set("DX cut", Reply::None);
+    b.script.set("DX cut", Reply::None);
+    a.run_for(secs(40)).await;
+    b.run_for(Duration::ZERO).await;
+    let rest: Vec<String> = pair
+        .managed()
+        .into_iter()
+        .filter(|r| !r.starts_with(&pair.anchor()))
+        .collect();
+    assert_eq!(pair.ours(), rest, "failover made in the tables left");
+    a.script.set("DX healed", Reply::All);
+    b.script.set("DX healed", Reply::All);
+    a.run_for(secs(200)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), rest, "a failback without the peers' verdicts");
+    assert_eq!(la.count("DeleteRoute"), 0);
+    let held = held_failbacks(&a);
+    assert!(
+        held.iter()
+            .any(|f| f.contains(&format!("the anchor table {} is missing", pair.anchor()))),
+        "{held:?}"
+    );
+    assert!(last_view(&a).failback_hold.is_some());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_ages_stay_young_while_a_peer_keeps_publishing() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    b.run_for(secs(300)).await;
+    a.run_for(Duration::ZERO).await;
+    // The view a status shows was assessed within a heartbeat (it used to
+    // be the first one, its ages growing for ever), with A live in it.
+    let (at, view) = b
+        .events
+        .iter()
+        .rev()
+        .find_map(|(at, e)| match e {
+            Event::Peers(v) => Some((*at, v.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert!(at.elapsed() <= BEAT, "last view {:?} ago", at.elapsed());
+    // Read at most every peer_timeout - heartbeat - 2 s (the cost test's
+    // reads), so never older than peer_timeout.
+    let a_seen = &view.peers[0];
+    assert!(
+        view.read_at - a_seen.verdict.at <= PEER_TIMEOUT.as_secs(),
+        "A's verdict {} s old",
+        view.read_at - a_seen.verdict.at
+    );
+    a.stop().await;
+    b.stop().await;
 }

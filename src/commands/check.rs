@@ -261,10 +261,7 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
 
 /// `[ha]`: where the verdicts live, what is there now, and whether ours
 /// fits (EC2 allows 50 tags on a table).
-fn check_ha(
-    ha: &crate::ha::HaConfig,
-    observed: &[crate::model::RouteTable],
-) -> Result<(), String> {
+fn check_ha(ha: &crate::ha::HaConfig, observed: &[crate::model::RouteTable]) -> Result<(), String> {
     use crate::peers;
     let anchor = &ha.anchor;
     let id = ha.agent_id.as_deref().unwrap_or("<this instance's id>");

@@ -90,6 +90,8 @@ pub struct Status {
     pub findings: Vec<FindingView>,
     /// Other agents' verdicts (`[ha]`); `None` where there are no peers.
     pub peers: Option<Vec<PeerView>>,
+    /// The route table whose tags carry the verdicts (`[ha]`).
+    pub ha_anchor: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -129,7 +129,10 @@ fn write_status(out: &mut String, s: &Status) -> std::fmt::Result {
     match &s.peers {
         None => writeln!(out, "peers:           none ([ha] not configured)")?,
         Some(peers) => {
-            writeln!(out, "peers:")?;
+            match &s.ha_anchor {
+                Some(anchor) => writeln!(out, "peers (verdicts on {anchor}):")?,
+                None => writeln!(out, "peers:")?,
+            }
             for p in peers {
                 writeln!(
                     out,

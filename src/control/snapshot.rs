@@ -190,6 +190,8 @@ struct Board {
     failback_held: Vec<String>,
     /// With `[ha]`: the pair as last assessed.
     pair: Option<Stamped<crate::ha::PeerView>>,
+    /// With `[ha]`: the table whose tags carry the verdicts.
+    ha_anchor: Option<String>,
 }
 
 impl Board {
@@ -223,6 +225,7 @@ impl Board {
             alarms: Alarms::default(),
             findings: VecDeque::new(),
             pair: None,
+            ha_anchor: config.ha.as_ref().map(|h| h.anchor.clone()),
         }
     }
 
@@ -304,8 +307,12 @@ impl Board {
                 self.appliance = Some(Stamped::new(now, wall, appliance.clone()));
             }
             Event::Peers(view) => {
-                if let Some(text) = &view.disagreement {
-                    self.findings.retain(|f| &f.value != text);
+                let texts = [&view.disagreement, &view.duplicate, &view.split];
+                for text in texts.into_iter().flatten() {
+                    // Kept with the time it was first reported.
+                    if self.findings.iter().any(|f| &f.value == text) {
+                        continue;
+                    }
                     self.findings
                         .push_front(Stamped::new(now, wall, text.clone()));
                     self.findings.truncate(FINDINGS_KEPT);
@@ -448,6 +455,7 @@ impl Board {
                 })
                 .collect(),
             peers: self.pair.as_ref().map(|p| pair_view(p, now)),
+            ha_anchor: self.ha_anchor.clone(),
         }
     }
 
@@ -662,9 +670,12 @@ fn target_view(ip: IpAddr, samples: Option<&VecDeque<Sample>>) -> TargetView {
     }
 }
 
-/// Every agent of the pair, us first, with the age of its verdict now.
+/// Every agent of the pair, us first, with the age of its verdict now:
+/// from the verdict's own timestamp, read against the clock of the last
+/// assessment and carried forward on the monotonic clock since.
 fn pair_view(pair: &Stamped<crate::ha::PeerView>, now: Instant) -> Vec<super::protocol::PeerView> {
     let since = now.saturating_duration_since(pair.at);
+    let read_at = pair.value.read_at;
     let mut out = vec![super::protocol::PeerView {
         agent: format!("{} (us)", pair.value.agent_id),
         verdict: pair.value.local,
@@ -674,7 +685,8 @@ fn pair_view(pair: &Stamped<crate::ha::PeerView>, now: Instant) -> Vec<super::pr
     out.extend(pair.value.peers.iter().map(|s| super::protocol::PeerView {
         agent: s.verdict.agent_id.clone(),
         verdict: s.verdict.path,
-        age_seconds: (s.age + since).as_secs_f64(),
+        age_seconds:
+            (Duration::from_secs(read_at.saturating_sub(s.verdict.at)) + since).as_secs_f64(),
         live: s.liveness == Liveness::Live,
     }));
     out
@@ -800,6 +812,11 @@ target_eni = "eni-0123456789abcdef0"
                 seen("monitor-c", Via::Backup, Liveness::Stale),
             ],
             disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+            anchor: "rtb-0123456789abcdef0".into(),
+            read_at: 4,
+            duplicate: None,
+            split: None,
+            failback_hold: None,
         }));
         tokio::time::advance(Duration::from_secs(6)).await;
         let status = view.status();
@@ -825,6 +842,53 @@ target_eni = "eni-0123456789abcdef0"
             status.findings[0].finding,
             "agent monitor-b sees DX down, we see it up"
         );
+    }
+
+    /// Ages come from each verdict's own timestamp: a peer that keeps
+    /// publishing shows a young verdict however long ago the pair's view
+    /// last changed (review 11: they used to grow from the first view).
+    #[tokio::test(start_paused = true)]
+    async fn peer_ages_follow_each_fresh_verdict_and_grow_between_assessments() {
+        use crate::peers::{Liveness, Seen, Verdict};
+        let (sink, view) = channel(&config(), false, OperatorRecord::default());
+        let assessed = |at: u64, read_at: u64| {
+            Event::Peers(crate::ha::PeerView {
+                agent_id: "monitor-a".into(),
+                local: Via::Primary,
+                combined: Via::Primary,
+                peers: vec![Seen {
+                    verdict: Verdict {
+                        agent_id: "monitor-b".into(),
+                        path: Via::Primary,
+                        counter: at,
+                        at,
+                        reason: String::new(),
+                    },
+                    age: Duration::from_secs(read_at - at),
+                    liveness: Liveness::Live,
+                }],
+                disagreement: None,
+                anchor: "rtb-0123456789abcdef0".into(),
+                read_at,
+                duplicate: None,
+                split: None,
+                failback_hold: None,
+            })
+        };
+        let age = || view.status().peers.unwrap()[1].age_seconds;
+        sink.record(&assessed(1_000, 1_002));
+        assert!((age() - 2.0).abs() < 1e-9);
+        // One heartbeat later, no assessment yet: the age grows.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!((age() - 12.0).abs() < 1e-9, "{}", age());
+        // The next assessment reads the peer's newer verdict.
+        sink.record(&assessed(1_011, 1_012));
+        assert!((age() - 1.0).abs() < 1e-9, "{}", age());
+        for beat in 1..=30 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            sink.record(&assessed(1_011 + 10 * beat, 1_012 + 10 * beat));
+        }
+        assert!((age() - 1.0).abs() < 1e-9, "after 300 s: {}", age());
     }
 
     #[tokio::test(start_paused = true)]
@@ -1111,6 +1175,7 @@ target_eni = "eni-0123456789abcdef0"
         )));
         let held = Event::Finding(crate::plan::Finding::FailbackHeld {
             route: managed("10.1.0.0/16"),
+            held: crate::plan::Held::NoDxRoute,
         });
         sink.record(&held);
         sink.record(&held);

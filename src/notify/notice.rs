@@ -289,7 +289,7 @@ fn finding_fields(finding: &Finding) -> (&'static str, String, Option<String>) {
         Finding::Shadowed { route, .. } => with_route("shadowed", route),
         Finding::Blackhole { route } => with_route("blackhole", route),
         Finding::Unmanaged { route } => with_route("unmanaged", route),
-        Finding::FailbackHeld { route } => with_route("failback_held", route),
+        Finding::FailbackHeld { route, .. } => with_route("failback_held", route),
     }
 }
 

@@ -72,6 +72,11 @@ impl MemoryRouteApi {
     }
 
     /// Makes `is_permitted` answer no for `op` (e.g. "DeleteRoute").
+    /// Deletes a route table, as an operator might by hand.
+    pub fn delete_table(&self, id: &str) {
+        self.lock().tables.remove(id);
+    }
+
     pub fn deny(&self, op: &'static str) {
         self.lock().denied.insert(op);
     }
