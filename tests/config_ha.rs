@@ -236,4 +236,12 @@ fn check_names_the_anchor_and_our_tag_key() {
         stdout.contains("! [ha]: no verdict published yet"),
         "{stdout}"
     );
+    for op in ["CreateTags", "DeleteTags"] {
+        assert!(
+            stdout.contains(&format!(
+                "✓ IAM allows {op} of route-failover:verdict:monitor-a on rtb-0123456789abcdef0"
+            )),
+            "{stdout}"
+        );
+    }
 }

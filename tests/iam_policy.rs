@@ -62,9 +62,11 @@ fn least_privilege() {
 fn assert_only_our_tag_keys(action: &str, statement: &Value) {
     let condition = &statement["Condition"];
     let keys = as_list(&condition["ForAllValues:StringLike"]["aws:TagKeys"]);
+    // Only verdict keys: the agent writes and deletes nothing else, and a
+    // wider route-failover:* would let it touch other tools' keys.
     assert!(
-        !keys.is_empty() && keys.iter().all(|k| k.starts_with("route-failover:")),
-        "{action} may touch tag keys other than route-failover:*: {keys:?}"
+        !keys.is_empty() && keys.iter().all(|k| k == "route-failover:verdict:*"),
+        "{action} may touch tag keys other than route-failover:verdict:*: {keys:?}"
     );
     assert_eq!(
         condition["Null"]["aws:TagKeys"], "false",
@@ -79,4 +81,17 @@ fn the_tag_condition_is_checked() {
     });
     let refused = std::panic::catch_unwind(|| assert_only_our_tag_keys("ec2:CreateTags", &loose));
     assert!(refused.is_err());
+    let wide = serde_json::json!({
+        "Condition": {
+            "ForAllValues:StringLike": {"aws:TagKeys": ["route-failover:*"]},
+            "Null": {"aws:TagKeys": "false"}
+        }
+    });
+    let refused = std::panic::catch_unwind(|| assert_only_our_tag_keys("ec2:DeleteTags", &wide));
+    assert!(refused.is_err());
+    let no_keys = serde_json::json!({
+        "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": ["route-failover:verdict:*"]}}
+    });
+    let refused = std::panic::catch_unwind(|| assert_only_our_tag_keys("ec2:DeleteTags", &no_keys));
+    assert!(refused.is_err(), "without Null, a DeleteTags naming no key passes");
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{CloudError, NetworkInterface, RouteApi};
+use super::{CloudError, NetworkInterface, RouteApi, TagCall};
 use crate::model::Action;
 use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target, TargetKind};
 
@@ -273,6 +273,16 @@ impl RouteApi for DryRun {
     async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError> {
         // EC2's own DryRun: nothing changes, so the real backend may answer.
         self.inner.is_permitted(action).await
+    }
+
+    async fn is_permitted_tags(
+        &self,
+        resource_id: &str,
+        call: TagCall,
+        key: &str,
+    ) -> Result<Option<bool>, CloudError> {
+        // EC2's own DryRun: nothing changes, so the real backend may answer.
+        self.inner.is_permitted_tags(resource_id, call, key).await
     }
 
     fn is_dry_run(&self) -> bool {

@@ -21,7 +21,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use ipnet::IpNet;
 use tokio::sync::OnceCell;
 
-use super::{CloudError, EniStatus, ErrorKind, NetworkInterface, RouteApi};
+use super::{CloudError, EniStatus, ErrorKind, NetworkInterface, RouteApi, TagCall};
 use crate::config::AwsConfig;
 use crate::instance::{self, Instance};
 use crate::model::Action;
@@ -553,6 +553,55 @@ impl RouteApi for Ec2RouteApi {
                 format!(
                     "{} with DryRun=true succeeded instead of answering DryRunOperation",
                     action.op()
+                ),
+            )),
+        }
+    }
+
+    async fn is_permitted_tags(
+        &self,
+        resource_id: &str,
+        call: TagCall,
+        key: &str,
+    ) -> Result<Option<bool>, CloudError> {
+        if !self.honours_dry_run(resource_id).await? {
+            return Ok(None);
+        }
+        // A value that is never a verdict: even an endpoint that ignored
+        // DryRun would write nothing a peer reads.
+        let tag = Tag::builder().key(key).value("check").build();
+        let result = match call {
+            TagCall::Create => self
+                .client
+                .create_tags()
+                .dry_run(true)
+                .resources(resource_id)
+                .tags(tag)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(classify),
+            TagCall::Delete => self
+                .client
+                .delete_tags()
+                .dry_run(true)
+                .resources(resource_id)
+                .tags(tag)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(classify),
+        };
+        match result {
+            Err(e) if e.kind == ErrorKind::DryRunOk => Ok(Some(true)),
+            Err(e) if e.code.as_deref() == Some("UnauthorizedOperation") => Ok(Some(false)),
+            Err(e) => Err(e),
+            Ok(()) => Err(CloudError::new(
+                ErrorKind::Other,
+                None,
+                format!(
+                    "{} with DryRun=true succeeded instead of answering DryRunOperation",
+                    call.op()
                 ),
             )),
         }

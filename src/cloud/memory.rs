@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{CloudError, ErrorKind, NetworkInterface, RouteApi};
+use super::{CloudError, ErrorKind, NetworkInterface, RouteApi, TagCall};
 use crate::model::Action;
 use crate::model::{ManagedRoute, Origin, Route, RouteState, RouteTable, Target};
 
@@ -374,6 +374,18 @@ impl RouteApi for MemoryRouteApi {
         let subject = subject(&route.route_table_id, route.destination);
         self.call(DRY_RUN, subject, |state| {
             Ok(Some(!state.denied.contains(action.op())))
+        })
+    }
+
+    async fn is_permitted_tags(
+        &self,
+        resource_id: &str,
+        call: TagCall,
+        key: &str,
+    ) -> Result<Option<bool>, CloudError> {
+        self.call(DRY_RUN, format!("{resource_id} {key}"), |state| {
+            table_mut(state, resource_id)?;
+            Ok(Some(!state.denied.contains(call.op())))
         })
     }
 

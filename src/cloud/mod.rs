@@ -158,6 +158,23 @@ impl NetworkInterface {
     }
 }
 
+/// A tag call `check` asks permission for (`[ha]`'s verdicts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagCall {
+    Create,
+    Delete,
+}
+
+impl TagCall {
+    /// The EC2 operation name.
+    pub fn op(self) -> &'static str {
+        match self {
+            TagCall::Create => "CreateTags",
+            TagCall::Delete => "DeleteTags",
+        }
+    }
+}
+
 /// The calls the agent makes. Implementations return EC2's semantics:
 /// a duplicate create is `RouteAlreadyExists`, a missing delete is
 /// `RouteNotFound`, an unknown table or ENI is reported as such.
@@ -207,6 +224,19 @@ pub trait RouteApi: Send + Sync {
     /// `Some(false)` for `UnauthorizedOperation`, `None` when the endpoint
     /// ignores DryRun (LocalStack does) and so cannot be asked safely.
     async fn is_permitted(&self, action: &Action) -> Result<Option<bool>, CloudError>;
+
+    /// As [`is_permitted`](Self::is_permitted), for a tag call on
+    /// `resource_id` with the tag key `key` (an IAM condition on tag keys
+    /// judges it). The default refuses, like the tag calls themselves.
+    async fn is_permitted_tags(
+        &self,
+        resource_id: &str,
+        call: TagCall,
+        key: &str,
+    ) -> Result<Option<bool>, CloudError> {
+        let _ = key;
+        Err(unsupported(call.op(), resource_id))
+    }
 
     /// True for the dry-run wrapper: its writes are printed, not made, so
     /// the agent says "would", never "changed" or "converged".

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use super::{connect, own_subnet};
+use crate::cloud::TagCall;
 use crate::config::Config;
 use crate::fsm::Via;
 use crate::guard::{self, Verdict};
@@ -241,6 +242,23 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
         if let Err(e) = check_ha(ha, observed) {
             fail(e);
         }
+        // The verdict tags, with EC2's DryRun on the anchor and our own key
+        // (the IAM policy's tag-key condition judges it).
+        let key = peers_key(ha);
+        for call in [TagCall::Create, TagCall::Delete] {
+            let op = call.op();
+            let anchor = &ha.anchor;
+            match api.is_permitted_tags(anchor, call, &key).await {
+                Ok(Some(true)) => println!("✓ IAM allows {op} of {key} on {anchor}"),
+                Ok(None) => println!(
+                    "! IAM not checked for {op} on {anchor}: the endpoint ignores DryRun (LocalStack?)"
+                ),
+                Ok(Some(false)) => fail(format!(
+                    "✗ IAM denies {op} of {key} on {anchor}\n    fix: grant ec2:{op} on this route table for tag keys route-failover:verdict:* (see iam-policy.example.json)"
+                )),
+                Err(e) => fail(format!("✗ cannot check IAM for {op} on {anchor}: {e}")),
+            }
+        }
     }
     if let Some(observed) = observed {
         let ledger = super::ledger(config);
@@ -257,6 +275,12 @@ pub async fn check(config: &Config, offline: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Our verdict's tag key; without an agent id (resolved from instance
+/// metadata only when the agent runs) a key of the same shape.
+fn peers_key(ha: &crate::ha::HaConfig) -> String {
+    crate::peers::tag_key(ha.agent_id.as_deref().unwrap_or("check"))
 }
 
 /// `[ha]`: where the verdicts live, what is there now, and whether ours

@@ -438,3 +438,32 @@ async fn delete_tags_with_a_value_deletes_only_a_tag_that_still_holds_it() {
         .unwrap();
     assert!(api.tables()[0].tags.is_empty());
 }
+
+#[tokio::test]
+async fn tag_permissions_are_asked_without_changing_anything() {
+    use crate::cloud::TagCall;
+    let r = managed("10.1.0.0/16");
+    let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
+    let t = r.route_table_id.as_str();
+    let key = "route-failover:verdict:a";
+    assert_eq!(
+        api.is_permitted_tags(t, TagCall::Create, key).await,
+        Ok(Some(true))
+    );
+    api.deny("CreateTags");
+    assert_eq!(
+        api.is_permitted_tags(t, TagCall::Create, key).await,
+        Ok(Some(false))
+    );
+    assert_eq!(
+        api.is_permitted_tags(t, TagCall::Delete, key).await,
+        Ok(Some(true))
+    );
+    let e = api
+        .is_permitted_tags("rtb-0fffffffffffffff0", TagCall::Delete, key)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TableNotFound);
+    assert!(api.mutating_calls().is_empty());
+    assert!(api.tables()[0].tags.is_empty());
+}
