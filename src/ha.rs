@@ -3,9 +3,10 @@
 //! [`crate::peers`]; this module is its bookkeeping.
 //!
 //! # Where the verdicts live
-//! As EC2 tags on the **anchor**: the first managed route table in the
-//! config (`routes[0].route_table_id`). Every agent of a pair runs the same
-//! config, so they agree on it, and DescribeRouteTables, which the
+//! As EC2 tags on the **anchor**: `ha.anchor`, by default the first
+//! managed route's table. Every agent of a pair must name the same one; a
+//! live verdict seen on another managed table means they do not (a
+//! *split*: logged once while it lasts, exported, alerted). DescribeRouteTables, which the
 //! reconciler makes anyway, returns its tags: reading peers costs no call.
 //! One key per agent, `route-failover:verdict:<agent_id>`, value
 //! `path;counter;unix-seconds;reason`.
@@ -44,7 +45,30 @@
 //!   exactly what would start a fight.
 //!
 //! This assumes a read that shows a route change also shows the tags
-//! written before it, as one DescribeRouteTables answer does.
+//! written before it, as one DescribeRouteTables answer does. EC2 is
+//! eventually consistent: a stale read can make an agent act on a verdict
+//! or route it has not yet seen change, costing at most one redundant call
+//! per route per transition (answered as converged); deletions are always
+//! re-checked on a fresh read first, and the next resync converges.
+//!
+//! # When the pair cannot be trusted
+//! Only the safe direction is taken: failovers (creations) go on,
+//! failbacks (removals) are held and reported as held failbacks.
+//! - Another process writing under our agent id: our key holding a value
+//!   we never wrote (the last few writes are kept, so a late read of our
+//!   own is no alarm), stamped after our first write. CRITICAL once; held
+//!   until `peer_timeout` passes without one. Passes do not publish an
+//!   unchanged verdict (the heartbeat does, after its read), so reads do
+//!   not always follow our own write and can show the other writer.
+//! - The anchor missing from a read: peers cannot be read; held while it is.
+//! - CreateTags failing: a Backup verdict is acted on anyway (see
+//!   `Ha::act_unpublished`); a Primary one is never acted on unpublished.
+//!
+//! # Retired agents
+//! A peer's verdict older than `ha.forget_after` is deleted with a
+//! conditional DeleteTags (its key and the exact value read): EC2 applies
+//! it only while the tag still holds that value, so a peer that came back
+//! keeps its fresh verdict. Once per tag; none in steady state.
 //!
 //! # Freshness
 //! A verdict is live while its timestamp is at most `peer_timeout` old by
@@ -61,7 +85,9 @@
 //!
 //! # Cost
 //! Steady state: one CreateTags per heartbeat; reads as without `[ha]`
-//! (every `resync_interval`), plus the anchor's re-read before a deletion.
+//! (every `resync_interval`), plus the anchor's re-read before a deletion
+//! and, when resyncs are further apart than `peer_timeout` allows, a read
+//! of the anchor on a heartbeat. No DeleteTags.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -22,7 +22,8 @@ use process::Agent;
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 3;
 const HEARTBEAT_S: u64 = 1;
-// Must exceed resync_interval (1 s) + heartbeat + 2 s of skew tolerance.
+// Must exceed heartbeat + 2 s of skew tolerance (a verdict is stale once
+// older than exactly peer_timeout).
 const PEER_TIMEOUT_S: u64 = 5;
 const DESTINATIONS: [&str; 2] = ["10.1.0.0/16", "fd00:1::/48"];
 

@@ -93,5 +93,8 @@ fn the_tag_condition_is_checked() {
         "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": ["route-failover:verdict:*"]}}
     });
     let refused = std::panic::catch_unwind(|| assert_only_our_tag_keys("ec2:DeleteTags", &no_keys));
-    assert!(refused.is_err(), "without Null, a DeleteTags naming no key passes");
+    assert!(
+        refused.is_err(),
+        "without Null, a DeleteTags naming no key passes"
+    );
 }
