@@ -15,7 +15,9 @@
 //! - Its own verdict (the path its judge decides: its probes, the backup
 //!   gate, an operator's hold) is written with CreateTags once per
 //!   `heartbeat`, so peers can tell it is alive; a tag deleted by hand is
-//!   back within one beat.
+//!   back within one beat. The beat goes on while a pass waits on a slow
+//!   call (one may take 50 s with timeouts and retries); the reconciler's
+//!   task makes every write, so they never overtake one another.
 //! - A changed verdict is written at once, **before** any route call it
 //!   causes, and a failed write holds those calls (retried with backoff):
 //!   a peer must never see our routes without our reason for them.

@@ -502,6 +502,28 @@ impl Reconciler {
         self.effective != Some(combined.path)
     }
 
+    /// Awaits `call` (an API call of a pass), publishing our verdict on
+    /// every heartbeat due meanwhile: one call may take 50 s (timeouts
+    /// and retries), and a peer must not take us for dead while it runs.
+    /// Our writes stay in order: this task makes all of them, one at a time.
+    async fn beating<T>(&mut self, call: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(call);
+        loop {
+            let beat = self.ha.as_ref().and_then(Ha::next_beat).zip(self.ours);
+            let Some((due, local)) = beat else {
+                return call.await;
+            };
+            tokio::select! {
+                biased;
+                out = &mut call => return out,
+                () = tokio::time::sleep_until(due) => {
+                    // A failed beat is logged; the next one retries.
+                    let _ = self.publish(local).await;
+                }
+            }
+        }
+    }
+
     /// Assesses the pair and tells the sinks, every time (a status view
     /// computes ages from it); logged only when it changed.
     fn assess_pair(&mut self, local: Via) -> Option<crate::peers::Combined> {
@@ -747,7 +769,9 @@ impl Reconciler {
                 return Pass::Superseded;
             }
             let ids = self.tables_to_read(&spec);
-            let observed = match self.api.describe_route_tables(&ids).await {
+            let api = Arc::clone(&self.api);
+            let read = async move { api.describe_route_tables(&ids).await };
+            let observed = match self.beating(read).await {
                 Ok(t) => t,
                 Err(e) => return self.read_failed(e),
             };
@@ -850,21 +874,24 @@ impl Reconciler {
             failed = Some((ErrorKind::Other, e.to_string()));
             ready.retain(Action::removes_ours);
         }
-        let api = &self.api;
-        let stop = &self.stop;
-        let paused = &self.paused;
-        let results: Vec<(Action, Result<Outcome, CloudError>, Duration)> = stream::iter(ready)
+        let api = Arc::clone(&self.api);
+        let stop = self.stop.clone();
+        let paused = self.paused.clone();
+        let calls = stream::iter(ready)
             // Checked as each call is about to start: none starts once
             // stopped or paused by an operator.
-            .take_while(|_| std::future::ready(!stop.is_cancelled() && !*paused.borrow()))
-            .map(|action| async move {
-                let started = Instant::now();
-                let result = execute(api.as_ref(), &action).await;
-                (action, result, started.elapsed())
+            .take_while(move |_| std::future::ready(!stop.is_cancelled() && !*paused.borrow()))
+            .map(move |action| {
+                let api = Arc::clone(&api);
+                async move {
+                    let started = Instant::now();
+                    let result = execute(api.as_ref(), &action).await;
+                    (action, result, started.elapsed())
+                }
             })
             .buffer_unordered(CONCURRENT_CALLS)
-            .collect()
-            .await;
+            .collect::<Vec<(Action, Result<Outcome, CloudError>, Duration)>>();
+        let results = self.beating(calls).await;
         let dry_run = self.api.is_dry_run();
         if dry_run {
             let actions: Vec<Action> = results.iter().map(|(a, _, _)| a.clone()).collect();
@@ -941,11 +968,10 @@ impl Reconciler {
             if self.stop.is_cancelled() {
                 return Err(Pass::Stopped);
             }
-            let fresh = match self
-                .api
-                .describe_route_tables(std::slice::from_ref(&table))
-                .await
-            {
+            let api = Arc::clone(&self.api);
+            let ids = vec![table.clone()];
+            let read = async move { api.describe_route_tables(&ids).await };
+            let fresh = match self.beating(read).await {
                 Ok(t) => t,
                 Err(e) => return Err(self.read_failed(e)),
             };

@@ -33,6 +33,9 @@ struct Link {
     cut: AtomicBool,
     /// CreateTags refused with UnauthorizedOperation (an IAM policy without it).
     deny_tags: AtomicBool,
+    /// How long CreateRoute and DeleteRoute take to answer (the change
+    /// lands at once, as a slow answer from EC2 would).
+    route_delay: Mutex<Duration>,
     /// (op, ok, route-changing outcome) of every call, in order.
     calls: Mutex<Vec<(&'static str, bool)>>,
 }
@@ -43,6 +46,7 @@ impl Link {
             world: Arc::clone(world),
             cut: AtomicBool::new(false),
             deny_tags: AtomicBool::new(false),
+            route_delay: Mutex::new(Duration::ZERO),
             calls: Mutex::new(Vec::new()),
         })
     }
@@ -83,6 +87,17 @@ impl Link {
         result
     }
 
+    fn set_route_delay(&self, d: Duration) {
+        *self.route_delay.lock().unwrap() = d;
+    }
+
+    async fn slow_answer(&self) {
+        let d = *self.route_delay.lock().unwrap();
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
     fn check(&self) -> Result<(), CloudError> {
         if self.cut.load(Ordering::SeqCst) {
             Err(CloudError::new(
@@ -117,6 +132,7 @@ impl RouteApi for Link {
             Ok(()) => self.world.create_route(route).await,
             Err(e) => Err(e),
         };
+        self.slow_answer().await;
         self.note("CreateRoute", r)
     }
     async fn replace_route(&self, route: &ManagedRoute) -> Result<(), CloudError> {
@@ -146,6 +162,7 @@ impl RouteApi for Link {
             Ok(()) => self.world.delete_route(route_table_id, destination).await,
             Err(e) => Err(e),
         };
+        self.slow_answer().await;
         self.note("DeleteRoute", r)
     }
     async fn subnet_route_table(&self, subnet_id: &str) -> Result<String, CloudError> {
@@ -1089,4 +1106,41 @@ async fn status_ages_stay_young_while_a_peer_keeps_publishing() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// Successful CreateRoute and DeleteRoute calls made on the shared EC2.
+fn route_ops(pair: &Pair) -> (usize, usize) {
+    (pair.world_ops("CreateRoute"), pair.world_ops("DeleteRoute"))
+}
+
+/// `[ha]` at its defaults: heartbeat 10 s, peer_timeout 3 x heartbeat.
+fn default_ha_config(id: &str) -> Config {
+    ha_config_with(id, |h| h.peer_timeout = BEAT * 3)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_route_call_does_not_stop_the_heartbeat() {
+    // One call can take up to 50 s (api_timeout 10 s x 4 attempts + 10 s).
+    for delay in [40, 50] {
+        let pair = Pair::new();
+        let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+        let (mut b, lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+        both_on_primary(&mut a, &mut b).await;
+        la.set_route_delay(secs(delay));
+        a.script.set("A's view cut", Reply::None);
+        a.run_for(secs(400)).await;
+        b.run_for(Duration::ZERO).await;
+        let stale = peers_views(&b)
+            .iter()
+            .filter(|v| v.count(Liveness::Stale) > 0)
+            .count();
+        assert_eq!(
+            (route_ops(&pair), lb.count("DeleteRoute"), stale),
+            ((pair.managed().len(), 0), 0, 0),
+            "a {delay} s CreateRoute: (creates, deletes), B's deletes, B's views with A stale"
+        );
+        assert_eq!(pair.ours(), pair.managed());
+        a.kill();
+        b.kill();
+    }
 }
