@@ -32,7 +32,8 @@
 //!   the deletion (and saw the route) or shows everyone Primary (and
 //!   creates nothing), unless a verdict turned Backup since: a new
 //!   transition, not a fight.
-//! - Deleting: an agent deletes only when its combined path is Primary,
+//! - Deleting: an agent deletes only when its combined path is Primary on
+//!   two reads at least a heartbeat apart (see [`Ha::judge_removals`]),
 //!   re-checked on a fresh read of the anchor right before the call
 //!   (alongside the route itself): a Backup verdict published before that
 //!   read stops it. A verdict published after it comes with a create that
@@ -42,16 +43,24 @@
 //!   `InvalidRoute.NotFound`, which count as converged. So a pair makes at
 //!   most one redundant call per route per transition (N - 1 with N
 //!   agents), and it converges by itself.
-//! - An agent that cannot publish a new verdict makes no route call for it
-//!   (retried with backoff): acting on a verdict its peers cannot see is
-//!   exactly what would start a fight.
+//! - An agent that cannot publish a new Primary verdict makes no route
+//!   call for it (retried with backoff). A Backup verdict it cannot
+//!   publish is acted on after a while (failing over is the safe
+//!   direction): a peer may then delete those routes once; when they come
+//!   back unexplained, the fight guard holds that failback.
+//! - Fight guard: a route this agent deleted that is back while no live
+//!   verdict explains it is held (CRITICAL once, reported as a held
+//!   failback) until a read shows a live Backup verdict, the route goes
+//!   away, or the agent restarts: another writer we cannot see costs at
+//!   most one delete and one re-create per route.
 //!
-//! This assumes a read that shows a route change also shows the tags
-//! written before it, as one DescribeRouteTables answer does. EC2 is
-//! eventually consistent: a stale read can make an agent act on a verdict
-//! or route it has not yet seen change, costing at most one redundant call
-//! per route per transition (answered as converged); deletions are always
-//! re-checked on a fresh read first, and the next resync converges.
+//! EC2 is eventually consistent, and a read can show a route beside tags
+//! older than it. Each peer's verdict only moves forward by `(at,
+//! counter)`, so a lagging read never turns a peer back; a deletion needs
+//! two reads a heartbeat apart, so tags lagging by less than a heartbeat
+//! undo nothing (the pair fails back about a heartbeat later than a lone
+//! agent). Larger lags cost at most one delete and re-create per route
+//! before the fight guard holds.
 //!
 //! # When the pair cannot be trusted
 //! Only the safe direction is taken: failovers (creations) go on,
@@ -96,6 +105,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -384,6 +394,31 @@ pub(crate) struct Ha {
     forgotten: BTreeSet<(String, String)>,
     /// Retired peers' verdicts to delete, conditionally, after this read.
     to_forget: Vec<(String, String)>,
+    /// Routes of ours seen present while every live verdict was Primary,
+    /// with the read that first showed it: deleted only once a read at
+    /// least a heartbeat later still shows it so (tags can lag routes).
+    unexplained: BTreeMap<RouteKey, Instant>,
+    /// Routes this agent deleted since a read last showed a live Backup
+    /// verdict.
+    deleted: BTreeSet<RouteKey>,
+    /// Routes we deleted that came back with no live verdict explaining
+    /// them: another writer we cannot see. Their failback is held.
+    fights: BTreeSet<RouteKey>,
+}
+
+/// A route slot: its table and destination.
+pub(crate) type RouteKey = (String, IpNet);
+
+/// How the removals a read calls for are to be made.
+#[derive(Debug, Default)]
+pub(crate) struct Removals {
+    /// Unexplained across reads a heartbeat apart: delete.
+    pub(crate) ready: Vec<RouteKey>,
+    /// Unexplained only since less than a heartbeat: read again then.
+    pub(crate) settle_until: Option<Instant>,
+    /// Deleted by us once and back unexplained: held, for `why`.
+    pub(crate) held: Vec<RouteKey>,
+    pub(crate) why: String,
 }
 
 impl Ha {
@@ -413,6 +448,9 @@ impl Ha {
             split: None,
             forgotten: BTreeSet::new(),
             to_forget: Vec::new(),
+            unexplained: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+            fights: BTreeSet::new(),
         }
     }
 
@@ -477,7 +515,15 @@ impl Ha {
                     error!(agent_id = %self.agent_id, theirs = %value, anchor = %self.anchor, "CRITICAL: another process publishes under our agent id: the pair has degenerated into independent writers; failbacks (route deletions) are held until none is seen for ha.peer_timeout, failovers still made; give every agent its own ha.agent_id");
                 }
             } else {
-                self.peers.insert(v.agent_id.clone(), v);
+                // Monotonic per peer: a lagging replica can show an older
+                // value than one already read, and must not undo it.
+                let newer = self
+                    .peers
+                    .get(&v.agent_id)
+                    .is_none_or(|old| (v.at, v.counter) >= (old.at, old.counter));
+                if newer {
+                    self.peers.insert(v.agent_id.clone(), v);
+                }
             }
         }
     }
@@ -589,6 +635,63 @@ impl Ha {
                 self.agent_id, self.anchor
             )
         })
+    }
+
+    /// Sorts the removals a read on the pair's Primary path calls for
+    /// (routes of ours that no live verdict explains) at `now`. A route
+    /// is deleted only once two reads a heartbeat apart show it so: a read
+    /// whose tags lag its routes can show a peer's fresh failover beside
+    /// that peer's old Primary verdict. A route we deleted that is back
+    /// unexplained means a writer we cannot see (an unpublishable verdict,
+    /// a clock far off, another anchor): its failback is held, not fought.
+    pub(crate) fn judge_removals(&mut self, removals: &[RouteKey], now: Instant) -> Removals {
+        self.unexplained.retain(|k, _| removals.contains(k));
+        let before = self.fights.len();
+        // A held route that went away ends its fight.
+        self.fights.retain(|k| removals.contains(k));
+        if before > 0 && self.fights.is_empty() {
+            info!("the routes we had to keep against another writer are gone: failbacks go on as usual");
+        }
+        let mut out = Removals::default();
+        let mut new_fights = Vec::new();
+        for key in removals {
+            let first = *self.unexplained.entry(key.clone()).or_insert(now);
+            let due = first + self.heartbeat;
+            if now < due {
+                out.settle_until = Some(out.settle_until.map_or(due, |d| d.min(due)));
+            } else if self.deleted.contains(key) || self.fights.contains(key) {
+                if self.fights.insert(key.clone()) {
+                    new_fights.push(format!("{} {}", key.0, key.1));
+                }
+                out.held.push(key.clone());
+            } else {
+                out.ready.push(key.clone());
+            }
+        }
+        if !new_fights.is_empty() {
+            error!(routes = %new_fights.join(", "), anchor = %self.anchor, "CRITICAL: routes we deleted came back while no live verdict explains them: another writer we cannot see (an agent whose verdict cannot be published, a clock far off, another anchor); keeping them (failback held) instead of fighting; held until a read shows a live Backup verdict, the route goes away, or this agent restarts");
+        }
+        out.why = "we deleted it and it came back while no live verdict explains it: another \
+                   writer we cannot see (an agent that cannot publish, a clock far off, another \
+                   anchor); see the CRITICAL log line"
+            .to_string();
+        out
+    }
+
+    /// Notes a read on which a live verdict (ours or a peer's) says Backup:
+    /// every route of ours is explained, nothing we deleted is a fight.
+    pub(crate) fn explained(&mut self) {
+        self.unexplained.clear();
+        self.deleted.clear();
+        if !self.fights.is_empty() {
+            info!("a live Backup verdict explains the routes we kept against another writer");
+            self.fights.clear();
+        }
+    }
+
+    /// Notes routes this agent deleted.
+    pub(crate) fn note_deleted(&mut self, keys: impl IntoIterator<Item = RouteKey>) {
+        self.deleted.extend(keys);
     }
 
     /// Retired peers' verdicts to delete now, each once, as (key, value).
@@ -752,6 +855,59 @@ mod tests {
             vec![seen("i-b", Via::Primary, Liveness::Live)],
         );
         assert_eq!(t.assess(&c, Via::Primary, start, BEAT).came_back, ["i-b"]);
+    }
+
+    fn ha() -> Ha {
+        let config = HaConfig {
+            agent_id: Some("a".into()),
+            heartbeat: BEAT,
+            peer_timeout: BEAT * 3,
+            anchor: "rtb-a".into(),
+            anchor_set: true,
+            forget_after: Duration::from_secs(86_400),
+        };
+        Ha::new("a".into(), &config, "rtb-a".into(), Arc::new(|| 1_000))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_is_deleted_after_two_reads_a_beat_apart_and_held_if_it_comes_back() {
+        let mut h = ha();
+        let k: RouteKey = ("rtb-a".into(), "10.1.0.0/16".parse().unwrap());
+        let t0 = Instant::now();
+        let first = h.judge_removals(std::slice::from_ref(&k), t0);
+        assert_eq!(
+            (first.ready.len(), first.settle_until),
+            (0, Some(t0 + BEAT))
+        );
+        let second = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT);
+        assert_eq!(second.ready, std::slice::from_ref(&k));
+        h.note_deleted([k.clone()]);
+        // Gone, then back unexplained: held, not deleted again.
+        assert!(h.judge_removals(&[], t0 + BEAT * 2).ready.is_empty());
+        let back = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 3);
+        assert!(back.ready.is_empty() && back.held.is_empty());
+        let held = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 4);
+        assert_eq!((held.ready.len(), held.held), (0, vec![k.clone()]));
+        // A live Backup verdict explains it: a fresh start, settled again.
+        h.explained();
+        let after = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 5);
+        assert!(after.held.is_empty() && after.settle_until.is_some());
+    }
+
+    #[test]
+    fn a_lagging_read_never_turns_a_peer_back() {
+        let mut h = ha();
+        let read = |value: &str| RouteTable {
+            id: "rtb-a".into(),
+            tags: [(peers::tag_key("b"), value.to_string())].into(),
+            ..RouteTable::default()
+        };
+        h.observe(&[read("backup;8;995;down")]);
+        h.observe(&[read("primary;7;990;up")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Backup);
+        // A restart resets nothing that matters: its timestamp moves on.
+        h.observe(&[read("primary;1;999;up")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
     }
 
     #[test]

@@ -142,9 +142,14 @@ impl Plan {
     /// Holds every call that would take a route of ours away, each
     /// reported as a held failback for `why`; creations stay.
     pub fn hold_removals(&mut self, why: &str) {
+        self.hold_removals_where(why, |_| true);
+    }
+
+    /// As [`hold_removals`](Self::hold_removals), for the routes `which` picks.
+    pub fn hold_removals_where(&mut self, why: &str, which: impl Fn(&ManagedRoute) -> bool) {
         let (held, kept): (Vec<Action>, Vec<Action>) = std::mem::take(&mut self.actions)
             .into_iter()
-            .partition(Action::removes_ours);
+            .partition(|a| a.removes_ours() && which(a.route()));
         self.actions = kept;
         self.findings
             .extend(held.into_iter().map(|a| Finding::FailbackHeld {

@@ -32,7 +32,7 @@ use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
 use crate::events::{Event, Events, Outcome};
 use crate::fsm::Via;
-use crate::ha::Ha;
+use crate::ha::{Ha, RouteKey};
 use crate::model::{eni_ids, table_ids, Action, Adoption, ManagedRoute, RouteTable};
 use crate::plan::{self, Finding, Inputs, Plan, Status};
 use crate::state::Ledger;
@@ -209,6 +209,9 @@ enum Pass {
     Failed { kind: ErrorKind, why: String },
     /// The desired path changed meanwhile: start over at once.
     Superseded,
+    /// With `[ha]`: removals wait for a read at this instant to confirm
+    /// that no peer's verdict explains the routes.
+    Settling(Instant),
     /// Paused by an operator: nothing called, what would be is reported.
     Paused,
     /// Shutdown: no further call.
@@ -418,6 +421,10 @@ impl Reconciler {
                         Pass::Superseded => {
                             converged_on = None;
                             Duration::ZERO
+                        }
+                        Pass::Settling(due) => {
+                            converged_on = None;
+                            due.saturating_duration_since(Instant::now()).min(resync)
                         }
                         Pass::Stopped => return,
                     }
@@ -797,6 +804,7 @@ impl Reconciler {
             {
                 plan.hold_removals(&why);
             }
+            let settle = self.judge_removals(path, &mut plan);
             self.report(&plan.findings);
             self.count_blackholes(&plan.findings);
             if *self.paused.borrow() {
@@ -804,6 +812,13 @@ impl Reconciler {
                 return Pass::Paused;
             }
             if plan.actions.is_empty() {
+                if let Some(due) = settle {
+                    debug!(
+                        ?due,
+                        "failback waits for a read a heartbeat later: tags can lag routes"
+                    );
+                    return Pass::Settling(due);
+                }
                 return if plan.converged(path) {
                     Pass::Converged
                 } else {
@@ -821,6 +836,29 @@ impl Reconciler {
             kind: ErrorKind::Other,
             why: format!("not converged after {MAX_PASSES} passes"),
         }
+    }
+
+    /// With `[ha]`: keeps in `plan` only the removals a read a heartbeat
+    /// earlier already called for, holds those of routes we deleted once
+    /// that came back (a fight), and says when to read again for the rest.
+    fn judge_removals(&mut self, path: Via, plan: &mut Plan) -> Option<Instant> {
+        let ha = self.ha.as_mut()?;
+        if path == Via::Backup {
+            ha.explained();
+            return None;
+        }
+        let key = |r: &ManagedRoute| (r.route_table_id.clone(), r.destination);
+        let removals: Vec<RouteKey> = plan
+            .actions
+            .iter()
+            .filter(|a| a.removes_ours())
+            .map(|a| key(a.route()))
+            .collect();
+        let judged = ha.judge_removals(&removals, Instant::now());
+        plan.hold_removals_where(&judged.why, |r| judged.held.contains(&key(r)));
+        plan.actions
+            .retain(|a| !a.removes_ours() || judged.ready.contains(&key(a.route())));
+        judged.settle_until
     }
 
     /// Reports the calls a pass would make without making them (paused,
@@ -900,6 +938,7 @@ impl Reconciler {
             return Ok(());
         }
         let mut gone = Vec::new();
+        let mut deleted = Vec::new();
         for (action, result, latency) in results {
             match &result {
                 Ok(outcome) => {
@@ -913,6 +952,9 @@ impl Reconciler {
                     if action.removes_ours() {
                         let r = action.route();
                         gone.push((r.route_table_id.clone(), r.destination));
+                        if *outcome == Outcome::Done {
+                            deleted.push((r.route_table_id.clone(), r.destination));
+                        }
                     }
                 }
                 Err(e) => {
@@ -928,6 +970,9 @@ impl Reconciler {
         }
         if let Err(e) = self.ledger.forget_all(&gone) {
             error!(error = %e, "cannot update the ownership ledger");
+        }
+        if let Some(ha) = self.ha.as_mut() {
+            ha.note_deleted(deleted);
         }
         if self.stop.is_cancelled() {
             return Err(Pass::Stopped);

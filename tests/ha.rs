@@ -1144,3 +1144,59 @@ async fn a_slow_route_call_does_not_stop_the_heartbeat() {
         b.kill();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_failover_survives_reads_whose_tags_lag() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    // Describes show routes at once but tags 3 s late: B's next read can
+    // show A's new routes beside A's old Primary verdict.
+    pair.world.set_tag_lag(secs(3));
+    b.run_for(secs(35)).await;
+    // Time A's failover to land just before B's next resync read.
+    let reads = lb.count("DescribeRouteTables");
+    while lb.count("DescribeRouteTables") == reads {
+        b.run_for(Duration::from_millis(100)).await;
+    }
+    b.run_for(secs(26)).await;
+    a.script.set("A's view cut", Reply::None);
+    a.run_for(secs(120)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(lb.count("DeleteRoute"), 0, "B undid A's fresh failover");
+    assert_eq!(route_ops(&pair), (pair.managed().len(), 0));
+    assert_eq!(pair.ours(), pair.managed());
+    a.kill();
+    b.kill();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unpublished_backup_verdict_costs_at_most_one_delete_per_route() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    // A cannot publish (say, a role without CreateTags): B cannot see why
+    // A's routes are there, and may delete them once, not more.
+    la.deny_tags.store(true, Ordering::SeqCst);
+    a.script.set("A's view cut", Reply::None);
+    a.run_for(secs(300)).await;
+    b.run_for(Duration::ZERO).await;
+    let n = pair.managed().len();
+    let (creates, deletes) = route_ops(&pair);
+    assert!(
+        deletes <= n && creates <= deletes + n,
+        "(creates, deletes) = {:?}",
+        (creates, deletes)
+    );
+    assert_eq!(pair.ours(), pair.managed(), "A's failover stands");
+    let held = held_failbacks(&b);
+    assert!(
+        held.iter()
+            .any(|h| h.contains("deleted it and it came back")),
+        "B names the fight: {held:?}"
+    );
+    a.kill();
+    b.kill();
+}

@@ -16,9 +16,11 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+use tokio::time::Instant;
 
 use super::{CloudError, ErrorKind, NetworkInterface, RouteApi, TagCall};
 use crate::model::Action;
@@ -53,9 +55,44 @@ struct State {
     /// Errors to return, in order, from the next calls of an operation.
     faults: Vec<(&'static str, CloudError)>,
     calls: Vec<Call>,
+    /// How late describes show tags (EC2 is eventually consistent); zero:
+    /// at once. Routes are never late, so a read can show a route with
+    /// the tags from before the verdict that explains it.
+    tag_lag: Duration,
+    /// While `tag_lag` is set: each table's tags since each change
+    /// (`None`: since before the lag was set).
+    tag_history: BTreeMap<String, Vec<TagsSince>>,
 }
 
+/// A table's tags from an instant on (`None`: since before the lag was set).
+type TagsSince = (Option<Instant>, BTreeMap<String, String>);
+
 impl State {
+    /// Notes `table`'s tags after a change, for lagging reads.
+    fn tags_changed(&mut self, table: &str) {
+        if self.tag_lag.is_zero() {
+            return;
+        }
+        if let Some(t) = self.tables.get(table) {
+            let tags = t.tags.clone();
+            self.tag_history
+                .entry(table.to_string())
+                .or_default()
+                .push((Some(Instant::now()), tags));
+        }
+    }
+
+    /// The tags a describe shows of `table` now: as they were `tag_lag` ago.
+    fn lagging_tags(&self, table: &str) -> Option<BTreeMap<String, String>> {
+        let cutoff = Instant::now().checked_sub(self.tag_lag)?;
+        self.tag_history
+            .get(table)?
+            .iter()
+            .rev()
+            .find(|(since, _)| since.is_none_or(|at| at <= cutoff))
+            .map(|(_, tags)| tags.clone())
+    }
+
     /// A table as DescribeRouteTables shows it: a route's state follows its
     /// interface (EC2 derives it; it is never stored).
     fn observed(&self, table: &RouteTable) -> RouteTable {
@@ -221,7 +258,13 @@ impl RouteApi for MemoryRouteApi {
                 .iter()
                 .filter(|id| seen.insert(id.as_str()))
                 .filter_map(|id| state.tables.get(id))
-                .map(|t| state.observed(t))
+                .map(|t| {
+                    let mut t = state.observed(t);
+                    if let Some(tags) = state.lagging_tags(&t.id) {
+                        t.tags = tags;
+                    }
+                    t
+                })
                 .collect())
         })
     }
@@ -417,6 +460,7 @@ impl RouteApi for MemoryRouteApi {
             for (key, value) in tags {
                 table.tags.insert(key.clone(), value.clone());
             }
+            state.tags_changed(resource_id);
             Ok(())
         })
     }
@@ -439,6 +483,7 @@ impl RouteApi for MemoryRouteApi {
                     table.tags.remove(key);
                 }
             }
+            state.tags_changed(resource_id);
             Ok(())
         })
     }

@@ -467,3 +467,31 @@ async fn tag_permissions_are_asked_without_changing_anything() {
     assert!(api.mutating_calls().is_empty());
     assert!(api.tables()[0].tags.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn tags_can_lag_routes_as_eventual_consistency_allows() {
+    let r = managed("10.1.0.0/16");
+    let api = MemoryRouteApi::seeded(std::slice::from_ref(&r));
+    let tag = |v: &str| [("k".to_string(), v.to_string())];
+    api.create_tags(&r.route_table_id, &tag("old"))
+        .await
+        .unwrap();
+    api.set_tag_lag(Duration::from_secs(3));
+    api.create_tags(&r.route_table_id, &tag("new"))
+        .await
+        .unwrap();
+    api.create_route(&r).await.unwrap();
+    let read = |api: &MemoryRouteApi| {
+        let t = &api.tables()[0];
+        (t.tags.get("k").cloned(), t.routes.len())
+    };
+    let described = api.describe_route_tables(&ids(&r)).await.unwrap();
+    // The route at once, the tag as it was before.
+    assert_eq!(described[0].tags.get("k").map(String::as_str), Some("old"));
+    assert_eq!(described[0].routes.len(), read(&api).1);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let described = api.describe_route_tables(&ids(&r)).await.unwrap();
+    assert_eq!(described[0].tags.get("k").map(String::as_str), Some("new"));
+    api.set_tag_lag(Duration::ZERO);
+    assert_eq!(read(&api).0.as_deref(), Some("new"));
+}

@@ -2,6 +2,9 @@
 //! behind its back (tables, interfaces, routes added by hand, BGP routes
 //! coming and going, faults). None of these are recorded as calls.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use ipnet::IpNet;
 
 use super::{
@@ -75,6 +78,23 @@ impl MemoryRouteApi {
     /// Deletes a route table, as an operator might by hand.
     pub fn delete_table(&self, id: &str) {
         self.lock().tables.remove(id);
+    }
+
+    /// Makes describes show every table's tags as they were `lag` ago
+    /// (routes stay current): EC2's eventual consistency, at its worst
+    /// for a pair. Zero turns it off.
+    pub fn set_tag_lag(&self, lag: Duration) {
+        let mut state = self.lock();
+        state.tag_lag = lag;
+        let now: Vec<(String, BTreeMap<String, String>)> = state
+            .tables
+            .iter()
+            .map(|(id, t)| (id.clone(), t.tags.clone()))
+            .collect();
+        state.tag_history = now
+            .into_iter()
+            .map(|(id, tags)| (id, vec![(None, tags)]))
+            .collect();
     }
 
     pub fn deny(&self, op: &'static str) {
