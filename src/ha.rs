@@ -72,6 +72,8 @@
 //!   unchanged verdict (the heartbeat does, after its read), so reads do
 //!   not always follow our own write and can show the other writer.
 //! - The anchor missing from a read: peers cannot be read; held while it is.
+//! - A split anchor (a live verdict on another managed table): those
+//!   peers' verdicts are not counted; held while it lasts.
 //! - CreateTags failing: a Backup verdict is acted on anyway (see
 //!   `Ha::act_unpublished`); a Primary one is never acted on unpublished.
 //!
@@ -620,14 +622,18 @@ impl Ha {
     }
 
     /// Why failbacks (route deletions) must wait, if they must: peers
-    /// cannot be read, or another process writes under our id. Failing
-    /// over stays allowed: it is the safe direction.
+    /// cannot be read, some publish where we do not read (a split), or
+    /// another process writes under our id. Failing over stays allowed:
+    /// it is the safe direction.
     pub(crate) fn failback_hold(&self, now: Instant) -> Option<String> {
         if self.anchor_missing {
             return Some(format!(
                 "the anchor table {} is missing, so the peers' verdicts cannot be read",
                 self.anchor
             ));
+        }
+        if let Some(split) = &self.split {
+            return Some(split.clone());
         }
         self.duplicates.suspected(now, self.peer_timeout).map(|_| {
             format!(

@@ -1200,3 +1200,37 @@ async fn an_unpublished_backup_verdict_costs_at_most_one_delete_per_route() {
     a.kill();
     b.kill();
 }
+
+#[tokio::test(start_paused = true)]
+async fn agents_on_different_anchors_hold_failback_instead_of_fighting() {
+    let pair = Pair::new();
+    let other = pair
+        .config
+        .routes
+        .iter()
+        .map(|r| r.route_table_id.clone())
+        .find(|t| *t != pair.anchor())
+        .unwrap();
+    let config_b = ha_config_with("monitor-b", |h| {
+        h.anchor.clone_from(&other);
+        h.anchor_set = true;
+    });
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start_config(&config_b, Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.run_for(secs(40)).await;
+    // A cannot see B's verdict nor B A's: B must not undo A's failover.
+    a.script.set("A's view cut", Reply::None);
+    a.run_for(secs(300)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(lb.count("DeleteRoute"), 0);
+    assert_eq!(route_ops(&pair), (pair.managed().len(), 0));
+    assert_eq!(pair.ours(), pair.managed());
+    let held = held_failbacks(&b);
+    assert!(
+        held.iter().any(|h| h.contains("the pair is split")),
+        "{held:?}"
+    );
+    a.kill();
+    b.kill();
+}
