@@ -33,7 +33,7 @@
 //!   creates nothing), unless a verdict turned Backup since: a new
 //!   transition, not a fight.
 //! - Deleting: an agent deletes only when its combined path is Primary on
-//!   two reads at least a heartbeat apart (see [`Ha::judge_removals`]),
+//!   two reads at least a heartbeat apart (see `Ha::judge_removals`),
 //!   re-checked on a fresh read of the anchor right before the call
 //!   (alongside the route itself): a Backup verdict published before that
 //!   read stops it. A verdict published after it comes with a create that
@@ -84,17 +84,15 @@
 //! keeps its fresh verdict. Once per tag; none in steady state.
 //!
 //! # Freshness
-//! A verdict is live while its timestamp is at most `peer_timeout` old by
-//! this agent's clock, exactly as the contract says (EC2 instances keep
-//! time with Amazon Time Sync). The clock-skew tolerance
-//! ([`peers::SKEW_TOLERANCE`], 2 s) is in the config's floor instead:
-//! `peer_timeout` must exceed the heartbeat plus it, so a live peer's
-//! newest verdict, read at most a heartbeat (plus skew) old, is never
-//! taken for dead; a timestamp more than the tolerance in the future is
-//! stale. Between two reads, the verdicts last read are
-//! aged on every heartbeat, so a dead peer's Backup stops holding the pair
-//! in time without an extra read; the deletion that follows is re-checked
-//! on a fresh read as always.
+//! A peer is live while its verdict's `(at, counter)` keeps advancing,
+//! timed on this agent's monotonic clock: dead once it has not advanced
+//! for `peer_timeout`. At first sight its timestamp's age by our wall
+//! clock stands in (EC2 instances keep time with Amazon Time Sync; the
+//! clock-skew tolerance, [`peers::SKEW_TOLERANCE`], 2 s, is in the
+//! config's floor: `peer_timeout` must exceed the heartbeat plus it). A
+//! timestamp first seen beyond the tolerance in the future is not trusted
+//! (logged once) until it advances. So a peer whose clock is off is live
+//! while it publishes, and a runaway stamp cannot hold the pair.
 //!
 //! # Cost
 //! Steady state: one CreateTags per heartbeat; reads as without `[ha]`
@@ -376,11 +374,11 @@ pub(crate) struct Ha {
     last_write: Option<Instant>,
     /// Since when every write has failed; `None` after a success.
     failing_since: Option<Instant>,
-    /// Each peer's last verdict read, ours excluded. Kept when its tag
+    /// Each peer's newest verdict read, ours excluded. Kept when its tag
     /// vanishes (deleted by hand, by `terraform apply`): it ages like any
     /// other and counts until it goes stale, so a deleted Backup verdict
     /// never lets another agent undo a failover early.
-    peers: BTreeMap<String, Verdict>,
+    peers: BTreeMap<String, Peer>,
     /// When the anchor's tags were last read (by a pass or a heartbeat).
     last_read: Option<Instant>,
     tracker: Tracker,
@@ -406,6 +404,26 @@ pub(crate) struct Ha {
     /// Routes we deleted that came back with no live verdict explaining
     /// them: another writer we cannot see. Their failback is held.
     fights: BTreeSet<RouteKey>,
+}
+
+/// A peer's newest verdict and how fresh it is on our own clock.
+#[derive(Debug, Clone)]
+struct Peer {
+    verdict: Verdict,
+    /// When (our monotonic clock) it was written, as best we can tell:
+    /// at first sight its wall-clock age; once its `(at, counter)`
+    /// advances, no earlier than our previous read of it (its clock may
+    /// be off: that is only for display). `None`: first seen stamped in
+    /// the future beyond the skew tolerance, not trusted until it advances.
+    written: Option<Instant>,
+    /// Our last read that showed it.
+    seen: Instant,
+}
+
+impl Peer {
+    fn age(&self, now: Instant) -> Option<Duration> {
+        self.written.map(|w| now.saturating_duration_since(w))
+    }
 }
 
 /// A route slot: its table and destination.
@@ -498,10 +516,12 @@ impl Ha {
         );
         to_forget.retain(|t| !self.to_forget.contains(t));
         self.to_forget.append(&mut to_forget);
-        let limit = self.peer_timeout.as_secs();
+        let mono = Instant::now();
+        let limit = self.peer_timeout;
         // A vanished tag's verdict is forgotten once it is stale anyway.
-        self.peers.retain(|id, v| {
-            anchor.tags.contains_key(&peers::tag_key(id)) || now.saturating_sub(v.at) <= limit
+        self.peers.retain(|id, p| {
+            anchor.tags.contains_key(&peers::tag_key(id))
+                || p.age(mono).is_some_and(|age| age <= limit)
         });
         for (key, value) in &anchor.tags {
             let Some(v) = peers::parse_tag(key, value) else {
@@ -517,30 +537,59 @@ impl Ha {
                     error!(agent_id = %self.agent_id, theirs = %value, anchor = %self.anchor, "CRITICAL: another process publishes under our agent id: the pair has degenerated into independent writers; failbacks (route deletions) are held until none is seen for ha.peer_timeout, failovers still made; give every agent its own ha.agent_id");
                 }
             } else {
-                // Monotonic per peer: a lagging replica can show an older
-                // value than one already read, and must not undo it.
-                let newer = self
-                    .peers
-                    .get(&v.agent_id)
-                    .is_none_or(|old| (v.at, v.counter) >= (old.at, old.counter));
-                if newer {
-                    self.peers.insert(v.agent_id.clone(), v);
+                self.note_peer(v, now, mono);
+            }
+        }
+    }
+
+    /// Notes a peer's verdict read at `now` (wall) and `mono` (ours).
+    /// Monotonic per peer by `(at, counter)`: a lagging replica can show
+    /// an older value than one already read, and must not undo it (a
+    /// restart resets nothing here: its timestamp moves on). Liveness is
+    /// judged by that value advancing, timed on our clock, so a peer
+    /// whose clock is off is live while it publishes.
+    fn note_peer(&mut self, v: Verdict, now: u64, mono: Instant) {
+        let wall = peers::wall_age(&v, now);
+        match self.peers.get_mut(&v.agent_id) {
+            Some(p) if (v.at, v.counter) <= (p.verdict.at, p.verdict.counter) => {
+                p.seen = p.seen.max(mono);
+            }
+            Some(p) => {
+                // Written since our previous read of it, and no earlier
+                // than its own stamp says (a stamp ahead of us counts as now).
+                let since = mono.saturating_duration_since(p.seen);
+                let age = wall.unwrap_or_default().min(since);
+                p.written = Some(mono.checked_sub(age).unwrap_or(mono));
+                p.seen = mono;
+                p.verdict = v;
+            }
+            None => {
+                if wall.is_none() {
+                    warn!(peer = %v.agent_id, at = v.at, now, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; ignored until it publishes again");
                 }
+                let written = wall.map(|age| mono.checked_sub(age).unwrap_or(mono));
+                self.peers.insert(
+                    v.agent_id.clone(),
+                    Peer {
+                        verdict: v,
+                        written,
+                        seen: mono,
+                    },
+                );
             }
         }
     }
 
     /// The pair's path for our `local` verdict, from the verdicts last read,
-    /// aged to now.
+    /// aged to now on our clock.
     pub(crate) fn combined(&self, local: Via) -> Combined {
-        let peers: Vec<Verdict> = self.peers.values().cloned().collect();
-        peers::combine(
-            local,
-            &self.agent_id,
-            &peers,
-            (self.clock)(),
-            self.peer_timeout,
-        )
+        let now = Instant::now();
+        let peers: Vec<(Verdict, Option<Duration>)> = self
+            .peers
+            .values()
+            .map(|p| (p.verdict.clone(), p.age(now)))
+            .collect();
+        peers::combine_aged(local, &self.agent_id, &peers, self.peer_timeout)
     }
 
     /// Whether `local` differs from what peers last saw from us.
@@ -754,15 +803,11 @@ impl Ha {
         );
         let now_wall = (self.clock)();
         for id in &changes.went_stale {
-            if let Some(v) = self
-                .peers
-                .get(id)
-                .filter(|v| v.at > now_wall + peers::SKEW_TOLERANCE.as_secs())
-            {
-                warn!(peer = %id, at = v.at, now = now_wall, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; ignored until it is current");
+            if self.peers.get(id).is_some_and(|p| p.written.is_none()) {
+                // Said once, when first read.
                 continue;
             }
-            warn!(peer = %id, peer_timeout = ?self.peer_timeout, "peer's verdict is stale: taken for dead and ignored until it publishes again");
+            warn!(peer = %id, peer_timeout = ?self.peer_timeout, "peer's verdict has not changed for ha.peer_timeout: taken for dead and ignored until it publishes again");
         }
         for id in &changes.came_back {
             info!(peer = %id, "peer is publishing again");

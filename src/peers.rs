@@ -8,10 +8,10 @@
 //! a path. Failing over is the safe direction, so one agent that sees DX
 //! down is enough; failing back needs everyone.
 //!
-//! Pure: verdicts and the wall-clock time in, the combined path out.
-//! Freshness is judged by the timestamp each agent writes with its verdict
-//! against this agent's clock: live while at most `peer_timeout` old,
-//! exactly. EC2 instances keep time with Amazon Time Sync (well under a
+//! Pure: verdicts with their ages in, the combined path out: live while
+//! at most `peer_timeout` old, exactly. [`combine`] ages them by the
+//! timestamp each agent writes against this agent's clock; the reconciler
+//! times them on its own monotonic clock instead ([`combine_aged`]). EC2 instances keep time with Amazon Time Sync (well under a
 //! millisecond apart); [`SKEW_TOLERANCE`] absorbs far worse, and lives in
 //! the config's floor (`peer_timeout` must exceed the heartbeat plus it),
 //! not in the staleness limit, so a dead agent's Backup verdict holds the
@@ -97,27 +97,48 @@ pub fn combine(
     now: u64,
     peer_timeout: Duration,
 ) -> Combined {
+    let aged: Vec<(Verdict, Option<Duration>)> = peers
+        .iter()
+        .map(|v| (v.clone(), wall_age(v, now)))
+        .collect();
+    combine_aged(own, own_id, &aged, peer_timeout)
+}
+
+/// A verdict's age by its timestamp against our clock (`now`, seconds
+/// since the epoch); `None` when it is stamped further in the future than
+/// the skew tolerance: not to be trusted (a clock far off, a hand-edited
+/// tag), since taken as fresh a dead agent's Backup would hold the pair
+/// for ever.
+pub fn wall_age(v: &Verdict, now: u64) -> Option<Duration> {
+    if v.at > now.saturating_add(SKEW_TOLERANCE.as_secs()) {
+        return None;
+    }
+    Some(Duration::from_secs(now.saturating_sub(v.at)))
+}
+
+/// As [`combine`], with each peer's age already judged (`None`: not to be
+/// trusted, so stale): live while at most `peer_timeout` old.
+pub fn combine_aged(
+    own: Via,
+    own_id: &str,
+    peers: &[(Verdict, Option<Duration>)],
+    peer_timeout: Duration,
+) -> Combined {
     let mut backup_votes = Vec::new();
     if own == Via::Backup {
         backup_votes.push(own_id.to_string());
     }
     let seen: Vec<Seen> = peers
         .iter()
-        .filter(|v| v.agent_id != own_id)
-        .map(|v| {
-            let age = Duration::from_secs(now.saturating_sub(v.at));
-            // A timestamp further ahead than the skew tolerance is not to be
-            // trusted (a clock far off, a hand-edited tag): taken as fresh,
-            // a dead agent's Backup would hold the pair for ever.
-            let future = v.at > now.saturating_add(SKEW_TOLERANCE.as_secs());
-            let liveness = if future || age > peer_timeout {
-                Liveness::Stale
-            } else {
-                Liveness::Live
+        .filter(|(v, _)| v.agent_id != own_id)
+        .map(|(v, age)| {
+            let liveness = match age {
+                Some(age) if *age <= peer_timeout => Liveness::Live,
+                _ => Liveness::Stale,
             };
             Seen {
                 verdict: v.clone(),
-                age,
+                age: age.unwrap_or_default(),
                 liveness,
             }
         })

@@ -1234,3 +1234,24 @@ async fn agents_on_different_anchors_hold_failback_instead_of_fighting() {
     a.kill();
     b.kill();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_whose_clock_runs_far_ahead_is_live_while_it_publishes() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    // 13 s ahead: far beyond the skew tolerance, so its stamps are from
+    // the future; its counter still advances on every beat.
+    let (mut b, _lb) = pair.start_skewed("monitor-b", Reply::All, 13);
+    both_on_primary(&mut a, &mut b).await;
+    b.script.set("B's view cut", Reply::None);
+    b.run_for(secs(300)).await;
+    a.run_for(Duration::ZERO).await;
+    assert_eq!(la.count("DeleteRoute"), 0, "A undid B's failover");
+    assert_eq!(route_ops(&pair), (pair.managed().len(), 0));
+    assert_eq!(pair.ours(), pair.managed());
+    let v = last_view(&a);
+    assert_eq!(v.combined, Via::Backup, "{v:?}");
+    assert_eq!(v.count(Liveness::Live), 1, "{v:?}");
+    a.kill();
+    b.kill();
+}
