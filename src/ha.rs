@@ -368,8 +368,9 @@ pub(crate) struct Ha {
     clock: WallClock,
     anchor: String,
     counter: u64,
-    /// The verdict last written successfully.
+    /// The verdict last written successfully, and when.
     published: Option<Via>,
+    published_at: Option<Instant>,
     /// When the last write was tried (successful or not).
     last_write: Option<Instant>,
     /// Since when every write has failed; `None` after a success.
@@ -456,6 +457,7 @@ impl Ha {
             anchor,
             counter: 0,
             published: None,
+            published_at: None,
             last_write: None,
             failing_since: None,
             peers: BTreeMap::new(),
@@ -597,6 +599,17 @@ impl Ha {
         self.published != Some(local)
     }
 
+    /// Whether our verdict must be written before any route call at `now`:
+    /// it changed, or peers may be about to take us for dead (our last
+    /// successful write is older than `peer_timeout` - heartbeat, say
+    /// after losing the API): a route call they cannot explain would
+    /// start a fight.
+    pub(crate) fn publish_first(&self, local: Via, now: Instant) -> bool {
+        let fresh_for = self.peer_timeout.saturating_sub(self.heartbeat);
+        self.changed(local) || self.published_at.is_none_or(|at| now >= at + fresh_for)
+    }
+
+
     /// When the next heartbeat is due; `None` before the first write.
     pub(crate) fn next_beat(&self) -> Option<Instant> {
         self.last_write.map(|t| t + self.heartbeat)
@@ -627,6 +640,7 @@ impl Ha {
             return Err(e);
         }
         self.failing_since = None;
+        self.published_at = Some(Instant::now());
         self.counter += 1;
         if self.published != Some(local) {
             info!(verdict = %local, %reason, anchor = %self.anchor, "published our verdict to the pair");

@@ -742,30 +742,42 @@ impl Reconciler {
         let spec = self.spec.borrow().clone();
         let superseded = || desired.has_changed().unwrap_or(true);
         self.ours = Some(local);
-        // Peers hear of a new verdict before any route call it causes. An
-        // unchanged one is left to the heartbeat (due at once if a beat is
-        // late): the pass reads first, so a read a beat after our last
+        // Peers hear of a new verdict before any route call it causes, and
+        // of an unchanged one if our last write is nearly peer_timeout old
+        // (back from losing the API). Otherwise it is left to the
+        // heartbeat: the pass reads first, so a read a beat after our last
         // write can show another process writing under our id.
-        if self.ha.as_ref().is_some_and(|h| h.changed(local)) {
+        if self
+            .ha
+            .as_ref()
+            .is_some_and(|h| h.publish_first(local, Instant::now()))
+        {
+            let changed = self.ha.as_ref().is_some_and(|h| h.changed(local));
             if let Err(e) = self.publish(local).await {
                 let act = self
                     .ha
                     .as_ref()
                     .is_some_and(|h| h.act_unpublished(local, &e, Instant::now()));
-                if !act {
+                if !changed {
+                    // An unchanged verdict peers saw before was only
+                    // refreshed: its failure (logged) holds nothing.
+                } else if !act {
                     return Pass::Failed {
                         kind: e.kind,
                         why: format!("CreateTags (our verdict) failed: {e}"),
                     };
+                } else {
+                    // Loud, every pass while it lasts: peers cannot see why
+                    // our routes are there. The publication is retried with
+                    // every pass and heartbeat.
+                    error!(error = %e, verdict = %local, "CRITICAL: failing over although our Backup verdict cannot be published to the pair (failover is the safe direction); peers may delete our routes once, we put them back; fix CreateTags on the anchor table");
+                    self.events.emit(Event::Diverged {
+                        path: local,
+                        why: format!(
+                            "acting on an unpublished Backup verdict: CreateTags failed: {e}"
+                        ),
+                    });
                 }
-                // Loud, every pass while it lasts: peers cannot see why
-                // our routes are there. The publication is retried with
-                // every pass and heartbeat.
-                error!(error = %e, verdict = %local, "CRITICAL: failing over although our Backup verdict cannot be published to the pair (failover is the safe direction); peers may delete our routes once, we put them back; fix CreateTags on the anchor table");
-                self.events.emit(Event::Diverged {
-                    path: local,
-                    why: format!("acting on an unpublished Backup verdict: CreateTags failed: {e}"),
-                });
             }
         }
         for _ in 0..MAX_PASSES {

@@ -1255,3 +1255,44 @@ async fn a_peer_whose_clock_runs_far_ahead_is_live_while_it_publishes() {
     a.kill();
     b.kill();
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_back_from_losing_the_api_republishes_before_any_route_call() {
+    // The API returns at various moments between A's beats and retries.
+    for offset in 0..10 {
+        let pair = Pair::new();
+        let (mut a, la) = pair.start("monitor-a", Reply::All);
+        let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+        both_on_primary(&mut a, &mut b).await;
+        // Only A sees DX down, then loses the API: B takes it for dead
+        // and deletes its routes.
+        a.script.set("A's view cut", Reply::None);
+        a.converged(Via::Backup, secs(10)).await;
+        la.set_cut(true);
+        b.run_for(secs(120) + Duration::from_millis(1_100 * offset))
+            .await;
+        a.run_for(Duration::ZERO).await;
+        assert!(pair.ours().is_empty(), "B failed back without A");
+        la.reset();
+        la.set_cut(false);
+        a.run_for(secs(120)).await;
+        b.run_for(Duration::ZERO).await;
+        // Peers hear of A's verdict before A touches a route again.
+        let calls: Vec<&str> = la
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(op, ok)| *ok && *op != "DescribeRouteTables")
+            .map(|(op, _)| *op)
+            .collect();
+        assert_eq!(
+            calls.first(),
+            Some(&"CreateTags"),
+            "offset {offset}: {calls:?}"
+        );
+        assert_eq!(pair.ours(), pair.managed());
+        a.kill();
+        b.kill();
+    }
+}
