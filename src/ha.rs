@@ -96,9 +96,10 @@
 //!
 //! # Cost
 //! Steady state: one CreateTags per heartbeat; reads as without `[ha]`
-//! (every `resync_interval`), plus the anchor's re-read before a deletion
-//! and, when resyncs are further apart than `peer_timeout` allows, a read
-//! of the anchor on a heartbeat. No DeleteTags.
+//! (every `resync_interval`): peers' liveness is judged at those reads,
+//! and at the anchor's re-read before a deletion, never on a heartbeat of
+//! its own. One more read only while a peer's Backup verdict holds the
+//! pair against ours, timed for when it would expire. No DeleteTags.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -197,6 +198,12 @@ pub struct PeerView {
     pub split: Option<String>,
     /// Why failbacks (deletions) are held, if they are.
     pub failback_hold: Option<String>,
+    /// How old the last read of the peers' verdicts was when assessed:
+    /// their liveness is as of that read.
+    pub read_age: Duration,
+    /// How old our last successful publication was when assessed; `None`
+    /// before the first.
+    pub published_age: Option<Duration>,
 }
 
 impl PeerView {
@@ -380,7 +387,8 @@ pub(crate) struct Ha {
     /// other and counts until it goes stale, so a deleted Backup verdict
     /// never lets another agent undo a failover early.
     peers: BTreeMap<String, Peer>,
-    /// When the anchor's tags were last read (by a pass or a heartbeat).
+    /// When the anchor's tags were last read (by a pass, or the re-read
+    /// before a deletion).
     last_read: Option<Instant>,
     tracker: Tracker,
     forget_after: Duration,
@@ -480,18 +488,6 @@ impl Ha {
         &self.anchor
     }
 
-    /// Whether the heartbeat must read the anchor itself: the verdicts in
-    /// hand would otherwise grow older than `peer_timeout` between the
-    /// reconciler's own reads (every `resync_interval`) and a live peer
-    /// be taken for dead. With the defaults (10 s, 30 s, resync 30 s) that
-    /// is one extra DescribeRouteTables of the anchor about every 30 s.
-    pub(crate) fn read_due(&self, now: Instant) -> bool {
-        let fresh_for = self
-            .peer_timeout
-            .saturating_sub(self.heartbeat + peers::SKEW_TOLERANCE);
-        self.last_read.is_none_or(|at| now >= at + fresh_for)
-    }
-
     /// Takes the verdicts from a read, if it includes the anchor.
     pub(crate) fn observe(&mut self, tables: &[RouteTable]) {
         let Some(anchor) = tables.iter().find(|t| t.id == self.anchor) else {
@@ -582,16 +578,37 @@ impl Ha {
         }
     }
 
-    /// The pair's path for our `local` verdict, from the verdicts last read,
-    /// aged to now on our clock.
+    /// The pair's path for our `local` verdict, from the verdicts last
+    /// read, as of that read (our clock): liveness is judged at reads, so
+    /// between two the pair's path does not drift and no extra read is
+    /// needed; a status view shows how old the read is.
     pub(crate) fn combined(&self, local: Via) -> Combined {
-        let now = Instant::now();
+        let now = self.last_read.unwrap_or_else(Instant::now);
         let peers: Vec<(Verdict, Option<Duration>)> = self
             .peers
             .values()
             .map(|p| (p.verdict.clone(), p.age(now)))
             .collect();
         peers::combine_aged(local, &self.agent_id, &peers, self.peer_timeout)
+    }
+
+    /// When the pair's path may next change by itself for our `local`
+    /// verdict: the first live Backup verdict of a peer that holds the
+    /// pair against ours would go stale if it did not advance. A read then
+    /// tells (the one read the rule needs beyond the reconciler's own:
+    /// only while a peer holds us on Backup).
+    pub(crate) fn next_expiry(&self, local: Via) -> Option<Instant> {
+        if local == Via::Backup {
+            return None;
+        }
+        let at = self.last_read?;
+        self.peers
+            .values()
+            .filter(|p| p.verdict.path == Via::Backup)
+            .filter_map(|p| p.written)
+            .map(|w| w + self.peer_timeout + Duration::from_secs(1))
+            .filter(|e| *e > at)
+            .min()
     }
 
     /// Whether `local` differs from what peers last saw from us.
@@ -608,7 +625,6 @@ impl Ha {
         let fresh_for = self.peer_timeout.saturating_sub(self.heartbeat);
         self.changed(local) || self.published_at.is_none_or(|at| now >= at + fresh_for)
     }
-
 
     /// When the next heartbeat is due; `None` before the first write.
     pub(crate) fn next_beat(&self) -> Option<Instant> {
@@ -843,6 +859,10 @@ impl Ha {
             duplicate,
             split: self.split.clone(),
             failback_hold: hold,
+            read_age: self
+                .last_read
+                .map_or(Duration::ZERO, |r| now.saturating_duration_since(r)),
+            published_age: self.published_at.map(|p| now.saturating_duration_since(p)),
         };
         (combined, view, changes.view_changed)
     }

@@ -430,11 +430,19 @@ impl Reconciler {
                     }
                 }
             };
+            // A peer's Backup verdict that holds us may expire before the
+            // next resync: read then, not a resync later.
+            let expiry = self
+                .ours
+                .filter(|_| wanted.is_some())
+                .and_then(|local| self.ha.as_ref()?.next_expiry(local));
+            let wait = expiry.map_or(wait, |e| {
+                wait.min(e.saturating_duration_since(Instant::now()))
+            });
             let deadline = Instant::now() + wait;
             loop {
-                // Heartbeats fall between passes: a beat publishes, and
-                // starts a pass only when the verdicts already read, aged
-                // to now, change the pair's path.
+                // Heartbeats fall between passes (and go on during them:
+                // see `beating`).
                 let beat = wanted.and_then(|_| self.ha.as_ref()?.next_beat());
                 let until = beat.map_or(deadline, |b| b.min(deadline));
                 tokio::select! {
@@ -465,9 +473,7 @@ impl Reconciler {
                             break;
                         }
                         if let Some((local, _)) = wanted {
-                            if self.heartbeat(local).await {
-                                break;
-                            }
+                            self.heartbeat(local).await;
                         }
                     }
                 }
@@ -475,38 +481,14 @@ impl Reconciler {
         }
     }
 
-    /// One heartbeat: publishes our verdict and ages the peers' verdicts
-    /// last read. True when that changes the pair's path (a pass is due).
-    async fn heartbeat(&mut self, local: Via) -> bool {
-        let anchor = match &self.ha {
-            Some(ha) if ha.read_due(Instant::now()) => Some(ha.anchor().to_string()),
-            _ => None,
-        };
-        if let Some(anchor) = anchor {
-            // The reconciler's reads alone would leave the peers' verdicts
-            // older than peer_timeout between two resyncs.
-            match self
-                .api
-                .describe_route_tables(std::slice::from_ref(&anchor))
-                .await
-            {
-                Ok(tables) => {
-                    if let Some(ha) = self.ha.as_mut() {
-                        ha.observe(&tables);
-                    }
-                    self.forget().await;
-                }
-                Err(e) => debug!(error = %e, "cannot read the peers' verdicts; next beat retries"),
-            }
-        }
-        // Published after the read: a read a whole beat after our last
-        // write is one that can show another process writing under our id.
+    /// One heartbeat: publishes our verdict and shows the pair again (a
+    /// status view computes ages from it). No read: peers' liveness only
+    /// matters for deletions, which always re-read the anchor first, and
+    /// is judged at the reads the reconciler makes anyway.
+    async fn heartbeat(&mut self, local: Via) {
         // A failed beat is logged; the next one retries.
         let _ = self.publish(local).await;
-        let Some(combined) = self.assess_pair(local) else {
-            return false;
-        };
-        self.effective != Some(combined.path)
+        self.assess_pair(local);
     }
 
     /// Awaits `call` (an API call of a pass), publishing our verdict on

@@ -210,6 +210,8 @@ fn representative_events() -> Vec<Event> {
             duplicate: Some("another process publishes under our agent id monitor-a".into()),
             split: Some("agent monitor-b publishes on rtb-0b22bb22bb22bb220".into()),
             failback_hold: None,
+            read_age: Duration::from_secs(3),
+            published_age: Some(Duration::from_secs(1)),
         }),
     ]
 }

@@ -24,7 +24,8 @@ use route_failover::probe::scripted::Reply;
 use tokio::time::Instant;
 
 const BEAT: Duration = Duration::from_secs(10);
-// Above resync (30 s) + heartbeat + skew (2 s), as config validation requires.
+// Longer than the default (3 x heartbeat) in most tests, to show the
+// bounds scale with it; tests of the defaults use `default_ha_config`.
 const PEER_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// One agent's link to the shared EC2: counts its calls, and can be cut.
@@ -641,9 +642,10 @@ async fn steady_state_costs_one_create_tags_per_beat_and_no_extra_read() {
     // A retired agent's verdict, two days old: deleted once at startup
     // (one conditional DeleteTags per agent at most), never again.
     pair.retire("monitor-old", 2 * 86_400).await;
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start_skewed("monitor-b", Reply::All, 1);
-    let (mut c, lc) = pair.start("monitor-c", Reply::All);
+    // At the defaults: heartbeat 10 s, peer_timeout 30 s, resync 30 s.
+    let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 1);
+    let (mut c, lc) = pair.start_config(&default_ha_config("monitor-c"), Reply::All, 0);
     both_on_primary(&mut a, &mut b).await;
     c.converged(Via::Primary, secs(5)).await;
     let forgets = la.count("DeleteTags") + lb.count("DeleteTags") + lc.count("DeleteTags");
@@ -1295,4 +1297,20 @@ async fn an_agent_back_from_losing_the_api_republishes_before_any_route_call() {
         a.kill();
         b.kill();
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_shows_our_own_age_as_that_of_our_last_publication() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    a.converged(Via::Primary, secs(5)).await;
+    a.run_for(secs(15)).await;
+    assert!(last_view(&a).published_age.is_some_and(|age| age <= BEAT));
+    // CreateTags fails from now on: peers stop hearing from us, and our
+    // own age says so instead of staying at 0.
+    la.deny_tags.store(true, Ordering::SeqCst);
+    a.run_for(secs(60)).await;
+    let age = last_view(&a).published_age.unwrap();
+    assert!(age >= secs(50), "{age:?}");
+    a.stop().await;
 }

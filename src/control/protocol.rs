@@ -92,6 +92,10 @@ pub struct Status {
     pub peers: Option<Vec<PeerView>>,
     /// The route table whose tags carry the verdicts (`[ha]`).
     pub ha_anchor: Option<String>,
+    /// How old the last read of the peers' verdicts is (`[ha]`): their
+    /// liveness is as of that read.
+    #[serde(default)]
+    pub ha_read_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

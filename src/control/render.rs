@@ -129,9 +129,13 @@ fn write_status(out: &mut String, s: &Status) -> std::fmt::Result {
     match &s.peers {
         None => writeln!(out, "peers:           none ([ha] not configured)")?,
         Some(peers) => {
+            let read = s
+                .ha_read_age_seconds
+                .map(|a| format!(", read {} ago", age(a)))
+                .unwrap_or_default();
             match &s.ha_anchor {
-                Some(anchor) => writeln!(out, "peers (verdicts on {anchor}):")?,
-                None => writeln!(out, "peers:")?,
+                Some(anchor) => writeln!(out, "peers (verdicts on {anchor}{read}):")?,
+                None => writeln!(out, "peers{read}:")?,
             }
             for p in peers {
                 writeln!(

@@ -456,6 +456,10 @@ impl Board {
                 .collect(),
             peers: self.pair.as_ref().map(|p| pair_view(p, now)),
             ha_anchor: self.ha_anchor.clone(),
+            ha_read_age_seconds: self
+                .pair
+                .as_ref()
+                .map(|p| (p.value.read_age + now.saturating_duration_since(p.at)).as_secs_f64()),
         }
     }
 
@@ -670,23 +674,26 @@ fn target_view(ip: IpAddr, samples: Option<&VecDeque<Sample>>) -> TargetView {
     }
 }
 
-/// Every agent of the pair, us first, with the age of its verdict now:
-/// from the verdict's own timestamp, read against the clock of the last
-/// assessment and carried forward on the monotonic clock since.
+/// Every agent of the pair, us first, with the age of its verdict now: a
+/// peer's as of the last read, ours from our last successful publication,
+/// each carried forward on the monotonic clock since the assessment.
 fn pair_view(pair: &Stamped<crate::ha::PeerView>, now: Instant) -> Vec<super::protocol::PeerView> {
     let since = now.saturating_duration_since(pair.at);
-    let read_at = pair.value.read_at;
+    let read_age = pair.value.read_age;
     let mut out = vec![super::protocol::PeerView {
         agent: format!("{} (us)", pair.value.agent_id),
         verdict: pair.value.local,
-        age_seconds: 0.0,
-        live: true,
+        age_seconds: pair
+            .value
+            .published_age
+            .map_or(0.0, |a| (a + since).as_secs_f64()),
+        // Never published: peers cannot see us.
+        live: pair.value.published_age.is_some(),
     }];
     out.extend(pair.value.peers.iter().map(|s| super::protocol::PeerView {
         agent: s.verdict.agent_id.clone(),
         verdict: s.verdict.path,
-        age_seconds:
-            (Duration::from_secs(read_at.saturating_sub(s.verdict.at)) + since).as_secs_f64(),
+        age_seconds: (s.age + read_age + since).as_secs_f64(),
         live: s.liveness == Liveness::Live,
     }));
     out
@@ -817,6 +824,8 @@ target_eni = "eni-0123456789abcdef0"
             duplicate: None,
             split: None,
             failback_hold: None,
+            read_age: Duration::ZERO,
+            published_age: Some(Duration::ZERO),
         }));
         tokio::time::advance(Duration::from_secs(6)).await;
         let status = view.status();
@@ -828,7 +837,8 @@ target_eni = "eni-0123456789abcdef0"
         assert_eq!(
             rows,
             [
-                ("monitor-a (us)", Via::Primary, 0.0, true),
+                // Published at the assessment, 6 s ago.
+                ("monitor-a (us)", Via::Primary, 6.0, true),
                 ("monitor-b", Via::Backup, 10.0, true),
                 ("monitor-c", Via::Backup, 10.0, false),
             ]
@@ -873,6 +883,8 @@ target_eni = "eni-0123456789abcdef0"
                 duplicate: None,
                 split: None,
                 failback_hold: None,
+                read_age: Duration::ZERO,
+                published_age: None,
             })
         };
         let age = || view.status().peers.unwrap()[1].age_seconds;
