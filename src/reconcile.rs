@@ -355,8 +355,21 @@ impl Reconciler {
         } else {
             None
         };
+        let mut adoption = plan::adopt(&spec.routes, record, &observed);
+        if let Some(ha) = &self.ha {
+            // Routes a live peer's Backup verdict explains are the pair's,
+            // not evidence of our own: adopted as ours, our verdict would
+            // say Backup without our probes (and with failback = "manual"
+            // pin the pair there). Our probes decide; the pair's rule
+            // keeps the routes while that peer says Backup.
+            let pair = ha.combined(Via::Primary);
+            if adoption != Adoption::Primary && pair.path == Via::Backup {
+                info!(%adoption, why = %pair, "a live peer's Backup verdict explains the routes: starting on Primary, our probes decide our own verdict");
+                adoption = Adoption::Primary;
+            }
+        }
         let found = Adopted {
-            adoption: plan::adopt(&spec.routes, record, &observed),
+            adoption,
             ours: plan::ours(&spec.routes, record, &observed)
                 .cloned()
                 .collect(),

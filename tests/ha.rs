@@ -526,12 +526,11 @@ async fn an_agent_restarted_while_its_peer_says_backup_deletes_nothing() {
     a.converged(Via::Backup, secs(10)).await;
     b.stop().await;
 
-    // B comes back with a healthy view: it adopts Backup from the tables,
-    // its own verdict goes Primary after rise and hold-down, A's live
-    // Backup keeps the routes.
+    // B comes back with a healthy view: A's live Backup verdict explains
+    // the routes, so B starts on Primary (its probes decide its verdict)
+    // and A's Backup keeps the routes.
     let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    b.transition(Via::Primary, secs(60)).await;
-    b.run_for(secs(120)).await;
+    b.run_for(secs(180)).await;
     a.run_for(Duration::ZERO).await;
     assert_eq!(lb.route_calls(), 0, "the restarted agent changed routes");
     assert_eq!(pair.ours(), pair.managed());
@@ -1313,4 +1312,34 @@ async fn status_shows_our_own_age_as_that_of_our_last_publication() {
     let age = last_view(&a).published_age.unwrap();
     assert!(age >= secs(50), "{age:?}");
     a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_restarted_on_a_peers_failover_does_not_make_it_its_own() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("A's view of DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.stop().await;
+    // B restarts with failback = "manual" while the routes are there only
+    // because of A: its probes decide its verdict, not the tables.
+    let mut config_b = ha_config("monitor-b");
+    config_b.policy.failback = route_failover::fsm::Failback::Manual;
+    let (mut b, _lb) = pair.start_config(&config_b, Reply::All, 0);
+    b.run_for(secs(30)).await;
+    assert!(
+        pair.verdicts()
+            .contains(&("monitor-b".to_string(), Via::Primary)),
+        "{:?}",
+        pair.verdicts()
+    );
+    // A's view heals: the pair fails back with no operator action on B.
+    a.script.set("A's view healed", Reply::All);
+    a.run_for(secs(200)).await;
+    b.run_for(Duration::ZERO).await;
+    assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    a.stop().await;
+    b.stop().await;
 }
