@@ -111,6 +111,14 @@ pub struct DryRun {
     overlay: Mutex<BTreeMap<(String, IpNet), Option<Target>>>,
     /// (table, tag key) → the pretend value, or `None` for a pretend delete.
     tag_overlay: Mutex<BTreeMap<(String, String), Option<String>>>,
+    /// (table, tag key) → the value a pretend conditional delete named:
+    /// hidden only while the real tag still holds it (EC2's rule), so a
+    /// peer that publishes again is seen again.
+    tag_hidden: Mutex<BTreeMap<(String, String), String>>,
+    /// (table, tag key) → what the last printed create-tags line said (a
+    /// verdict's path; other values whole): a heartbeat that only moves a
+    /// verdict's counter and time prints nothing.
+    tags_printed: Mutex<BTreeMap<(String, String), String>>,
     printed: Mutex<Vec<String>>,
 }
 
@@ -127,6 +135,8 @@ impl DryRun {
             out,
             overlay: Mutex::new(BTreeMap::new()),
             tag_overlay: Mutex::new(BTreeMap::new()),
+            tag_hidden: Mutex::new(BTreeMap::new()),
+            tags_printed: Mutex::new(BTreeMap::new()),
             printed: Mutex::new(Vec::new()),
         }
     }
@@ -156,7 +166,34 @@ impl DryRun {
         if tags.is_empty() {
             return;
         }
-        self.print(&aws_cli_tags(resource_id, tags, self.region.as_deref()));
+        let changed = {
+            let mut printed = self
+                .tags_printed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut changed = false;
+            for (key, value) in tags {
+                let gist = value.as_ref().map_or_else(String::new, |v| {
+                    crate::peers::parse_tag(key, v)
+                        .map_or_else(|| v.clone(), |p| p.path.to_string())
+                });
+                let slot = (resource_id.to_string(), key.clone());
+                changed |= printed.get(&slot) != Some(&gist);
+                printed.insert(slot, gist);
+            }
+            changed
+        };
+        if changed {
+            self.print(&aws_cli_tags(resource_id, tags, self.region.as_deref()));
+        }
+        let mut hidden = self
+            .tag_hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, _) in tags {
+            hidden.remove(&(resource_id.to_string(), key.clone()));
+        }
+        drop(hidden);
         let mut overlay = self
             .tag_overlay
             .lock()
@@ -200,6 +237,19 @@ impl RouteApi for DryRun {
                 };
             }
         }
+        drop(tag_overlay);
+        let hidden = self
+            .tag_hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for table in &mut tables {
+            for ((id, key), value) in hidden.iter() {
+                if *id == table.id && table.tags.get(key) == Some(value) {
+                    table.tags.remove(key);
+                }
+            }
+        }
+        drop(hidden);
         let overlay = self.overlay.lock().unwrap_or_else(PoisonError::into_inner);
         for table in &mut tables {
             for ((id, destination), target) in overlay.iter() {
@@ -321,8 +371,27 @@ impl RouteApi for DryRun {
             .tag_overlay
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for (key, _) in tags {
-            overlay.insert((resource_id.to_string(), key.clone()), None);
+        let mut hidden = self
+            .tag_hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in tags {
+            let slot = (resource_id.to_string(), key.clone());
+            match value {
+                // With a value: gone only while the tag still holds it.
+                Some(value) => {
+                    if overlay
+                        .get(&slot)
+                        .is_some_and(|v| v.as_ref() == Some(value))
+                    {
+                        overlay.insert(slot.clone(), None);
+                    }
+                    hidden.insert(slot, value.clone());
+                }
+                None => {
+                    overlay.insert(slot, None);
+                }
+            }
         }
         Ok(())
     }
@@ -442,6 +511,46 @@ mod tests {
         let real = inner.tables();
         assert_eq!(real[0].tags.len(), 2);
         assert!(real[0].tags.contains_key("gone"));
+    }
+
+    #[tokio::test]
+    async fn a_conditional_tag_delete_hides_only_that_value_and_beats_print_on_change() {
+        let r = managed("10.1.0.0/16");
+        let inner = Arc::new(MemoryRouteApi::seeded(std::slice::from_ref(&r)));
+        let t = r.route_table_id.as_str();
+        let key = "route-failover:verdict:i-old".to_string();
+        let put = |v: &str| [(key.clone(), v.to_string())];
+        inner.create_tags(t, &put("backup;1;10;old")).await.unwrap();
+        let dry = DryRun::with_writer(inner.clone(), None, Arc::new(Mutex::new(Vec::new())));
+        dry.delete_tags(t, &[(key.clone(), Some("backup;1;10;old".into()))])
+            .await
+            .unwrap();
+        let shown = || async {
+            dry.describe_route_tables(&[t.to_string()]).await.unwrap()[0]
+                .tags
+                .get("route-failover:verdict:i-old")
+                .cloned()
+        };
+        assert_eq!(shown().await, None);
+        // The peer publishes again: seen again, as EC2 would keep it.
+        inner
+            .create_tags(t, &put("primary;2;99;back"))
+            .await
+            .unwrap();
+        assert_eq!(shown().await.as_deref(), Some("primary;2;99;back"));
+        // Our beats: one line per change of verdict, not per beat.
+        let ours = "route-failover:verdict:i-1".to_string();
+        for (n, path) in [(1, "primary"), (2, "primary"), (3, "backup"), (4, "backup")] {
+            dry.create_tags(t, &[(ours.clone(), format!("{path};{n};{n};r"))])
+                .await
+                .unwrap();
+        }
+        let creates = dry
+            .printed()
+            .iter()
+            .filter(|l| l.contains("create-tags"))
+            .count();
+        assert_eq!(creates, 2, "{:?}", dry.printed());
     }
 
     #[test]
