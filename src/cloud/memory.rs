@@ -33,6 +33,12 @@ pub const SEED_VGW: &str = "vgw-0a1b2c3d4e5f60718";
 /// EC2's limit of user tags on one resource.
 pub const MAX_TAGS: usize = 50;
 
+/// How many of `keys` count toward [`MAX_TAGS`]: EC2 leaves out the
+/// `aws:` tags it adds itself (CloudFormation's, for one).
+pub fn user_tags<'a>(keys: impl IntoIterator<Item = &'a String>) -> usize {
+    keys.into_iter().filter(|k| !k.starts_with("aws:")).count()
+}
+
 /// One call made to the fake, for tests to assert on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
@@ -451,7 +457,7 @@ impl RouteApi for MemoryRouteApi {
                 .filter(|k| !table.tags.contains_key(**k))
                 .count();
             // All or nothing, as EC2: one call past the limit changes no tag.
-            if table.tags.len() + added > MAX_TAGS {
+            if user_tags(table.tags.keys()) + added > MAX_TAGS {
                 return Err(CloudError::from_code(
                     "TagLimitExceeded",
                     "The maximum number of Tags for a resource has been reached.",

@@ -326,11 +326,11 @@ fn check_ha(ha: &crate::ha::HaConfig, observed: &[crate::model::RouteTable]) -> 
     }
     let ours = ha.agent_id.as_deref().map(peers::tag_key);
     let has_ours = ours.as_ref().is_some_and(|k| table.tags.contains_key(k));
-    if !has_ours && table.tags.len() >= crate::cloud::memory::MAX_TAGS {
+    let counted = crate::cloud::memory::user_tags(table.tags.keys());
+    if !has_ours && counted >= crate::cloud::memory::MAX_TAGS {
         return Err(format!(
-            "✗ [ha]: {anchor} already has {} tags, EC2's limit: our verdict cannot be added\n    \
-             fix: remove a tag from that route table",
-            table.tags.len()
+            "✗ [ha]: {anchor} already has {counted} tags (besides aws: ones), EC2's limit: our \
+             verdict cannot be added\n    fix: remove a tag from that route table"
         ));
     }
     Ok(())
@@ -380,6 +380,13 @@ mod tests {
         assert!(e.contains("already has 50 tags"), "{e}");
         assert!(check_ha(&ha, &[table(full(true))]).is_ok());
         assert!(check_ha(&ha, &[]).unwrap_err().contains("missing"));
+        // EC2 leaves out its own aws: tags (CloudFormation's, say).
+        let mut cfn: Vec<(String, String)> = full(false).skip(3).collect();
+        cfn.extend(
+            ["stack-name", "stack-id", "logical-id"]
+                .map(|k| (format!("aws:cloudformation:{k}"), "x".to_string())),
+        );
+        assert!(check_ha(&ha, &[table(cfn)]).is_ok());
     }
 
     #[test]

@@ -394,6 +394,16 @@ async fn tags_stop_at_ec2s_limit_of_fifty_and_need_a_known_table() {
         .unwrap();
     assert_eq!(api.tables()[0].tags.len(), 50);
     assert_eq!(api.tables()[0].tags["k0"], "w");
+    // EC2's own aws: tags do not count (a real call cannot add them; the
+    // world sets them, as CloudFormation would).
+    let full = api.create_tags(t, &[tag("k52", "v")]).await.unwrap_err();
+    assert_eq!(full.code.as_deref(), Some("TagLimitExceeded"));
+    api.delete_tags(t, &[("k48".to_string(), None)])
+        .await
+        .unwrap();
+    api.set_tag(t, "aws:cloudformation:stack-name", "net");
+    api.create_tags(t, &[tag("k52", "v")]).await.unwrap();
+    assert_eq!(api.tables()[0].tags.len(), 51);
 
     for e in [
         api.create_tags("rtb-0fffffffffffffff0", &[tag("k", "v")])

@@ -97,6 +97,14 @@ impl MemoryRouteApi {
             .collect();
     }
 
+    /// Sets a tag behind the agent's back (say, CloudFormation's `aws:`
+    /// tags, which no API call may write).
+    pub fn set_tag(&self, table: &str, key: &str, value: &str) {
+        if let Some(t) = self.lock().tables.get_mut(table) {
+            t.tags.insert(key.to_string(), value.to_string());
+        }
+    }
+
     pub fn deny(&self, op: &'static str) {
         self.lock().denied.insert(op);
     }
