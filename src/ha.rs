@@ -339,12 +339,10 @@ impl Tracker {
     }
 }
 
-/// "agent i-b sees DX down (3 consecutive down rounds), we see it up".
+/// "agent i-b (3 consecutive down rounds) says Backup, we say Primary":
+/// the verdicts compared, which probes, a held failover, an operator's
+/// hold or a manual failback may each have made.
 fn disagreement(others: &[&Seen], local: Via) -> String {
-    let view = |p: Via| match p {
-        Via::Backup => "down",
-        Via::Primary => "up",
-    };
     let names: Vec<String> = others
         .iter()
         .map(|s| {
@@ -356,14 +354,13 @@ fn disagreement(others: &[&Seen], local: Via) -> String {
         })
         .collect();
     format!(
-        "{} sees DX {}, we see it {}: a fault local to one agent (its probes, its route to the \
-         targets) if it lasts",
+        "{} says {}, we say {local}: if it lasts, a fault local to one agent (its probes, its \
+         route to the targets) or an operator's hold or manual failback on one of them",
         names.join(", "),
-        view(match local {
+        match local {
             Via::Primary => Via::Backup,
             Via::Backup => Via::Primary,
-        }),
-        view(local)
+        },
     )
 }
 
@@ -647,7 +644,8 @@ impl Ha {
             reason: reason.to_string(),
         };
         let tag = (peers::tag_key(&self.agent_id), peers::tag_value(&verdict));
-        self.duplicates.writing(tag.1.clone(), verdict.at);
+        self.duplicates
+            .writing(tag.1.clone(), verdict.at, verdict.counter);
         if let Err(e) = api
             .create_tags(&self.anchor, std::slice::from_ref(&tag))
             .await
@@ -910,7 +908,7 @@ mod tests {
             reported.extend(ch.disagreement_started);
         }
         assert_eq!(reported.len(), 1, "{reported:?}");
-        assert!(reported[0].starts_with("agent i-b (3 down rounds) sees DX down, we see it up"));
+        assert!(reported[0].starts_with("agent i-b (3 down rounds) says Backup, we say Primary"));
         let c = combined(
             Via::Primary,
             vec![seen("i-b", Via::Primary, Liveness::Live)],

@@ -204,7 +204,7 @@ fn representative_events() -> Vec<Event> {
                     liveness,
                 })
                 .collect(),
-            disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+            disagreement: Some("agent monitor-b says Backup, we say Primary".into()),
             anchor: "rtb-0a11aa11aa11aa110".into(),
             read_at: 1_800_000_004,
             duplicate: Some("another process publishes under our agent id monitor-a".into()),

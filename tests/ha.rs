@@ -491,7 +491,7 @@ async fn one_agents_view_alone_fails_over_and_the_other_names_it() {
         .collect();
     assert!(
         findings.first().is_some_and(
-            |f| f.starts_with("agent monitor-a (") && f.contains("sees DX down, we see it up")
+            |f| f.starts_with("agent monitor-a (") && f.contains("says Backup, we say Primary")
         ),
         "{findings:?}"
     );
@@ -501,7 +501,7 @@ async fn one_agents_view_alone_fails_over_and_the_other_names_it() {
         .collect();
     assert!(
         theirs.first().is_some_and(
-            |f| f.starts_with("agent monitor-b") && f.contains("sees DX up, we see it down")
+            |f| f.starts_with("agent monitor-b") && f.contains("says Primary, we say Backup")
         ),
         "{theirs:?}"
     );

@@ -818,7 +818,7 @@ target_eni = "eni-0123456789abcdef0"
                 seen("monitor-b", Via::Backup, Liveness::Live),
                 seen("monitor-c", Via::Backup, Liveness::Stale),
             ],
-            disagreement: Some("agent monitor-b sees DX down, we see it up".into()),
+            disagreement: Some("agent monitor-b says Backup, we say Primary".into()),
             anchor: "rtb-0123456789abcdef0".into(),
             read_at: 4,
             duplicate: None,
@@ -850,7 +850,7 @@ target_eni = "eni-0123456789abcdef0"
         );
         assert_eq!(
             status.findings[0].finding,
-            "agent monitor-b sees DX down, we see it up"
+            "agent monitor-b says Backup, we say Primary"
         );
     }
 

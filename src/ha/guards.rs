@@ -15,14 +15,15 @@ use crate::peers::{self, Verdict};
 const WRITES_KEPT: usize = 8;
 
 /// Spots a second writer under our agent id: our key holding a value this
-/// process never wrote, stamped after our first write (an older stamp is a
-/// previous run of ours, read late). The suspicion lasts until
+/// process never wrote, later by `(at, counter)` than our first write (an
+/// older one is a previous run of ours, read late, even from the same
+/// second: our counter carries on from it). The suspicion lasts until
 /// `peer_timeout` passes without such a value.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Duplicates {
     written: VecDeque<String>,
-    /// The wall-clock stamp of our first write; `None` before it.
-    first_at: Option<u64>,
+    /// The `(at, counter)` of our first write; `None` before it.
+    first: Option<(u64, u64)>,
     /// When a foreign value was last read, and it.
     foreign: Option<(Instant, String)>,
 }
@@ -30,8 +31,8 @@ pub(crate) struct Duplicates {
 impl Duplicates {
     /// Notes a value about to be written (before the call: a write that
     /// times out may still land).
-    pub(crate) fn writing(&mut self, value: String, at: u64) {
-        self.first_at.get_or_insert(at);
+    pub(crate) fn writing(&mut self, value: String, at: u64, counter: u64) {
+        self.first.get_or_insert((at, counter));
         if self.written.len() == WRITES_KEPT {
             self.written.pop_front();
         }
@@ -41,10 +42,10 @@ impl Duplicates {
     /// Whether a read of our own key showing `value` (parsed as `read`)
     /// at `now` reveals another writer; if so it is remembered.
     pub(crate) fn read_own(&mut self, value: &str, read: &Verdict, now: Instant) -> bool {
-        let Some(first_at) = self.first_at else {
+        let Some(first) = self.first else {
             return false;
         };
-        if self.written.iter().any(|w| w == value) || read.at < first_at {
+        if self.written.iter().any(|w| w == value) || (read.at, read.counter) < first {
             return false;
         }
         self.foreign = Some((now, value.to_string()));
@@ -146,8 +147,8 @@ mod tests {
         let parsed = |v: &str| peers::parse_tag(&peers::tag_key("a"), v).unwrap();
         // Before our first write nothing is foreign (a previous run's value).
         assert!(!d.read_own(&old, &parsed(&old), Instant::now()));
-        d.writing("primary;1;1000;".into(), 1_000);
-        d.writing("primary;2;1010;".into(), 1_010);
+        d.writing("primary;1;1000;".into(), 1_000, 1);
+        d.writing("primary;2;1010;".into(), 1_010, 2);
         // Our own values, even an older one read late, and a previous run's.
         for v in ["primary;1;1000;", "primary;2;1010;", old.as_str()] {
             assert!(!d.read_own(v, &parsed(v), Instant::now()), "{v}");
@@ -159,6 +160,18 @@ mod tests {
         assert_eq!(d.suspected(Instant::now(), t), Some(theirs));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(d.suspected(Instant::now(), t), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_previous_runs_value_from_the_same_second_is_no_other_writer() {
+        let mut d = Duplicates::default();
+        let parsed = |v: &str| peers::parse_tag(&peers::tag_key("a"), v).unwrap();
+        // Restarted within the second: our counter carries on from 41.
+        d.writing("primary;42;1000;".into(), 1_000, 42);
+        let previous = "primary;41;1000;";
+        assert!(!d.read_own(previous, &parsed(previous), Instant::now()));
+        let theirs = "backup;43;1000;x";
+        assert!(d.read_own(theirs, &parsed(theirs), Instant::now()));
     }
 
     #[test]
