@@ -598,13 +598,15 @@ impl Ha {
         if local == Via::Backup {
             return None;
         }
-        let at = self.last_read?;
+        // Only ahead of both the last read and now: while our reads fail,
+        // a past expiry must not start pass after pass (retries back off).
+        let after = self.last_read?.max(Instant::now());
         self.peers
             .values()
             .filter(|p| p.verdict.path == Via::Backup)
             .filter_map(|p| p.written)
             .map(|w| w + self.peer_timeout + Duration::from_secs(1))
-            .filter(|e| *e > at)
+            .filter(|e| *e > after)
             .min()
     }
 

@@ -1343,3 +1343,39 @@ async fn an_agent_restarted_on_a_peers_failover_does_not_make_it_its_own() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn our_own_failed_reads_do_not_make_a_live_peer_dead() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    // B alone says Backup and holds the pair there; then A loses the API
+    // for two minutes, far past peer_timeout.
+    b.script.set("B's view cut", Reply::None);
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(40)).await;
+    la.set_cut(true);
+    let cut = Instant::now();
+    a.run_for(secs(120)).await;
+    b.run_for(Duration::ZERO).await;
+    // A's reads failed with backoff (no retry storm), and it never took B
+    // for dead on their account.
+    assert!(
+        la.count("DescribeRouteTables") < 30,
+        "{}",
+        la.count("DescribeRouteTables")
+    );
+    let blamed = a
+        .events
+        .iter()
+        .filter(|(at, _)| *at > cut)
+        .any(|(_, e)| matches!(e, Event::Peers(v) if v.count(Liveness::Stale) > 0));
+    assert!(!blamed, "A blamed B for its own failed reads");
+    la.set_cut(false);
+    a.run_for(secs(60)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    assert_eq!(la.route_calls(), 0);
+    a.kill();
+    b.kill();
+}
