@@ -296,6 +296,9 @@ pub async fn run(out: &mut (impl Write + Send)) -> anyhow::Result<DemoSummary> {
             }
             Event::Reloaded => writeln!(out, "{}  configuration reloaded", stamp(now))?,
             Event::Peers(view) => writeln!(out, "{}  pair      {view}", stamp(now))?,
+            Event::PairFinding { text, .. } => {
+                writeln!(out, "{}  pair      !! {text}", stamp(now))?
+            }
             Event::Alarms(alarms) => {
                 if alarms.both_down && summary.failovers == 0 {
                     summary.held_failover = true;

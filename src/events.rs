@@ -119,6 +119,15 @@ pub enum Event {
     /// With `[ha]`: the pair as this agent sees it changed (a verdict, a
     /// peer's liveness, the combined path, a disagreement).
     Peers(crate::ha::PeerView),
+    /// With `[ha]`: the pair cannot be trusted to agree (another writer
+    /// under our id, a split anchor, a route we deleted back unexplained),
+    /// once as it starts. `kind` is `ha_duplicate_id`, `ha_split_anchor`
+    /// or `ha_fight`; `text` says what to do.
+    PairFinding {
+        kind: &'static str,
+        anchor: String,
+        text: String,
+    },
 }
 
 /// Where the agent stands after a round, for status views.

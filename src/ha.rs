@@ -410,6 +410,8 @@ pub(crate) struct Ha {
     /// Routes we deleted that came back with no live verdict explaining
     /// them: another writer we cannot see. Their failback is held.
     fights: BTreeSet<RouteKey>,
+    /// Findings just started, for hooks: (kind, text).
+    started: Vec<(&'static str, String)>,
 }
 
 /// A peer's newest verdict and how fresh it is on our own clock.
@@ -478,6 +480,7 @@ impl Ha {
             unexplained: BTreeMap::new(),
             deleted: BTreeSet::new(),
             fights: BTreeSet::new(),
+            started: Vec::new(),
         }
     }
 
@@ -529,6 +532,14 @@ impl Ha {
                 }
                 if self.duplicates.read_own(value, &v, Instant::now()) && !self.duplicate_logged {
                     self.duplicate_logged = true;
+                    self.started.push((
+                        "ha_duplicate_id",
+                        format!(
+                            "another process publishes under our agent id {} on {}: failbacks are \
+                             held; give every agent its own ha.agent_id",
+                            self.agent_id, self.anchor
+                        ),
+                    ));
                     error!(agent_id = %self.agent_id, theirs = %value, anchor = %self.anchor, "CRITICAL: another process publishes under our agent id: the pair has degenerated into independent writers; failbacks (route deletions) are held until none is seen for ha.peer_timeout, failovers still made; give every agent its own ha.agent_id");
                 }
             } else {
@@ -691,6 +702,7 @@ impl Ha {
         match (&self.split, &found) {
             (None, Some(text)) => {
                 error!(finding = %text, "the pair is split: its agents read different anchor tables");
+                self.started.push(("ha_split_anchor", text.clone()));
             }
             (Some(_), None) => {
                 info!("no verdict on another managed table: the pair is whole again")
@@ -754,6 +766,14 @@ impl Ha {
             }
         }
         if !new_fights.is_empty() {
+            self.started.push((
+                "ha_fight",
+                format!(
+                    "routes we deleted came back while no live verdict explains them ({}): another \
+                     writer we cannot see; their failback is held",
+                    new_fights.join(", ")
+                ),
+            ));
             error!(routes = %new_fights.join(", "), anchor = %self.anchor, "CRITICAL: routes we deleted came back while no live verdict explains them: another writer we cannot see (an agent whose verdict cannot be published, a clock far off, another anchor); keeping them (failback held) instead of fighting; held until a read shows a live Backup verdict, the route goes away, or this agent restarts");
         }
         out.why = "we deleted it and it came back while no live verdict explains it: another \
@@ -777,6 +797,11 @@ impl Ha {
     /// Notes routes this agent deleted.
     pub(crate) fn note_deleted(&mut self, keys: impl IntoIterator<Item = RouteKey>) {
         self.deleted.extend(keys);
+    }
+
+    /// Findings that started since last asked, for hooks: (kind, text).
+    pub(crate) fn take_started(&mut self) -> Vec<(&'static str, String)> {
+        std::mem::take(&mut self.started)
     }
 
     /// Retired peers' verdicts to delete now, each once, as (key, value).

@@ -264,7 +264,9 @@ fn record(event: &Event) {
                 .set(f64::from(u8::from(view.duplicate.is_some())));
             gauge!("route_failover_ha_split_anchor").set(f64::from(u8::from(view.split.is_some())));
         }
-        Event::Finding(_) | Event::Reloaded | Event::Settled { .. } => {}
+        // Exported from the pair's view (Peers) and the held failbacks.
+        Event::Finding(_) | Event::Reloaded | Event::Settled { .. } | Event::PairFinding { .. } => {
+        }
     }
 }
 

@@ -535,7 +535,24 @@ impl Reconciler {
             info!(pair = %view, "the pair");
         }
         self.events.emit(Event::Peers(view));
+        self.emit_pair_findings();
         Some(combined)
+    }
+
+    /// Tells the sinks (hooks among them) of the pair's findings that just
+    /// started: each once, as it starts.
+    fn emit_pair_findings(&mut self) {
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        let anchor = ha.anchor().to_string();
+        for (kind, text) in ha.take_started() {
+            self.events.emit(Event::PairFinding {
+                kind,
+                anchor: anchor.clone(),
+                text,
+            });
+        }
     }
 
     /// Deletes retired peers' verdicts found by the last read, each only if
@@ -865,6 +882,7 @@ impl Reconciler {
         plan.hold_removals_where(&judged.why, |r| judged.held.contains(&key(r)));
         plan.actions
             .retain(|a| !a.removes_ours() || judged.ready.contains(&key(a.route())));
+        self.emit_pair_findings();
         judged.settle_until
     }
 

@@ -881,6 +881,17 @@ fn last_view(h: &Harness) -> PeerView {
     peers_views(h).pop().expect("a view of the pair")
 }
 
+/// The kinds of the pair's findings sent to the sinks (hooks among them).
+fn pair_findings(h: &Harness) -> Vec<&'static str> {
+    h.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::PairFinding { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
+
 fn held_failbacks(h: &Harness) -> Vec<String> {
     h.events
         .iter()
@@ -910,6 +921,7 @@ async fn two_agents_with_one_id_are_told_apart_and_hold_failback_until_one_is_go
             ),
             "{v:?}"
         );
+        assert_eq!(pair_findings(h), ["ha_duplicate_id"], "hooks hear of it");
     }
     // Failing over still works.
     a1.script.set("DX cut", Reply::None);
@@ -1198,6 +1210,7 @@ async fn an_unpublished_backup_verdict_costs_at_most_one_delete_per_route() {
             .any(|h| h.contains("deleted it and it came back")),
         "B names the fight: {held:?}"
     );
+    assert_eq!(pair_findings(&b), ["ha_fight"], "hooks hear of it once");
     a.kill();
     b.kill();
 }
@@ -1231,6 +1244,11 @@ async fn agents_on_different_anchors_hold_failback_instead_of_fighting() {
     assert!(
         held.iter().any(|h| h.contains("the pair is split")),
         "{held:?}"
+    );
+    assert_eq!(
+        pair_findings(&b),
+        ["ha_split_anchor"],
+        "hooks hear of it once"
     );
     a.kill();
     b.kill();

@@ -289,7 +289,12 @@ impl Board {
                     (action.op().to_string(), error.clone()),
                 ))
             }
-            Event::RouteChange { .. } | Event::Settled { .. } | Event::Reloaded => {}
+            // The pair's findings are shown from its view (Peers); the
+            // fight guard as held failbacks.
+            Event::RouteChange { .. }
+            | Event::Settled { .. }
+            | Event::Reloaded
+            | Event::PairFinding { .. } => {}
             Event::BackupRound {
                 targets, policy, ..
             } => {

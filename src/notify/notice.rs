@@ -60,7 +60,8 @@ pub enum Detail {
     },
     Finding {
         /// `foreign`, `table_missing`, `shadowed`, `blackhole`,
-        /// `unmanaged` or `failback_held`.
+        /// `unmanaged`, `failback_held`, or with `[ha]` `ha_duplicate_id`,
+        /// `ha_split_anchor` or `ha_fight` (on the anchor table).
         finding: &'static str,
         route_table_id: String,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +214,16 @@ impl Notice {
                     },
                 )
             }
+            Event::PairFinding { kind, anchor, text } => (
+                EventKind::Finding,
+                format!("attention: {text}"),
+                text.clone(),
+                Detail::Finding {
+                    finding: kind,
+                    route_table_id: anchor.clone(),
+                    destination: None,
+                },
+            ),
             // Listed one by one so that a new event is a decision here.
             Event::Intended { .. }
             | Event::Started { .. }
@@ -395,6 +406,29 @@ mod tests {
         .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&missing.to_json()).unwrap();
         assert!(json.get("destination").is_none());
+    }
+
+    #[test]
+    fn the_pairs_findings_reach_hooks_on_the_anchor() {
+        let n = Notice::from_event(
+            &Event::PairFinding {
+                kind: "ha_split_anchor",
+                anchor: "rtb-0123456789abcdef0".into(),
+                text: "agent b publishes on rtb-1, we read rtb-0123456789abcdef0".into(),
+            },
+            &origin(),
+            at(),
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&n.to_json()).unwrap();
+        assert_eq!(json["event"], "finding");
+        assert_eq!(json["finding"], "ha_split_anchor");
+        assert_eq!(json["route_table_id"], "rtb-0123456789abcdef0");
+        assert!(
+            n.text.contains("attention: agent b publishes"),
+            "{}",
+            n.text
+        );
     }
 
     #[test]
