@@ -1198,6 +1198,7 @@ async fn an_unpublished_backup_verdict_costs_at_most_one_delete_per_route() {
     b.run_for(Duration::ZERO).await;
     let n = pair.managed().len();
     let (creates, deletes) = route_ops(&pair);
+    println!("unpublished Backup: {creates} creates, {deletes} deletes for {n} routes in 300 s");
     assert!(
         deletes <= n && creates <= deletes + n,
         "(creates, deletes) = {:?}",
