@@ -67,10 +67,11 @@
 //! failbacks (removals) are held and reported as held failbacks.
 //! - Another process writing under our agent id: our key holding a value
 //!   we never wrote (the last few writes are kept, so a late read of our
-//!   own is no alarm), stamped after our first write. CRITICAL once; held
-//!   until `peer_timeout` passes without one. Passes do not publish an
-//!   unchanged verdict (the heartbeat does, after its read), so reads do
-//!   not always follow our own write and can show the other writer.
+//!   own is no alarm), later by `(at, counter)` than our first write.
+//!   CRITICAL once; held until `peer_timeout` passes without one. Passes
+//!   do not publish an unchanged verdict (the heartbeat does, on its own
+//!   time), so reads do not always follow our own write and can show the
+//!   other writer.
 //! - The anchor missing from a read: peers cannot be read; held while it is.
 //! - A split anchor (a live verdict on another managed table): those
 //!   peers' verdicts are not counted; held while it lasts.
