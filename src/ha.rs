@@ -48,6 +48,13 @@
 //!   publish is acted on after a while (failing over is the safe
 //!   direction): a peer may then delete those routes once; when they come
 //!   back unexplained, the fight guard holds that failback.
+//! - Restarts: an agent that starts while a live peer's Backup verdict
+//!   explains the routes is *undecided* (the fsm's Partial phase): no
+//!   verdict published, no route call, until its probes judge (`fall`
+//!   down rounds: Backup, `rise` up rounds: Primary). Its previous
+//!   verdict ages out as if it were down, so nothing counts toward a
+//!   failback before its probes have judged (DESIGN §3 Startup), and the
+//!   rule stays two sentences: there is no third kind of verdict.
 //! - Fight guard: a route this agent deleted that is back while no live
 //!   verdict explains it is held (CRITICAL once, reported as a held
 //!   failback) until a read shows a live Backup verdict, the route goes

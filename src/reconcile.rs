@@ -358,14 +358,22 @@ impl Reconciler {
         let mut adoption = plan::adopt(&spec.routes, record, &observed);
         if let Some(ha) = &self.ha {
             // Routes a live peer's Backup verdict explains are the pair's,
-            // not evidence of our own: adopted as ours, our verdict would
-            // say Backup without our probes (and with failback = "manual"
-            // pin the pair there). Our probes decide; the pair's rule
-            // keeps the routes while that peer says Backup.
+            // not evidence of our own. Adopted as Backup, our verdict would
+            // say so without our probes (and with failback = "manual" pin
+            // the pair there); adopted as Primary, it would count toward a
+            // failback before our probes judged (two agents restarting in
+            // an outage would delete every route). So we start undecided,
+            // as on a partial set: no verdict published, no route call,
+            // until `fall` down rounds (Backup) or `rise` up rounds
+            // (Primary). Meanwhile our last verdict ages out as if we were
+            // down, and the pair's rule keeps the routes while the peer
+            // says Backup.
             let pair = ha.combined(Via::Primary);
             if adoption != Adoption::Primary && pair.path == Via::Backup {
-                info!(%adoption, why = %pair, "a live peer's Backup verdict explains the routes: starting on Primary, our probes decide our own verdict");
-                adoption = Adoption::Primary;
+                let ours = plan::ours(&spec.routes, record, &observed).count();
+                let of = spec.routes.len().max(ours);
+                info!(tables = %adoption, why = %pair, "a live peer's Backup verdict explains the routes: undecided (no verdict published, no route call) until our probes judge");
+                adoption = Adoption::Partial { ours, of };
             }
         }
         let found = Adopted {

@@ -1398,3 +1398,93 @@ async fn our_own_failed_reads_do_not_make_a_live_peer_dead() {
     a.kill();
     b.kill();
 }
+
+/// Interval 5 s, fall 4: probes judge only 20 s after a start, beyond one
+/// heartbeat (10 s).
+fn slow_probe_config(id: &str) -> Config {
+    let mut c = default_ha_config(id);
+    c.probe.interval = secs(5);
+    c.policy.fall = 4;
+    c
+}
+
+/// Both agents stop during an outage and start again together (a rollout,
+/// a reboot of both) while DX is still down: each reads the other's
+/// pre-restart Backup verdict, and neither deletes anything before its
+/// probes have judged.
+async fn both_restart_during_an_outage(mk: fn(&str) -> Config) {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start_config(&mk("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&mk("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(60)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    a.stop().await;
+    b.stop().await;
+    let before = route_ops(&pair);
+    let (mut a, _la) = pair.start_config(&mk("monitor-a"), Reply::None, 0);
+    let (mut b, _lb) = pair.start_config(&mk("monitor-b"), Reply::None, 0);
+    for _ in 0..1200 {
+        a.run_for(Duration::from_millis(100)).await;
+        b.run_for(Duration::ZERO).await;
+        assert_eq!(pair.ours(), pair.managed(), "a route went missing");
+    }
+    assert_eq!(route_ops(&pair), before, "route calls after the restart");
+    assert!(pair
+        .verdicts()
+        .iter()
+        .all(|(id, v)| id.starts_with("monitor-") && *v == Via::Backup));
+    a.kill();
+    b.kill();
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_restarting_during_an_outage_with_slow_probes_delete_nothing() {
+    both_restart_during_an_outage(slow_probe_config).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_restarting_during_an_outage_with_a_fast_heartbeat_delete_nothing() {
+    fn mk(id: &str) -> Config {
+        ha_config_with(id, |h| {
+            h.heartbeat = secs(2);
+            h.peer_timeout = secs(6);
+        })
+    }
+    both_restart_during_an_outage(mk).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_restarted_while_its_peer_fails_back_deletes_nothing_before_its_probes_judge() {
+    let pair = Pair::new();
+    // A's probes judge fast (rise 5 x 1 s), B's slowly (fall 4 x 5 s).
+    let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&slow_probe_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(60)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    b.stop().await;
+    // A's view heals while B restarts, B's own view still down: A's
+    // failback must wait for B's probes (20 s), which say Backup.
+    a.script.set("A's view healed", Reply::All);
+    let (mut b, lb) = pair.start_config(&slow_probe_config("monitor-b"), Reply::None, 0);
+    let deletes = la.count("DeleteRoute");
+    for _ in 0..1200 {
+        b.run_for(Duration::from_millis(100)).await;
+        a.run_for(Duration::ZERO).await;
+        assert_eq!(pair.ours(), pair.managed(), "a route went missing");
+    }
+    assert_eq!(la.count("DeleteRoute"), deletes);
+    assert_eq!(lb.route_calls(), 0);
+    assert!(pair
+        .verdicts()
+        .contains(&("monitor-b".to_string(), Via::Backup)));
+    a.kill();
+    b.kill();
+}
