@@ -99,8 +99,13 @@
 //! clock-skew tolerance, [`peers::SKEW_TOLERANCE`], 2 s, is in the
 //! config's floor: `peer_timeout` must exceed the heartbeat plus it). A
 //! timestamp first seen beyond the tolerance in the future is not trusted
-//! (logged once) until it advances. So a peer whose clock is off is live
-//! while it publishes, and a runaway stamp cannot hold the pair.
+//! (logged once) until it advances. Such a stamp never becomes the mark
+//! later values must pass: a future-stamped value advances if it is none
+//! of the last few values read, a value stamped in the present if it
+//! passes the newest present-stamped `(at, counter)`. So a peer whose
+//! clock is off (or was stepped back, or whose tag was edited into the
+//! future) is live while it publishes, and a runaway stamp cannot hold
+//! the pair.
 //!
 //! # Cost
 //! Steady state: one CreateTags per heartbeat; reads as without `[ha]`
@@ -109,7 +114,7 @@
 //! its own. One more read only while a peer's Backup verdict holds the
 //! pair against ours, timed for when it would expire. No DeleteTags.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -434,11 +439,36 @@ struct Peer {
     written: Option<Instant>,
     /// Our last read that showed it.
     seen: Instant,
+    /// The newest `(at, counter)` accepted whose stamp was not beyond the
+    /// skew tolerance in the future: what a trusted value must pass. A
+    /// future stamp never sets it, or it would hide every later real
+    /// value until our clock caught up with it (forever for a hand edit).
+    high: Option<(u64, u64)>,
+    /// The last few values accepted, as `(at, counter, path)`: a value
+    /// stamped in the future is an advance only if it is none of them (a
+    /// lagging read repeats one).
+    recent: VecDeque<(u64, u64, Via)>,
 }
+
+/// How many accepted values a peer's record remembers.
+const RECENT_VALUES: usize = 8;
 
 impl Peer {
     fn age(&self, now: Instant) -> Option<Duration> {
         self.written.map(|w| now.saturating_duration_since(w))
+    }
+
+    /// Takes `v` as the peer's verdict; `trusted`: its stamp is not in the
+    /// future beyond the tolerance, so it may raise the mark.
+    fn accept(&mut self, v: Verdict, trusted: bool) {
+        if trusted {
+            self.high = self.high.max(Some((v.at, v.counter)));
+        }
+        if self.recent.len() == RECENT_VALUES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((v.at, v.counter, v.path));
+        self.verdict = v;
     }
 }
 
@@ -562,34 +592,51 @@ impl Ha {
     /// restart resets nothing here: its timestamp moves on). Liveness is
     /// judged by that value advancing, timed on our clock, so a peer
     /// whose clock is off is live while it publishes.
+    ///
+    /// A value stamped beyond the skew tolerance in the future (a clock
+    /// ahead, then stepped back; a hand edit) is an advance if it is none
+    /// of the last few accepted, and never raises the mark later values
+    /// must pass: the peer's next real value is accepted as soon as it
+    /// shows.
     fn note_peer(&mut self, v: Verdict, now: u64, mono: Instant) {
         let wall = peers::wall_age(&v, now);
+        let value = (v.at, v.counter, v.path);
         match self.peers.get_mut(&v.agent_id) {
-            Some(p) if (v.at, v.counter) <= (p.verdict.at, p.verdict.counter) => {
-                p.seen = p.seen.max(mono);
-            }
             Some(p) => {
+                let advance = match wall {
+                    Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
+                    None => !p.recent.contains(&value),
+                };
+                if !advance {
+                    p.seen = p.seen.max(mono);
+                    return;
+                }
+                // Once as its stamps go ahead, not on every value after.
+                if wall.is_none() && peers::wall_age(&p.verdict, now).is_some() {
+                    warn!(peer = %v.agent_id, at = v.at, now, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; counted as written now, not as the mark its next values must pass");
+                }
                 // Written since our previous read of it, and no earlier
                 // than its own stamp says (a stamp ahead of us counts as now).
                 let since = mono.saturating_duration_since(p.seen);
                 let age = wall.unwrap_or_default().min(since);
                 p.written = Some(mono.checked_sub(age).unwrap_or(mono));
                 p.seen = mono;
-                p.verdict = v;
+                p.accept(v, wall.is_some());
             }
             None => {
                 if wall.is_none() {
                     warn!(peer = %v.agent_id, at = v.at, now, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; ignored until it publishes again");
                 }
                 let written = wall.map(|age| mono.checked_sub(age).unwrap_or(mono));
-                self.peers.insert(
-                    v.agent_id.clone(),
-                    Peer {
-                        verdict: v,
-                        written,
-                        seen: mono,
-                    },
-                );
+                let mut peer = Peer {
+                    verdict: v.clone(),
+                    written,
+                    seen: mono,
+                    high: None,
+                    recent: VecDeque::new(),
+                };
+                peer.accept(v, wall.is_some());
+                self.peers.insert(peer.verdict.agent_id.clone(), peer);
             }
         }
     }
@@ -1025,6 +1072,27 @@ mod tests {
         assert_eq!(h.combined(Via::Primary).path, Via::Backup);
         // A restart resets nothing that matters: its timestamp moves on.
         h.observe(&[read("primary;1;999;up")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+    }
+
+    #[test]
+    fn a_stamp_from_the_future_never_hides_the_values_after_it() {
+        let mut h = ha();
+        let read = |value: &str| RouteTable {
+            id: "rtb-a".into(),
+            tags: [(peers::tag_key("b"), value.to_string())].into(),
+            ..RouteTable::default()
+        };
+        h.observe(&[read("primary;7;990;up")]);
+        // A clock an hour ahead (or a hand edit), then stepped back.
+        h.observe(&[read("backup;8;4600;down")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Backup);
+        h.observe(&[read("primary;9;995;up")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // A lagging read repeating the future value turns nothing back,
+        // nor does one older than the mark.
+        h.observe(&[read("backup;8;4600;down")]);
+        h.observe(&[read("backup;6;985;down")]);
         assert_eq!(h.combined(Via::Primary).path, Via::Primary);
     }
 

@@ -1488,3 +1488,51 @@ async fn an_agent_restarted_while_its_peer_fails_back_deletes_nothing_before_its
     a.kill();
     b.kill();
 }
+
+/// B's verdict, as a value of its tag, stamped `ahead` seconds past the
+/// pair's wall clock at `now`.
+fn stamped_ahead(pair: &Pair, path: Via, counter: u64, ahead: u64) -> (String, String) {
+    let at = 1_800_000_000 + pair.epoch.elapsed().as_secs() + ahead;
+    let v = peers::Verdict {
+        agent_id: "monitor-b".into(),
+        path,
+        counter,
+        at,
+        reason: "edited".into(),
+    };
+    (peers::tag_key("monitor-b"), peers::tag_value(&v))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_verdict_stamped_an_hour_ahead_does_not_blind_us_to_that_peer() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    b.script.set("B's view cut", Reply::None);
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(60)).await;
+    // For 35 s B's tag shows its verdict stamped an hour ahead (a clock
+    // stepped back later, or a hand edit); then B's own beats win again.
+    let tag = stamped_ahead(&pair, Via::Backup, 1, 3600);
+    for _ in 0..350 {
+        pair.world
+            .create_tags(&pair.anchor(), std::slice::from_ref(&tag))
+            .await
+            .unwrap();
+        a.run_for(Duration::from_millis(100)).await;
+    }
+    for _ in 0..60 {
+        a.run_for(secs(10)).await;
+        b.run_for(Duration::ZERO).await;
+    }
+    assert_eq!(la.count("DeleteRoute"), 0, "A undid B's failover");
+    assert_eq!(route_ops(&pair), (pair.managed().len(), 0));
+    assert_eq!(pair.ours(), pair.managed());
+    let v = last_view(&a);
+    assert_eq!(v.count(Liveness::Live), 1, "{v:?}");
+    assert_eq!(v.combined, Via::Backup, "{v:?}");
+    assert!(!pair_findings(&a).contains(&"ha_fight"));
+    a.kill();
+    b.kill();
+}
