@@ -59,7 +59,10 @@
 //!   verdict explains it is held (CRITICAL once, reported as a held
 //!   failback) until a read shows a live Backup verdict, the route goes
 //!   away, or the agent restarts: another writer we cannot see costs at
-//!   most one delete and one re-create per route.
+//!   most one delete and one re-create per route. A deleted route is
+//!   remembered only while absent for less than `peer_timeout` + 2 ×
+//!   `resync_interval` (such a writer puts it back sooner), so an old
+//!   failback makes no fight of a peer's later failover.
 //!
 //! EC2 is eventually consistent, and a read can show a route beside tags
 //! older than it. Each peer's verdict only moves forward by `(at,
@@ -67,7 +70,9 @@
 //! two reads a heartbeat apart, so tags lagging by less than a heartbeat
 //! undo nothing (the pair fails back about a heartbeat later than a lone
 //! agent). Larger lags cost at most one delete and re-create per route
-//! before the fight guard holds.
+//! per transition (the route missing until the peer's next pass, within
+//! a resync); lags beyond that round trip also raise the fight finding
+//! until the tags catch up, never a second delete.
 //!
 //! # When the pair cannot be trusted
 //! Only the safe direction is taken: failovers (creations) go on,
@@ -418,8 +423,11 @@ pub(crate) struct Ha {
     /// least a heartbeat later still shows it so (tags can lag routes).
     unexplained: BTreeMap<RouteKey, Instant>,
     /// Routes this agent deleted since a read last showed a live Backup
-    /// verdict.
-    deleted: BTreeSet<RouteKey>,
+    /// verdict, with when the delete landed. Forgotten once a read shows
+    /// the route still absent [`Ha::fight_memory`] later: a writer we
+    /// cannot see puts it back sooner, and a later failover by a peer is
+    /// no fight.
+    deleted: BTreeMap<RouteKey, Instant>,
     /// Routes we deleted that came back with no live verdict explaining
     /// them: another writer we cannot see. Their failback is held.
     fights: BTreeSet<RouteKey>,
@@ -516,7 +524,7 @@ impl Ha {
             forgotten: BTreeSet::new(),
             to_forget: Vec::new(),
             unexplained: BTreeMap::new(),
-            deleted: BTreeSet::new(),
+            deleted: BTreeMap::new(),
             fights: BTreeSet::new(),
             started: Vec::new(),
         }
@@ -796,8 +804,18 @@ impl Ha {
     /// that peer's old Primary verdict. A route we deleted that is back
     /// unexplained means a writer we cannot see (an unpublishable verdict,
     /// a clock far off, another anchor): its failback is held, not fought.
-    pub(crate) fn judge_removals(&mut self, removals: &[RouteKey], now: Instant) -> Removals {
+    /// `resync` is the reconciler's `resync_interval`, which bounds how
+    /// long such a writer takes to put a route back.
+    pub(crate) fn judge_removals(
+        &mut self,
+        removals: &[RouteKey],
+        now: Instant,
+        resync: Duration,
+    ) -> Removals {
         self.unexplained.retain(|k, _| removals.contains(k));
+        let memory = self.fight_memory(resync);
+        self.deleted
+            .retain(|k, at| removals.contains(k) || now < *at + memory);
         let before = self.fights.len();
         // A held route that went away ends its fight.
         self.fights.retain(|k| removals.contains(k));
@@ -811,7 +829,7 @@ impl Ha {
             let due = first + self.heartbeat;
             if now < due {
                 out.settle_until = Some(out.settle_until.map_or(due, |d| d.min(due)));
-            } else if self.deleted.contains(key) || self.fights.contains(key) {
+            } else if self.deleted.contains_key(key) || self.fights.contains(key) {
                 if self.fights.insert(key.clone()) {
                     new_fights.push(format!("{} {}", key.0, key.1));
                 }
@@ -849,9 +867,17 @@ impl Ha {
         }
     }
 
-    /// Notes routes this agent deleted.
-    pub(crate) fn note_deleted(&mut self, keys: impl IntoIterator<Item = RouteKey>) {
-        self.deleted.extend(keys);
+    /// Notes routes this agent deleted, at `now`.
+    pub(crate) fn note_deleted(&mut self, keys: impl IntoIterator<Item = RouteKey>, now: Instant) {
+        self.deleted.extend(keys.into_iter().map(|k| (k, now)));
+    }
+
+    /// How long a route we deleted is remembered while absent: a writer
+    /// we cannot see acts on an unpublished Backup verdict within
+    /// `peer_timeout`, puts the route back at its next pass (within a
+    /// resync) and our next read shows it (within another).
+    pub(crate) fn fight_memory(&self, resync: Duration) -> Duration {
+        self.peer_timeout + resync * 2
     }
 
     /// Findings that started since last asked, for hooks: (kind, text).
@@ -975,6 +1001,7 @@ mod tests {
     }
 
     const BEAT: Duration = Duration::from_secs(10);
+    const RESYNC: Duration = Duration::from_secs(30);
 
     #[test]
     fn a_disagreement_is_reported_once_after_a_few_beats_and_its_end_once() {
@@ -1039,24 +1066,45 @@ mod tests {
         let mut h = ha();
         let k: RouteKey = ("rtb-a".into(), "10.1.0.0/16".parse().unwrap());
         let t0 = Instant::now();
-        let first = h.judge_removals(std::slice::from_ref(&k), t0);
+        let first = h.judge_removals(std::slice::from_ref(&k), t0, RESYNC);
         assert_eq!(
             (first.ready.len(), first.settle_until),
             (0, Some(t0 + BEAT))
         );
-        let second = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT);
+        let second = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT, RESYNC);
         assert_eq!(second.ready, std::slice::from_ref(&k));
-        h.note_deleted([k.clone()]);
+        h.note_deleted([k.clone()], t0 + BEAT);
         // Gone, then back unexplained: held, not deleted again.
-        assert!(h.judge_removals(&[], t0 + BEAT * 2).ready.is_empty());
-        let back = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 3);
+        assert!(h
+            .judge_removals(&[], t0 + BEAT * 2, RESYNC)
+            .ready
+            .is_empty());
+        let back = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 3, RESYNC);
         assert!(back.ready.is_empty() && back.held.is_empty());
-        let held = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 4);
+        let held = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 4, RESYNC);
         assert_eq!((held.ready.len(), held.held), (0, vec![k.clone()]));
         // A live Backup verdict explains it: a fresh start, settled again.
         h.explained();
-        let after = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 5);
+        let after = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 5, RESYNC);
         assert!(after.held.is_empty() && after.settle_until.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_we_deleted_long_ago_is_no_fight_when_it_comes_back() {
+        let mut h = ha();
+        let k: RouteKey = ("rtb-a".into(), "10.1.0.0/16".parse().unwrap());
+        let t0 = Instant::now();
+        h.note_deleted([k.clone()], t0);
+        let memory = h.fight_memory(RESYNC);
+        // Absent on reads until the memory has passed: forgotten.
+        assert!(h.judge_removals(&[], t0 + BEAT, RESYNC).ready.is_empty());
+        assert!(h.judge_removals(&[], t0 + memory, RESYNC).ready.is_empty());
+        let later = t0 + memory + BEAT;
+        let back = h.judge_removals(std::slice::from_ref(&k), later, RESYNC);
+        assert!(back.held.is_empty() && back.settle_until.is_some());
+        let settled = h.judge_removals(std::slice::from_ref(&k), later + BEAT, RESYNC);
+        assert_eq!((settled.ready, settled.held.len()), (vec![k], 0));
+        assert!(h.take_started().is_empty(), "no fight reported");
     }
 
     #[test]

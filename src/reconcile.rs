@@ -886,7 +886,8 @@ impl Reconciler {
             .filter(|a| a.removes_ours())
             .map(|a| key(a.route()))
             .collect();
-        let judged = ha.judge_removals(&removals, Instant::now());
+        let resync = self.spec.borrow().settings.resync_interval;
+        let judged = ha.judge_removals(&removals, Instant::now(), resync);
         plan.hold_removals_where(&judged.why, |r| judged.held.contains(&key(r)));
         plan.actions
             .retain(|a| !a.removes_ours() || judged.ready.contains(&key(a.route())));
@@ -1005,7 +1006,7 @@ impl Reconciler {
             error!(error = %e, "cannot update the ownership ledger");
         }
         if let Some(ha) = self.ha.as_mut() {
-            ha.note_deleted(deleted);
+            ha.note_deleted(deleted, Instant::now());
         }
         if self.stop.is_cancelled() {
             return Err(Pass::Stopped);

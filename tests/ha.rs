@@ -1536,3 +1536,89 @@ async fn a_verdict_stamped_an_hour_ahead_does_not_blind_us_to_that_peer() {
     a.kill();
     b.kill();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failback_hours_ago_makes_no_fight_of_a_later_failover_read_with_tag_lag() {
+    let findings = failover_after_an_old_failback_with_tag_lag(secs(15)).await;
+    assert!(!findings.contains(&"ha_fight"), "{findings:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn tags_lagging_beyond_a_peers_recreate_raise_the_fight_but_delete_once() {
+    // 60 s: longer than B's re-create plus A's next read and settle.
+    let findings = failover_after_an_old_failback_with_tag_lag(secs(60)).await;
+    assert_eq!(findings, ["ha_fight"]);
+}
+
+/// A fails back alone; two hours later only B sees DX down and fails over
+/// while A reads tags `lag` late. Returns A's pair findings once B's
+/// failover stands, having checked it cost at most one delete and one
+/// re-create per route.
+async fn failover_after_an_old_failback_with_tag_lag(lag: Duration) -> Vec<&'static str> {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    // An outage and a failback: the routes are made and deleted once.
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(60)).await;
+    b.run_for(Duration::ZERO).await;
+    // A alone fails back (B is down meanwhile), so A remembers deleting.
+    b.stop().await;
+    a.script.set("healed", Reply::All);
+    a.run_for(secs(120)).await;
+    assert!(pair.ours().is_empty());
+    assert_eq!(la.count("DeleteRoute"), pair.managed().len());
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    for _ in 0..720 {
+        a.run_for(secs(10)).await;
+        b.run_for(Duration::ZERO).await;
+    }
+    let n = pair.managed().len();
+    assert!(pair.ours().is_empty());
+    assert_eq!(route_ops(&pair), (n, n));
+    // Two hours later only B sees DX down; A reads B's routes with tags
+    // 15 s late, more than a heartbeat.
+    pair.world.set_tag_lag(lag);
+    // Time B's failover (3 rounds after its cut) to land just before A's
+    // next resync read: that read and the one a heartbeat later both show
+    // B's routes beside its old Primary verdict.
+    let reads = la.count("DescribeRouteTables");
+    while la.count("DescribeRouteTables") == reads {
+        a.run_for(Duration::from_millis(100)).await;
+    }
+    a.run_for(secs(26)).await;
+    b.run_for(Duration::ZERO).await;
+    b.script.set("B's view cut", Reply::None);
+    for _ in 0..300 {
+        b.run_for(Duration::from_millis(100)).await;
+        a.run_for(Duration::ZERO).await;
+    }
+    a.run_for(secs(120)).await;
+    b.run_for(Duration::ZERO).await;
+    let (creates, deletes) = route_ops(&pair);
+    println!(
+        "tag lag {lag:?} after an old failback: A deleted {} routes, {} creates and {} deletes in all",
+        la.count("DeleteRoute") - n,
+        creates - n,
+        deletes - n
+    );
+    // The documented cost of lag beyond a heartbeat, and no more.
+    assert!(
+        deletes - n <= n && creates - n <= 2 * n,
+        "{:?}",
+        (creates, deletes)
+    );
+    assert_eq!(pair.ours(), pair.managed(), "B's failover stands");
+
+    assert!(
+        !pair_findings(&b).contains(&"ha_fight"),
+        "{:?}",
+        pair_findings(&b)
+    );
+    let findings = pair_findings(&a);
+    a.kill();
+    b.kill();
+    findings
+}
