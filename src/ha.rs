@@ -16,8 +16,11 @@
 //!   gate, an operator's hold) is written with CreateTags once per
 //!   `heartbeat`, so peers can tell it is alive; a tag deleted by hand is
 //!   back within one beat. The beat goes on while a pass waits on a slow
-//!   call (one may take 50 s with timeouts and retries); the reconciler's
-//!   task makes every write, so they never overtake one another.
+//!   call (one may take 50 s with timeouts and retries), and a slow beat
+//!   holds up nothing: its write runs beside the pass's calls, and a pass
+//!   that publishes a new verdict drops a beat still in flight. Every
+//!   write carries a higher counter than the one before, so one dropped
+//!   but landing late is older by `(at, counter)` and peers ignore it.
 //! - A changed verdict is written at once, **before** any route call it
 //!   causes, and a failed write holds those calls (retried with backoff):
 //!   a peer must never see our routes without our reason for them.
@@ -480,6 +483,15 @@ impl Peer {
     }
 }
 
+/// One write of our verdict: the anchor, the tag, and what it says.
+#[derive(Debug, Clone)]
+pub(crate) struct Write {
+    pub(crate) anchor: String,
+    pub(crate) tag: (String, String),
+    local: Via,
+    reason: String,
+}
+
 /// A route slot: its table and destination.
 pub(crate) type RouteKey = (String, IpNet);
 
@@ -711,31 +723,54 @@ impl Ha {
         local: Via,
         reason: &str,
     ) -> Result<(), CloudError> {
+        let write = self.begin_write(local, reason);
+        let result = api
+            .create_tags(&write.anchor, std::slice::from_ref(&write.tag))
+            .await;
+        self.end_write(&write, result)
+    }
+
+    /// Prepares a write of our verdict, for a caller that may drop the
+    /// call (a heartbeat that a new verdict cancels). The counter moves on
+    /// with every attempt, so a dropped write that lands late is older by
+    /// `(at, counter)` than the next one and peers ignore it.
+    pub(crate) fn begin_write(&mut self, local: Via, reason: &str) -> Write {
         self.last_write = Some(Instant::now());
+        self.counter += 1;
         let verdict = Verdict {
             agent_id: self.agent_id.clone(),
             path: local,
-            counter: self.counter + 1,
+            counter: self.counter,
             at: (self.clock)(),
             reason: reason.to_string(),
         };
         let tag = (peers::tag_key(&self.agent_id), peers::tag_value(&verdict));
         self.duplicates
             .writing(tag.1.clone(), verdict.at, verdict.counter);
-        if let Err(e) = api
-            .create_tags(&self.anchor, std::slice::from_ref(&tag))
-            .await
-        {
+        Write {
+            anchor: self.anchor.clone(),
+            tag,
+            local,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Notes how a write begun with [`Ha::begin_write`] went.
+    pub(crate) fn end_write(
+        &mut self,
+        write: &Write,
+        result: Result<(), CloudError>,
+    ) -> Result<(), CloudError> {
+        if let Err(e) = result {
             self.failing_since.get_or_insert(Instant::now());
             return Err(e);
         }
         self.failing_since = None;
         self.published_at = Some(Instant::now());
-        self.counter += 1;
-        if self.published != Some(local) {
-            info!(verdict = %local, %reason, anchor = %self.anchor, "published our verdict to the pair");
+        if self.published != Some(write.local) {
+            info!(verdict = %write.local, reason = %write.reason, anchor = %self.anchor, "published our verdict to the pair");
         }
-        self.published = Some(local);
+        self.published = Some(write.local);
         Ok(())
     }
 

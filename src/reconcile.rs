@@ -32,7 +32,7 @@ use crate::cloud::{CloudError, ErrorKind, RouteApi};
 use crate::config::{Config, ReconcileConfig};
 use crate::events::{Event, Events, Outcome};
 use crate::fsm::Via;
-use crate::ha::{Ha, RouteKey};
+use crate::ha::{Ha, RouteKey, Write};
 use crate::model::{eni_ids, table_ids, Action, Adoption, ManagedRoute, RouteTable};
 use crate::plan::{self, Finding, Inputs, Plan, Status};
 use crate::state::Ledger;
@@ -55,6 +55,13 @@ const APPLIANCE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The path the probe loop wants, with the instant of the transition that
 /// asked for it; `None` until there is probe evidence and an adopted path.
 pub(crate) type Desired = Option<(Via, Option<Instant>)>;
+
+/// A heartbeat's CreateTags, owning what it needs so it can be dropped.
+type BeatCall =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Write, Result<(), CloudError>)> + Send>>;
+
+/// Stands in for "no beat due" in a `select!` branch that is disabled.
+const NO_BEAT: Duration = Duration::from_secs(86_400);
 
 /// Why a startup check did not pass.
 #[derive(Debug, Clone)]
@@ -252,6 +259,8 @@ pub(crate) struct Reconciler {
     verdict_reason: Option<watch::Receiver<String>>,
     /// The path the tables are converged on: our own, or the pair's.
     effective: Option<Via>,
+    /// A heartbeat's write in flight, polled by whichever wait runs.
+    beat_call: Option<BeatCall>,
     /// Our own path, as the probe loop last asked for it.
     ours: Option<Via>,
 }
@@ -282,6 +291,7 @@ impl Reconciler {
             ha: None,
             verdict_reason: None,
             effective: None,
+            beat_call: None,
             ours: None,
         }
     }
@@ -461,12 +471,22 @@ impl Reconciler {
                 wait.min(e.saturating_duration_since(Instant::now()))
             });
             let deadline = Instant::now() + wait;
+            // A heartbeat's write in flight: dropped (cancelled) when
+            // anything wakes a pass, so a slow CreateTags never delays a
+            // new verdict, which the pass publishes before its route calls.
+            let mut beat_call = self.beat_call.take();
             loop {
                 // Heartbeats fall between passes (and go on during them:
                 // see `beating`).
                 let beat = wanted.and_then(|_| self.ha.as_ref()?.next_beat());
                 let until = beat.map_or(deadline, |b| b.min(deadline));
                 tokio::select! {
+                    (write, result) = async { beat_call.as_mut().expect("guarded").await }, if beat_call.is_some() => {
+                        beat_call = None;
+                        if let Some((local, _)) = wanted {
+                            self.end_beat(local, &write, result);
+                        }
+                    }
                     () = self.stop.cancelled() => return,
                     changed = desired.changed() => {
                         if changed.is_err() { return }
@@ -489,46 +509,98 @@ impl Reconciler {
                         converged_on = None;
                         break;
                     }
-                    () = tokio::time::sleep_until(until) => {
+                    () = tokio::time::sleep_until(until), if beat_call.is_none() => {
                         if Instant::now() >= deadline {
                             break;
                         }
                         if let Some((local, _)) = wanted {
-                            self.heartbeat(local).await;
+                            beat_call = self.begin_beat(local);
                         }
                     }
                 }
             }
+            // Still in flight: the pass polls it on (see `beating`), or
+            // drops it if it publishes a new verdict first.
+            self.beat_call = beat_call;
         }
     }
 
-    /// One heartbeat: publishes our verdict and shows the pair again (a
-    /// status view computes ages from it). No read: peers' liveness only
-    /// matters for deletions, which always re-read the anchor first, and
-    /// is judged at the reads the reconciler makes anyway.
-    async fn heartbeat(&mut self, local: Via) {
-        // A failed beat is logged; the next one retries.
-        let _ = self.publish(local).await;
+    /// Starts one heartbeat: our verdict's write, as a future that owns
+    /// what it needs, so the caller can drop it. No read: peers' liveness
+    /// only matters for deletions, which always re-read the anchor first,
+    /// and is judged at the reads the reconciler makes anyway.
+    fn begin_beat(&mut self, local: Via) -> Option<BeatCall> {
+        let reason = self.verdict_reason_now();
+        let write = self.ha.as_mut()?.begin_write(local, &reason);
+        let api = Arc::clone(&self.api);
+        Some(Box::pin(async move {
+            let result = api
+                .create_tags(&write.anchor, std::slice::from_ref(&write.tag))
+                .await;
+            (write, result)
+        }))
+    }
+
+    /// Ends a heartbeat: notes the write (a failed beat is logged; the
+    /// next one retries) and shows the pair again (a status view computes
+    /// ages from it).
+    fn end_beat(&mut self, local: Via, write: &Write, result: Result<(), CloudError>) {
+        self.finish_write(local, write, result);
         self.assess_pair(local);
+    }
+
+    /// Notes how a heartbeat's write went; a failure is logged and emitted.
+    fn finish_write(&mut self, local: Via, write: &Write, result: Result<(), CloudError>) {
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        let changed = ha.changed(local);
+        if let Err(e) = ha.end_write(write, result) {
+            self.publish_failed(local, changed, &e);
+        }
+    }
+
+    /// Our verdict's reason as it stands.
+    fn verdict_reason_now(&self) -> String {
+        self.verdict_reason
+            .as_ref()
+            .map(|r| r.borrow().clone())
+            .unwrap_or_default()
     }
 
     /// Awaits `call` (an API call of a pass), publishing our verdict on
     /// every heartbeat due meanwhile: one call may take 50 s (timeouts
     /// and retries), and a peer must not take us for dead while it runs.
     /// Our writes stay in order: this task makes all of them, one at a time.
+    /// The beat's write runs beside the call, never holding it up; one
+    /// still in flight when the call ends is kept for the next wait.
     async fn beating<T>(&mut self, call: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(call);
+        let mut beat_call = self.beat_call.take();
         loop {
             let beat = self.ha.as_ref().and_then(Ha::next_beat).zip(self.ours);
-            let Some((due, local)) = beat else {
+            if beat.is_none() && beat_call.is_none() {
                 return call.await;
-            };
+            }
+            // Only polled while a beat is due and none is in flight.
+            let due = beat.map_or_else(|| Instant::now() + NO_BEAT, |(due, _)| due);
             tokio::select! {
                 biased;
-                out = &mut call => return out,
-                () = tokio::time::sleep_until(due) => {
-                    // A failed beat is logged; the next one retries.
-                    let _ = self.publish(local).await;
+                out = &mut call => {
+                    self.beat_call = beat_call;
+                    return out;
+                }
+                (write, result) = async { beat_call.as_mut().expect("guarded").await }, if beat_call.is_some() => {
+                    beat_call = None;
+                    if let Some(local) = self.ours {
+                        // A failed beat is logged; the next one retries.
+                        self.finish_write(local, &write, result);
+                    }
+                }
+                () = tokio::time::sleep_until(due), if beat.is_some() && beat_call.is_none() => {
+                    if let Some((_, local)) = beat {
+                        beat_call = self.begin_beat(local);
+                    }
                 }
             }
         }
@@ -590,27 +662,32 @@ impl Reconciler {
         let Some(ha) = self.ha.as_mut() else {
             return Ok(());
         };
+        let changed = ha.changed(local);
         let reason = self
             .verdict_reason
             .as_ref()
             .map(|r| r.borrow().clone())
             .unwrap_or_default();
-        let changed = ha.changed(local);
-        match ha.publish(self.api.as_ref(), local, &reason).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if changed {
-                    error!(error = %e, verdict = %local, anchor = %ha.anchor(), "cannot publish our new verdict to the pair: no route call until it is (see iam-policy.example.json for CreateTags)");
-                } else {
-                    warn!(error = %e, anchor = %ha.anchor(), "heartbeat not published; peers take us for dead after ha.peer_timeout");
-                }
-                self.events.emit(Event::ApiError {
-                    op: "CreateTags",
-                    error: e.clone(),
-                });
-                Err(e)
-            }
+        let result = ha.publish(self.api.as_ref(), local, &reason).await;
+        if let Err(e) = &result {
+            self.publish_failed(local, changed, e);
         }
+        result
+    }
+
+    /// Logs and emits a failed write of our verdict (`changed`: a new one).
+    fn publish_failed(&mut self, local: Via, changed: bool, e: &CloudError) {
+        let anchor = self.ha.as_ref().map(|h| h.anchor().to_string());
+        let anchor = anchor.unwrap_or_default();
+        if changed {
+            error!(error = %e, verdict = %local, %anchor, "cannot publish our new verdict to the pair: no route call until it is (see iam-policy.example.json for CreateTags)");
+        } else {
+            warn!(error = %e, %anchor, "heartbeat not published; peers take us for dead after ha.peer_timeout");
+        }
+        self.events.emit(Event::ApiError {
+            op: "CreateTags",
+            error: e.clone(),
+        });
     }
 
     /// The path to converge on after a read: ours, or with `[ha]` the
@@ -773,6 +850,10 @@ impl Reconciler {
             .is_some_and(|h| h.publish_first(local, Instant::now()))
         {
             let changed = self.ha.as_ref().is_some_and(|h| h.changed(local));
+            // This write supersedes a heartbeat's still in flight: dropped,
+            // and should it land late anyway, its lower counter makes peers
+            // ignore it.
+            self.beat_call = None;
             if let Err(e) = self.publish(local).await {
                 let act = self
                     .ha

@@ -37,6 +37,8 @@ struct Link {
     /// How long CreateRoute and DeleteRoute take to answer (the change
     /// lands at once, as a slow answer from EC2 would).
     route_delay: Mutex<Duration>,
+    /// How long the next CreateTags takes to answer (it lands only then).
+    next_tags_delay: Mutex<Option<Duration>>,
     /// (op, ok, route-changing outcome) of every call, in order.
     calls: Mutex<Vec<(&'static str, bool)>>,
 }
@@ -48,6 +50,7 @@ impl Link {
             cut: AtomicBool::new(false),
             deny_tags: AtomicBool::new(false),
             route_delay: Mutex::new(Duration::ZERO),
+            next_tags_delay: Mutex::new(None),
             calls: Mutex::new(Vec::new()),
         })
     }
@@ -178,6 +181,10 @@ impl RouteApi for Link {
         resource_id: &str,
         tags: &[(String, String)],
     ) -> Result<(), CloudError> {
+        let delay = self.next_tags_delay.lock().unwrap().take();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let r = match self.check() {
             Ok(()) if self.deny_tags.load(Ordering::SeqCst) => Err(CloudError::from_code(
                 "UnauthorizedOperation",
@@ -1621,4 +1628,49 @@ async fn failover_after_an_old_failback_with_tag_lag(lag: Duration) -> Vec<&'sta
     a.kill();
     b.kill();
     findings
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_heartbeat_does_not_delay_a_failover_decided_meanwhile() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    // A's next beat takes 40 s to answer; its view of DX dies meanwhile.
+    *la.next_tags_delay.lock().unwrap() = Some(secs(40));
+    let beats = la.count("CreateTags");
+    a.run_for(BEAT + secs(1)).await;
+    assert_eq!(la.count("CreateTags"), beats, "the slow beat is in flight");
+    a.script.set("A's view cut", Reply::None);
+    let t = a.transition(Via::Backup, secs(10)).await;
+    a.converged(Via::Backup, secs(60)).await;
+    let first_create = a
+        .events
+        .iter()
+        .find(|(_, e)| {
+            matches!(
+                e,
+                Event::RouteChange {
+                    action: Action::Create(_),
+                    result: Ok(_),
+                    ..
+                }
+            )
+        })
+        .map(|(at, _)| *at)
+        .expect("A created its routes");
+    let delay = first_create - t.at;
+    println!("failover's first CreateRoute {delay:?} after the transition, a beat's CreateTags taking 40 s");
+    // Its own verdict's CreateTags (fast) comes first, nothing else.
+    assert!(delay < secs(1), "{delay:?}");
+    assert!(pair
+        .verdicts()
+        .contains(&("monitor-a".to_string(), Via::Backup)));
+    b.run_for(secs(60)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    assert!(pair
+        .verdicts()
+        .contains(&("monitor-a".to_string(), Via::Backup)));
+    a.kill();
+    b.kill();
 }
