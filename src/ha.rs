@@ -1,6 +1,9 @@
 //! A highly available pair (or more): publishing this agent's verdict and
 //! reading its peers', for the reconciler. The rule itself is pure, in
-//! [`crate::peers`]; this module is its bookkeeping.
+//! [`crate::peers`]; this module is its bookkeeping: `peer` (each peer's
+//! newest verdict and its freshness), `removals` (the settle and the
+//! fight guard), `tracker` (stale peers, disagreements), `guards`
+//! (duplicate id, split anchor, retired verdicts).
 //!
 //! # Where the verdicts live
 //! As EC2 tags on the **anchor**: `ha.anchor`, by default the first
@@ -122,12 +125,11 @@
 //! its own. One more read only while a peer's Backup verdict holds the
 //! pair against ours, timed for when it would expire. No DeleteTags.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -137,6 +139,13 @@ use crate::model::RouteTable;
 use crate::peers::{self, Combined, Liveness, Seen, Verdict};
 
 mod guards;
+mod peer;
+mod removals;
+mod tracker;
+
+use peer::Peer;
+pub(crate) use removals::RouteKey;
+pub use tracker::{Changes, Tracker};
 
 /// Heartbeats two live agents may disagree before it is reported.
 pub const DISAGREE_AFTER_BEATS: u32 = 3;
@@ -258,133 +267,6 @@ impl fmt::Display for PeerView {
     }
 }
 
-/// What changed since the last assessment, to log and emit.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Changes {
-    /// Peers that just went stale (each logged once).
-    pub went_stale: Vec<String>,
-    /// Peers live again.
-    pub came_back: Vec<String>,
-    /// A disagreement just became worth reporting.
-    pub disagreement_started: Option<String>,
-    /// The disagreement reported before is over.
-    pub disagreement_ended: bool,
-    /// Anything a status view shows changed (paths, liveness, finding).
-    pub view_changed: bool,
-}
-
-/// Tracks the pair between assessments: pure, time passed in.
-#[derive(Debug, Clone, Default)]
-pub struct Tracker {
-    stale: BTreeSet<String>,
-    disagree_since: Option<Instant>,
-    reported: Option<String>,
-    last: Option<ViewKey>,
-}
-
-/// What a status view shows of the pair: our path, the pair's, each peer's
-/// verdict and liveness (ages left out: they change every second).
-type ViewKey = (Via, Via, Vec<(String, Via, Liveness)>, [Option<String>; 3]);
-
-impl Tracker {
-    /// Notes `combined` (for this agent's `local` verdict) at `now`.
-    pub fn assess(
-        &mut self,
-        combined: &Combined,
-        local: Via,
-        now: Instant,
-        heartbeat: Duration,
-    ) -> Changes {
-        self.assess_with(combined, local, now, heartbeat, [None, None, None])
-    }
-
-    /// As [`assess`](Self::assess), with the guards' findings (duplicate
-    /// id, split anchor, failback hold), whose changes a view shows too.
-    pub(crate) fn assess_with(
-        &mut self,
-        combined: &Combined,
-        local: Via,
-        now: Instant,
-        heartbeat: Duration,
-        guards: [Option<String>; 3],
-    ) -> Changes {
-        let mut changes = Changes::default();
-        for s in &combined.peers {
-            let id = &s.verdict.agent_id;
-            match s.liveness {
-                Liveness::Stale if self.stale.insert(id.clone()) => {
-                    changes.went_stale.push(id.clone());
-                }
-                Liveness::Live if self.stale.remove(id) => changes.came_back.push(id.clone()),
-                _ => {}
-            }
-        }
-        let others: Vec<&Seen> = combined
-            .peers
-            .iter()
-            .filter(|s| s.liveness == Liveness::Live && s.verdict.path != local)
-            .collect();
-        if others.is_empty() {
-            self.disagree_since = None;
-            if self.reported.take().is_some() {
-                changes.disagreement_ended = true;
-            }
-        } else {
-            let since = *self.disagree_since.get_or_insert(now);
-            if self.reported.is_none() && now - since >= heartbeat * DISAGREE_AFTER_BEATS {
-                let text = disagreement(&others, local);
-                self.reported = Some(text.clone());
-                changes.disagreement_started = Some(text);
-            }
-        }
-        let key = (
-            local,
-            combined.path,
-            combined
-                .peers
-                .iter()
-                .map(|s| (s.verdict.agent_id.clone(), s.verdict.path, s.liveness))
-                .collect(),
-            guards,
-        );
-        changes.view_changed = self.last.as_ref() != Some(&key)
-            || changes.disagreement_started.is_some()
-            || changes.disagreement_ended;
-        self.last = Some(key);
-        changes
-    }
-
-    /// The disagreement being reported, if any.
-    pub fn disagreement(&self) -> Option<&str> {
-        self.reported.as_deref()
-    }
-}
-
-/// "agent i-b (3 consecutive down rounds) says Backup, we say Primary":
-/// the verdicts compared, which probes, a held failover, an operator's
-/// hold or a manual failback may each have made.
-fn disagreement(others: &[&Seen], local: Via) -> String {
-    let names: Vec<String> = others
-        .iter()
-        .map(|s| {
-            if s.verdict.reason.is_empty() {
-                format!("agent {}", s.verdict.agent_id)
-            } else {
-                format!("agent {} ({})", s.verdict.agent_id, s.verdict.reason)
-            }
-        })
-        .collect();
-    format!(
-        "{} says {}, we say {local}: if it lasts, a fault local to one agent (its probes, its \
-         route to the targets) or an operator's hold or manual failback on one of them",
-        names.join(", "),
-        match local {
-            Via::Primary => Via::Backup,
-            Via::Backup => Via::Primary,
-        },
-    )
-}
-
 /// This agent's side of the pair, kept by the reconciler.
 pub(crate) struct Ha {
     pub(crate) agent_id: String,
@@ -438,51 +320,6 @@ pub(crate) struct Ha {
     started: Vec<(&'static str, String)>,
 }
 
-/// A peer's newest verdict and how fresh it is on our own clock.
-#[derive(Debug, Clone)]
-struct Peer {
-    verdict: Verdict,
-    /// When (our monotonic clock) it was written, as best we can tell:
-    /// at first sight its wall-clock age; once its `(at, counter)`
-    /// advances, no earlier than our previous read of it (its clock may
-    /// be off: that is only for display). `None`: first seen stamped in
-    /// the future beyond the skew tolerance, not trusted until it advances.
-    written: Option<Instant>,
-    /// Our last read that showed it.
-    seen: Instant,
-    /// The newest `(at, counter)` accepted whose stamp was not beyond the
-    /// skew tolerance in the future: what a trusted value must pass. A
-    /// future stamp never sets it, or it would hide every later real
-    /// value until our clock caught up with it (forever for a hand edit).
-    high: Option<(u64, u64)>,
-    /// The last few values accepted, as `(at, counter, path)`: a value
-    /// stamped in the future is an advance only if it is none of them (a
-    /// lagging read repeats one).
-    recent: VecDeque<(u64, u64, Via)>,
-}
-
-/// How many accepted values a peer's record remembers.
-const RECENT_VALUES: usize = 8;
-
-impl Peer {
-    fn age(&self, now: Instant) -> Option<Duration> {
-        self.written.map(|w| now.saturating_duration_since(w))
-    }
-
-    /// Takes `v` as the peer's verdict; `trusted`: its stamp is not in the
-    /// future beyond the tolerance, so it may raise the mark.
-    fn accept(&mut self, v: Verdict, trusted: bool) {
-        if trusted {
-            self.high = self.high.max(Some((v.at, v.counter)));
-        }
-        if self.recent.len() == RECENT_VALUES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((v.at, v.counter, v.path));
-        self.verdict = v;
-    }
-}
-
 /// One write of our verdict: the anchor, the tag, and what it says.
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
@@ -490,21 +327,6 @@ pub(crate) struct Write {
     pub(crate) tag: (String, String),
     local: Via,
     reason: String,
-}
-
-/// A route slot: its table and destination.
-pub(crate) type RouteKey = (String, IpNet);
-
-/// How the removals a read calls for are to be made.
-#[derive(Debug, Default)]
-pub(crate) struct Removals {
-    /// Unexplained across reads a heartbeat apart: delete.
-    pub(crate) ready: Vec<RouteKey>,
-    /// Unexplained only since less than a heartbeat: read again then.
-    pub(crate) settle_until: Option<Instant>,
-    /// Deleted by us once and back unexplained: held, for `why`.
-    pub(crate) held: Vec<RouteKey>,
-    pub(crate) why: String,
 }
 
 impl Ha {
@@ -544,156 +366,6 @@ impl Ha {
 
     pub(crate) fn anchor(&self) -> &str {
         &self.anchor
-    }
-
-    /// Takes the verdicts from a read, if it includes the anchor.
-    pub(crate) fn observe(&mut self, tables: &[RouteTable]) {
-        let Some(anchor) = tables.iter().find(|t| t.id == self.anchor) else {
-            // Every read asks for the anchor: absent means deleted (or a
-            // wrong id). Peers cannot be read, so failbacks are held.
-            if !self.anchor_missing {
-                error!(anchor = %self.anchor, "the anchor route table is missing: peers' verdicts cannot be read nor ours published; failbacks (route deletions) are held, failovers still made; recreate it or set ha.anchor to another managed table on every agent");
-            }
-            self.anchor_missing = true;
-            return;
-        };
-        if self.anchor_missing {
-            info!(anchor = %self.anchor, "the anchor route table is readable again");
-            self.anchor_missing = false;
-        }
-        self.last_read = Some(Instant::now());
-        let now = (self.clock)();
-        let mut to_forget = guards::to_forget(
-            anchor,
-            &self.agent_id,
-            now,
-            self.forget_after,
-            &self.forgotten,
-        );
-        to_forget.retain(|t| !self.to_forget.contains(t));
-        self.to_forget.append(&mut to_forget);
-        let mono = Instant::now();
-        let limit = self.peer_timeout;
-        // A vanished tag's verdict is forgotten once it is stale anyway.
-        self.peers.retain(|id, p| {
-            anchor.tags.contains_key(&peers::tag_key(id))
-                || p.age(mono).is_some_and(|age| age <= limit)
-        });
-        for (key, value) in &anchor.tags {
-            let Some(v) = peers::parse_tag(key, value) else {
-                continue;
-            };
-            if v.agent_id == self.agent_id {
-                // Counting on from a previous run keeps the counter rising.
-                if self.published.is_none() {
-                    self.counter = self.counter.max(v.counter);
-                }
-                if self.duplicates.read_own(value, &v, Instant::now()) && !self.duplicate_logged {
-                    self.duplicate_logged = true;
-                    self.started.push((
-                        "ha_duplicate_id",
-                        format!(
-                            "another process publishes under our agent id {} on {}: failbacks are \
-                             held; give every agent its own ha.agent_id",
-                            self.agent_id, self.anchor
-                        ),
-                    ));
-                    error!(agent_id = %self.agent_id, theirs = %value, anchor = %self.anchor, "CRITICAL: another process publishes under our agent id: the pair has degenerated into independent writers; failbacks (route deletions) are held until none is seen for ha.peer_timeout, failovers still made; give every agent its own ha.agent_id");
-                }
-            } else {
-                self.note_peer(v, now, mono);
-            }
-        }
-    }
-
-    /// Notes a peer's verdict read at `now` (wall) and `mono` (ours).
-    /// Monotonic per peer by `(at, counter)`: a lagging replica can show
-    /// an older value than one already read, and must not undo it (a
-    /// restart resets nothing here: its timestamp moves on). Liveness is
-    /// judged by that value advancing, timed on our clock, so a peer
-    /// whose clock is off is live while it publishes.
-    ///
-    /// A value stamped beyond the skew tolerance in the future (a clock
-    /// ahead, then stepped back; a hand edit) is an advance if it is none
-    /// of the last few accepted, and never raises the mark later values
-    /// must pass: the peer's next real value is accepted as soon as it
-    /// shows.
-    fn note_peer(&mut self, v: Verdict, now: u64, mono: Instant) {
-        let wall = peers::wall_age(&v, now);
-        let value = (v.at, v.counter, v.path);
-        match self.peers.get_mut(&v.agent_id) {
-            Some(p) => {
-                let advance = match wall {
-                    Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
-                    None => !p.recent.contains(&value),
-                };
-                if !advance {
-                    p.seen = p.seen.max(mono);
-                    return;
-                }
-                // Once as its stamps go ahead, not on every value after.
-                if wall.is_none() && peers::wall_age(&p.verdict, now).is_some() {
-                    warn!(peer = %v.agent_id, at = v.at, now, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; counted as written now, not as the mark its next values must pass");
-                }
-                // Written since our previous read of it, and no earlier
-                // than its own stamp says (a stamp ahead of us counts as now).
-                let since = mono.saturating_duration_since(p.seen);
-                let age = wall.unwrap_or_default().min(since);
-                p.written = Some(mono.checked_sub(age).unwrap_or(mono));
-                p.seen = mono;
-                p.accept(v, wall.is_some());
-            }
-            None => {
-                if wall.is_none() {
-                    warn!(peer = %v.agent_id, at = v.at, now, "peer's verdict is stamped in the future beyond the clock-skew tolerance: its clock is off or the tag was edited; ignored until it publishes again");
-                }
-                let written = wall.map(|age| mono.checked_sub(age).unwrap_or(mono));
-                let mut peer = Peer {
-                    verdict: v.clone(),
-                    written,
-                    seen: mono,
-                    high: None,
-                    recent: VecDeque::new(),
-                };
-                peer.accept(v, wall.is_some());
-                self.peers.insert(peer.verdict.agent_id.clone(), peer);
-            }
-        }
-    }
-
-    /// The pair's path for our `local` verdict, from the verdicts last
-    /// read, as of that read (our clock): liveness is judged at reads, so
-    /// between two the pair's path does not drift and no extra read is
-    /// needed; a status view shows how old the read is.
-    pub(crate) fn combined(&self, local: Via) -> Combined {
-        let now = self.last_read.unwrap_or_else(Instant::now);
-        let peers: Vec<(Verdict, Option<Duration>)> = self
-            .peers
-            .values()
-            .map(|p| (p.verdict.clone(), p.age(now)))
-            .collect();
-        peers::combine_aged(local, &self.agent_id, &peers, self.peer_timeout)
-    }
-
-    /// When the pair's path may next change by itself for our `local`
-    /// verdict: the first live Backup verdict of a peer that holds the
-    /// pair against ours would go stale if it did not advance. A read then
-    /// tells (the one read the rule needs beyond the reconciler's own:
-    /// only while a peer holds us on Backup).
-    pub(crate) fn next_expiry(&self, local: Via) -> Option<Instant> {
-        if local == Via::Backup {
-            return None;
-        }
-        // Only ahead of both the last read and now: while our reads fail,
-        // a past expiry must not start pass after pass (retries back off).
-        let after = self.last_read?.max(Instant::now());
-        self.peers
-            .values()
-            .filter(|p| p.verdict.path == Via::Backup)
-            .filter_map(|p| p.written)
-            .map(|w| w + self.peer_timeout + Duration::from_secs(1))
-            .filter(|e| *e > after)
-            .min()
     }
 
     /// Whether `local` differs from what peers last saw from us.
@@ -832,89 +504,6 @@ impl Ha {
         })
     }
 
-    /// Sorts the removals a read on the pair's Primary path calls for
-    /// (routes of ours that no live verdict explains) at `now`. A route
-    /// is deleted only once two reads a heartbeat apart show it so: a read
-    /// whose tags lag its routes can show a peer's fresh failover beside
-    /// that peer's old Primary verdict. A route we deleted that is back
-    /// unexplained means a writer we cannot see (an unpublishable verdict,
-    /// a clock far off, another anchor): its failback is held, not fought.
-    /// `resync` is the reconciler's `resync_interval`, which bounds how
-    /// long such a writer takes to put a route back.
-    pub(crate) fn judge_removals(
-        &mut self,
-        removals: &[RouteKey],
-        now: Instant,
-        resync: Duration,
-    ) -> Removals {
-        self.unexplained.retain(|k, _| removals.contains(k));
-        let memory = self.fight_memory(resync);
-        self.deleted
-            .retain(|k, at| removals.contains(k) || now < *at + memory);
-        let before = self.fights.len();
-        // A held route that went away ends its fight.
-        self.fights.retain(|k| removals.contains(k));
-        if before > 0 && self.fights.is_empty() {
-            info!("the routes we had to keep against another writer are gone: failbacks go on as usual");
-        }
-        let mut out = Removals::default();
-        let mut new_fights = Vec::new();
-        for key in removals {
-            let first = *self.unexplained.entry(key.clone()).or_insert(now);
-            let due = first + self.heartbeat;
-            if now < due {
-                out.settle_until = Some(out.settle_until.map_or(due, |d| d.min(due)));
-            } else if self.deleted.contains_key(key) || self.fights.contains(key) {
-                if self.fights.insert(key.clone()) {
-                    new_fights.push(format!("{} {}", key.0, key.1));
-                }
-                out.held.push(key.clone());
-            } else {
-                out.ready.push(key.clone());
-            }
-        }
-        if !new_fights.is_empty() {
-            self.started.push((
-                "ha_fight",
-                format!(
-                    "routes we deleted came back while no live verdict explains them ({}): another \
-                     writer we cannot see; their failback is held",
-                    new_fights.join(", ")
-                ),
-            ));
-            error!(routes = %new_fights.join(", "), anchor = %self.anchor, "CRITICAL: routes we deleted came back while no live verdict explains them: another writer we cannot see (an agent whose verdict cannot be published, a clock far off, another anchor); keeping them (failback held) instead of fighting; held until a read shows a live Backup verdict, the route goes away, or this agent restarts");
-        }
-        out.why = "we deleted it and it came back while no live verdict explains it: another \
-                   writer we cannot see (an agent that cannot publish, a clock far off, another \
-                   anchor); see the CRITICAL log line"
-            .to_string();
-        out
-    }
-
-    /// Notes a read on which a live verdict (ours or a peer's) says Backup:
-    /// every route of ours is explained, nothing we deleted is a fight.
-    pub(crate) fn explained(&mut self) {
-        self.unexplained.clear();
-        self.deleted.clear();
-        if !self.fights.is_empty() {
-            info!("a live Backup verdict explains the routes we kept against another writer");
-            self.fights.clear();
-        }
-    }
-
-    /// Notes routes this agent deleted, at `now`.
-    pub(crate) fn note_deleted(&mut self, keys: impl IntoIterator<Item = RouteKey>, now: Instant) {
-        self.deleted.extend(keys.into_iter().map(|k| (k, now)));
-    }
-
-    /// How long a route we deleted is remembered while absent: a writer
-    /// we cannot see acts on an unpublished Backup verdict within
-    /// `peer_timeout`, puts the route back at its next pass (within a
-    /// resync) and our next read shows it (within another).
-    pub(crate) fn fight_memory(&self, resync: Duration) -> Duration {
-        self.peer_timeout + resync * 2
-    }
-
     /// Findings that started since last asked, for hooks: (kind, text).
     pub(crate) fn take_started(&mut self) -> Vec<(&'static str, String)> {
         std::mem::take(&mut self.started)
@@ -1013,78 +602,10 @@ impl Ha {
 mod tests {
     use super::*;
 
-    fn seen(id: &str, path: Via, liveness: Liveness) -> Seen {
-        Seen {
-            verdict: Verdict {
-                agent_id: id.into(),
-                path,
-                counter: 1,
-                at: 0,
-                reason: "3 down rounds".into(),
-            },
-            age: Duration::from_secs(1),
-            liveness,
-        }
-    }
+    pub(super) const BEAT: Duration = Duration::from_secs(10);
+    pub(super) const RESYNC: Duration = Duration::from_secs(30);
 
-    fn combined(path: Via, peers: Vec<Seen>) -> Combined {
-        Combined {
-            path,
-            backup_votes: Vec::new(),
-            peers,
-        }
-    }
-
-    const BEAT: Duration = Duration::from_secs(10);
-    const RESYNC: Duration = Duration::from_secs(30);
-
-    #[test]
-    fn a_disagreement_is_reported_once_after_a_few_beats_and_its_end_once() {
-        let mut t = Tracker::default();
-        let start = Instant::now();
-        let c = combined(Via::Backup, vec![seen("i-b", Via::Backup, Liveness::Live)]);
-        let first = t.assess(&c, Via::Primary, start, BEAT);
-        assert!(first.view_changed);
-        assert_eq!(first.disagreement_started, None);
-        let mut reported = Vec::new();
-        for s in 1..=10 {
-            let ch = t.assess(&c, Via::Primary, start + BEAT * s, BEAT);
-            reported.extend(ch.disagreement_started);
-        }
-        assert_eq!(reported.len(), 1, "{reported:?}");
-        assert!(reported[0].starts_with("agent i-b (3 down rounds) says Backup, we say Primary"));
-        let c = combined(
-            Via::Primary,
-            vec![seen("i-b", Via::Primary, Liveness::Live)],
-        );
-        let ch = t.assess(&c, Via::Primary, start + BEAT * 11, BEAT);
-        assert!(ch.disagreement_ended && ch.view_changed);
-        let ch = t.assess(&c, Via::Primary, start + BEAT * 12, BEAT);
-        assert_eq!(ch, Changes::default());
-    }
-
-    #[test]
-    fn a_stale_peer_is_logged_once_and_never_disagrees() {
-        let mut t = Tracker::default();
-        let start = Instant::now();
-        let c = combined(
-            Via::Primary,
-            vec![seen("i-b", Via::Backup, Liveness::Stale)],
-        );
-        let ch = t.assess(&c, Via::Primary, start, BEAT);
-        assert_eq!(ch.went_stale, ["i-b"]);
-        for s in 1..10 {
-            let ch = t.assess(&c, Via::Primary, start + BEAT * s, BEAT);
-            assert!(ch.went_stale.is_empty() && ch.disagreement_started.is_none());
-        }
-        let c = combined(
-            Via::Primary,
-            vec![seen("i-b", Via::Primary, Liveness::Live)],
-        );
-        assert_eq!(t.assess(&c, Via::Primary, start, BEAT).came_back, ["i-b"]);
-    }
-
-    fn ha() -> Ha {
+    pub(super) fn ha() -> Ha {
         let config = HaConfig {
             agent_id: Some("a".into()),
             heartbeat: BEAT,
@@ -1094,89 +615,6 @@ mod tests {
             forget_after: Duration::from_secs(86_400),
         };
         Ha::new("a".into(), &config, "rtb-a".into(), Arc::new(|| 1_000))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_route_is_deleted_after_two_reads_a_beat_apart_and_held_if_it_comes_back() {
-        let mut h = ha();
-        let k: RouteKey = ("rtb-a".into(), "10.1.0.0/16".parse().unwrap());
-        let t0 = Instant::now();
-        let first = h.judge_removals(std::slice::from_ref(&k), t0, RESYNC);
-        assert_eq!(
-            (first.ready.len(), first.settle_until),
-            (0, Some(t0 + BEAT))
-        );
-        let second = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT, RESYNC);
-        assert_eq!(second.ready, std::slice::from_ref(&k));
-        h.note_deleted([k.clone()], t0 + BEAT);
-        // Gone, then back unexplained: held, not deleted again.
-        assert!(h
-            .judge_removals(&[], t0 + BEAT * 2, RESYNC)
-            .ready
-            .is_empty());
-        let back = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 3, RESYNC);
-        assert!(back.ready.is_empty() && back.held.is_empty());
-        let held = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 4, RESYNC);
-        assert_eq!((held.ready.len(), held.held), (0, vec![k.clone()]));
-        // A live Backup verdict explains it: a fresh start, settled again.
-        h.explained();
-        let after = h.judge_removals(std::slice::from_ref(&k), t0 + BEAT * 5, RESYNC);
-        assert!(after.held.is_empty() && after.settle_until.is_some());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_route_we_deleted_long_ago_is_no_fight_when_it_comes_back() {
-        let mut h = ha();
-        let k: RouteKey = ("rtb-a".into(), "10.1.0.0/16".parse().unwrap());
-        let t0 = Instant::now();
-        h.note_deleted([k.clone()], t0);
-        let memory = h.fight_memory(RESYNC);
-        // Absent on reads until the memory has passed: forgotten.
-        assert!(h.judge_removals(&[], t0 + BEAT, RESYNC).ready.is_empty());
-        assert!(h.judge_removals(&[], t0 + memory, RESYNC).ready.is_empty());
-        let later = t0 + memory + BEAT;
-        let back = h.judge_removals(std::slice::from_ref(&k), later, RESYNC);
-        assert!(back.held.is_empty() && back.settle_until.is_some());
-        let settled = h.judge_removals(std::slice::from_ref(&k), later + BEAT, RESYNC);
-        assert_eq!((settled.ready, settled.held.len()), (vec![k], 0));
-        assert!(h.take_started().is_empty(), "no fight reported");
-    }
-
-    #[test]
-    fn a_lagging_read_never_turns_a_peer_back() {
-        let mut h = ha();
-        let read = |value: &str| RouteTable {
-            id: "rtb-a".into(),
-            tags: [(peers::tag_key("b"), value.to_string())].into(),
-            ..RouteTable::default()
-        };
-        h.observe(&[read("backup;8;995;down")]);
-        h.observe(&[read("primary;7;990;up")]);
-        assert_eq!(h.combined(Via::Primary).path, Via::Backup);
-        // A restart resets nothing that matters: its timestamp moves on.
-        h.observe(&[read("primary;1;999;up")]);
-        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
-    }
-
-    #[test]
-    fn a_stamp_from_the_future_never_hides_the_values_after_it() {
-        let mut h = ha();
-        let read = |value: &str| RouteTable {
-            id: "rtb-a".into(),
-            tags: [(peers::tag_key("b"), value.to_string())].into(),
-            ..RouteTable::default()
-        };
-        h.observe(&[read("primary;7;990;up")]);
-        // A clock an hour ahead (or a hand edit), then stepped back.
-        h.observe(&[read("backup;8;4600;down")]);
-        assert_eq!(h.combined(Via::Primary).path, Via::Backup);
-        h.observe(&[read("primary;9;995;up")]);
-        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
-        // A lagging read repeating the future value turns nothing back,
-        // nor does one older than the mark.
-        h.observe(&[read("backup;8;4600;down")]);
-        h.observe(&[read("backup;6;985;down")]);
-        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
     }
 
     #[test]
