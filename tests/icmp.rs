@@ -14,12 +14,16 @@ use route_failover::probe::icmp::IcmpProber;
 use route_failover::probe::{summarize, Prober};
 
 fn config(targets: &str) -> Config {
+    config_with(targets, "500ms", "200ms")
+}
+
+fn config_with(targets: &str, interval: &str, timeout: &str) -> Config {
     let text = format!(
         r#"
 [probe]
 targets = [{targets}]
-interval = "500ms"
-timeout = "200ms"
+interval = "{interval}"
+timeout = "{timeout}"
 count = 3
 
 [[routes]]
@@ -138,4 +142,84 @@ async fn a_round_cut_short_keeps_the_replies_it_got() {
     assert!(prober.salvage().is_none());
     let next = prober.round().await;
     assert!(next.targets.iter().all(|t| t.received() == 3), "{next:?}");
+}
+
+/// `bench/echo_delay.py` answering every echo in the namespace 100 ms
+/// late (the kernel's own replies off); killed on drop.
+struct SlowResponder(std::process::Child);
+
+impl SlowResponder {
+    fn start(net: &netns::TargetNet, delay_ms: u32) -> Self {
+        use std::io::BufRead;
+        net.blackhole(true);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/echo_delay.py");
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &net.ns, "python3", script, "--mean-ms"])
+            .arg(delay_ms.to_string())
+            .args(["--sd-ms", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo_delay.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "echo_delay: ready");
+        Self(child)
+    }
+}
+
+impl Drop for SlowResponder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
+    let test = "late_replies_count_by_their_kernel_stamps_within_the_timeout_only";
+    if !gate::require_root(test, "network namespaces and ICMP sockets")
+        || !gate::require_tool(test, "ip")
+        || !gate::require_tool(test, "python3")
+    {
+        return;
+    }
+    // This kernel has no netem: a userspace responder holds each reply.
+    let net = netns::TargetNet::create(213);
+    let _responder = SlowResponder::start(&net, 100);
+    let targets = format!(r#""{}", "{}""#, net.target_v4, net.target_v6);
+
+    // Timeout 300 ms: every reply counts, with its own ~100 ms RTT, though
+    // the prober reads them all at once, long after some of them arrived.
+    let config = config_with(&targets, "1s", "300ms");
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let report = prober.round().await;
+        let elapsed = started.elapsed();
+        for t in &report.targets {
+            assert_eq!((t.sent, t.received()), (3, 3), "{t:?}");
+            for rtt in &t.rtts {
+                assert!(
+                    (Duration::from_millis(90)..Duration::from_millis(160)).contains(rtt),
+                    "{}: rtt {rtt:?}",
+                    t.target
+                );
+            }
+        }
+        // The round ends once the last echo is answered (two spacings of
+        // 233 ms, then its 100 ms): never by waiting out every timeout.
+        assert!(elapsed < config.probe.interval, "round took {elapsed:?}");
+    }
+
+    // Timeout 60 ms: the same replies come too late and none counts.
+    let config = config_with(&targets, "1s", "60ms");
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    let report = prober.round().await;
+    for t in &report.targets {
+        assert_eq!((t.sent, t.received()), (3, 0), "{t:?}");
+        assert!(t.error.is_none());
+    }
+    assert!(!summarize(&report, config.probe.round).up);
 }
