@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use route_failover::config::Config;
 use route_failover::probe::icmp::IcmpProber;
+use route_failover::probe::socket::Kind;
 use route_failover::probe::{summarize, Prober};
 
 fn config(targets: &str) -> Config {
@@ -222,4 +223,116 @@ async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
         assert!(t.error.is_none());
     }
     assert!(!summarize(&report, config.probe.round).up);
+}
+
+/// Set in the child run of the datagram test, inside its namespace.
+const DATAGRAM_CHILD: &str = "ROUTE_FAILOVER_TEST_DATAGRAM_CHILD";
+
+/// A namespace of the test's own with only `lo`, removed on drop.
+struct LoopbackOnly(&'static str);
+
+impl Drop for LoopbackOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", self.0])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn unprivileged_datagram_sockets_answer_like_raw_ones() {
+    let test = "unprivileged_datagram_sockets_answer_like_raw_ones";
+    if std::env::var_os(DATAGRAM_CHILD).is_some() {
+        // The child, in the namespace: the kernel gives datagram sockets,
+        // whose identifiers it rewrites, and the round is whole.
+        let config = config(r#""127.0.0.1", "::1""#);
+        let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+        assert_eq!(prober.socket_kinds(), vec![Kind::Datagram; 2]);
+        for _ in 0..2 {
+            let report = prober.round().await;
+            assert!(
+                report.targets.iter().all(|t| t.received() == 3),
+                "{report:?}"
+            );
+        }
+        return;
+    }
+    if !gate::require_root(test, "network namespaces") || !gate::require_tool(test, "ip") {
+        return;
+    }
+    // ping_group_range is per namespace: admit every group in one of our
+    // own, and run this test again in it.
+    let ns = LoopbackOnly("rf-dgram-213");
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    };
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", ns.0])
+        .output();
+    ip(&["netns", "add", ns.0]);
+    ip(&["netns", "exec", ns.0, "ip", "link", "set", "lo", "up"]);
+    ip(&[
+        "netns",
+        "exec",
+        ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ping_group_range=0 2147483647",
+    ]);
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.0])
+        .arg(&me)
+        .args(["--exact", test, "--nocapture"])
+        .env(DATAGRAM_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// This thread's voluntary context switches: each time it blocked, which
+/// on the test's current-thread runtime is each time the runtime slept.
+fn voluntary_switches() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replies_do_not_wake_the_runtime() {
+    if !gate::require_root(
+        "replies_do_not_wake_the_runtime",
+        "ICMP sockets need root or CAP_NET_RAW",
+    ) {
+        return;
+    }
+    // 3 targets × 3 echoes: 9 replies a round. The runtime sleeps before
+    // the 2nd and 3rd waves and once more for the replies to the last:
+    // 3 wake-ups, however many replies there are.
+    let config = config(r#""127.0.0.1", "127.0.0.2", "::1""#);
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    prober.round().await;
+    let mut worst = 0;
+    for _ in 0..5 {
+        let before = voluntary_switches();
+        let report = prober.round().await;
+        worst = worst.max(voluntary_switches() - before);
+        assert!(report.targets.iter().all(|t| t.received() == 3));
+    }
+    eprintln!("wake-ups per round: at most {worst}");
+    assert!(worst <= 4, "{worst} wake-ups in a round of 9 echoes");
 }

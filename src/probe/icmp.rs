@@ -29,8 +29,9 @@ use tracing::warn;
 use super::ledger::{timeline, Ledger, Sent, Slot, Waves};
 use super::rtt::{Deadline, RttEstimator};
 use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
-use super::socket::{open_hint, EchoSocket, Family, Reply, PAYLOAD};
+use super::socket::{open_hint, EchoSocket, Family, Kind, Reply, PAYLOAD};
 use super::{Prober, RoundReport, TargetReport};
+use crate::alarm::Alarm;
 use crate::config::{BackupConfig, ProbeConfig};
 use crate::detect::DetectConfig;
 
@@ -143,6 +144,8 @@ pub struct IcmpProber {
     /// Kept in the prober, not the round's future, so that a round the
     /// agent gives up on still has its replies ([`Prober::salvage`]).
     round: Option<InRound>,
+    /// The round's waits; made by the first round, inside the runtime.
+    alarm: Option<Alarm>,
 }
 
 impl IcmpProber {
@@ -196,6 +199,7 @@ impl IcmpProber {
             ident: rand::random(),
             next_seq: rand::random(),
             round: None,
+            alarm: None,
         };
         prober.warn_if_queues_are_short();
         Ok(prober)
@@ -220,6 +224,16 @@ impl IcmpProber {
                 }
             }
         }
+    }
+
+    /// The kind of each socket open: datagram where
+    /// `net.ipv4.ping_group_range` allows it, raw otherwise.
+    pub fn socket_kinds(&self) -> Vec<Kind> {
+        self.shared
+            .all()
+            .chain(self.bound.iter().flat_map(Sockets::all))
+            .map(EchoSocket::kind)
+            .collect()
     }
 
     fn sockets_of(&self, group: &Group) -> &Sockets {
@@ -258,6 +272,7 @@ impl IcmpProber {
             ident,
             next_seq,
             round,
+            ..
         } = self;
         let Some(round) = round.as_mut() else {
             return;
@@ -324,6 +339,18 @@ impl IcmpProber {
             })
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Sleeps on the [`Alarm`] (one wake-up), or on tokio's timer if no
+    /// timerfd can be had.
+    async fn sleep_until(&mut self, deadline: Instant) {
+        if self.alarm.is_none() {
+            self.alarm = Alarm::new().ok();
+        }
+        match &self.alarm {
+            Some(alarm) => alarm.sleep_until(deadline).await,
+            None => tokio::time::sleep_until(deadline).await,
+        }
     }
 
     fn last_open_deadline(&self) -> Option<Instant> {
@@ -402,7 +429,7 @@ impl Prober for IcmpProber {
         });
         for (at, waves) in timeline(&self.waves()) {
             if !at.is_zero() {
-                tokio::time::sleep_until(start + at).await;
+                self.sleep_until(start + at).await;
             }
             // Replies to earlier waves first; at the first wave, what is
             // left of earlier rounds, which matches nothing and is dropped.
@@ -414,11 +441,11 @@ impl Prober for IcmpProber {
         if let Some(last) = self.last_open_deadline() {
             let now = Instant::now();
             let learned = now + self.learned_wait(now);
-            tokio::time::sleep_until(learned.min(last) + GRACE).await;
+            self.sleep_until(learned.min(last) + GRACE).await;
             self.drain();
             // Still open: one read at the last deadline settles them all.
             while let Some(last) = self.last_open_deadline() {
-                tokio::time::sleep_until(last + GRACE).await;
+                self.sleep_until(last + GRACE).await;
                 self.drain();
             }
         }

@@ -137,6 +137,9 @@ impl EchoSocket {
                 socket.bind(&SocketAddr::new(source, 0).into())?;
             }
             socket.set_nonblocking(true)?;
+            if kind == Kind::Raw {
+                socket.attach_filter(&echo_replies_only(family))?;
+            }
             sys::set_flag(socket.as_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)?;
             sys::set_flag(socket.as_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL)?;
             let want = queued.saturating_mul(BYTES_PER_QUEUED_PACKET);
@@ -221,6 +224,41 @@ impl EchoSocket {
             }
         }
         stats
+    }
+}
+
+/// A socket filter (classic BPF) for a raw socket: only echo replies are
+/// queued. A raw socket otherwise queues every ICMP packet the host gets
+/// (on loopback our own requests too), each to be read for nothing and
+/// each taking room in the receive buffer. Everything else is still
+/// checked by [`parse_reply`]; this only spares the work.
+fn echo_replies_only(family: Family) -> Vec<socket2::SockFilter> {
+    use socket2::SockFilter;
+    // Classic BPF opcodes (linux/filter.h).
+    const LDX_B_MSH: u16 = 0xb1; // X = 4 * (packet[k] & 0xf): the IPv4 header length
+    const LD_B_IND: u16 = 0x50; // A = packet[X + k]
+    const LD_B_ABS: u16 = 0x30; // A = packet[k]
+    const JEQ_K: u16 = 0x15; // if A == k: skip jt, else skip jf
+    const RET_K: u16 = 0x06; // accept k bytes (0: drop)
+    let accept = SockFilter::new(RET_K, 0, 0, u32::MAX);
+    let drop = SockFilter::new(RET_K, 0, 0, 0);
+    match family {
+        // A raw IPv4 socket reads the IP header first: the ICMP type
+        // follows it. Echo reply is type 0.
+        Family::V4 => vec![
+            SockFilter::new(LDX_B_MSH, 0, 0, 0),
+            SockFilter::new(LD_B_IND, 0, 0, 0),
+            SockFilter::new(JEQ_K, 0, 1, 0),
+            accept,
+            drop,
+        ],
+        // A raw IPv6 socket reads the ICMPv6 header first: echo reply is 129.
+        Family::V6 => vec![
+            SockFilter::new(LD_B_ABS, 0, 0, 0),
+            SockFilter::new(JEQ_K, 0, 1, 129),
+            accept,
+            drop,
+        ],
     }
 }
 
