@@ -332,6 +332,13 @@ async fn replies_do_not_wake_the_runtime() {
         let report = prober.round().await;
         worst = worst.max(voluntary_switches() - before);
         assert!(report.targets.iter().all(|t| t.received() == 3));
+        // Stamped before the send: a loopback reply, received inside
+        // sendto, still has a round-trip time.
+        assert!(report
+            .targets
+            .iter()
+            .flat_map(|t| &t.rtts)
+            .all(|rtt| !rtt.is_zero()));
     }
     eprintln!("wake-ups per round: at most {worst}");
     assert!(worst <= 4, "{worst} wake-ups in a round of 9 echoes");

@@ -293,6 +293,8 @@ impl IcmpProber {
             let socket = sockets.for_target(target);
             let seq = *next_seq;
             *next_seq = next_seq.wrapping_add(1);
+            // Both clocks before the send (see EchoSocket::send).
+            let at = Instant::now();
             match socket.send(target, *ident, seq) {
                 Ok(wall) => round.ledger.sent(Sent {
                     target,
@@ -300,7 +302,7 @@ impl IcmpProber {
                     slot,
                     index: i,
                     wall,
-                    at: Instant::now(),
+                    at,
                     timeout,
                 }),
                 Err(e) => {

@@ -5,8 +5,9 @@
 //! is within that echo's `timeout`; anything else (a duplicate, a reply to
 //! another process, an echo of an earlier round) never counts. The
 //! round-trip time is the reply's kernel receive stamp minus the wall-clock
-//! stamp taken right after `sendto`, clamped at zero (on loopback and veth
-//! the reply is received inside `sendto`) and bounded by the monotonic time
+//! stamp taken just before `sendto` (on loopback and veth the reply is
+//! received inside `sendto`: a stamp taken after it would make every such
+//! round-trip time zero), clamped at zero and bounded by the monotonic time
 //! between the send and the read: a wall-clock step during a round can
 //! shorten a round-trip time, never make a reply read in time look late.
 //!
@@ -45,7 +46,7 @@ pub struct Sent {
     pub seq: u16,
     pub slot: Slot,
     pub index: usize,
-    /// The realtime clock right after `sendto`.
+    /// The realtime clock just before `sendto`.
     pub wall: SystemTime,
     /// The monotonic clock at the same moment.
     pub at: Instant,
@@ -293,7 +294,7 @@ mod tests {
     #[test]
     fn clock_steps_cannot_make_a_reply_read_in_time_look_late() {
         let mut f = fixture();
-        // Received "before" it was sent (loopback answers inside sendto,
+        // Received "before" it was sent (the wall clock stepped back,
         // or the wall clock stepped back): zero, not an error.
         let mut r = reply("198.18.0.2", Some(IDENT), 10, None);
         r.received = Some(f.w0 - ms(2));

@@ -5,7 +5,7 @@
 //! Replies wait in the socket's receive queue until then; the kernel stamps
 //! each one as it arrives (`SO_TIMESTAMPNS`), so its round-trip time is
 //! exact however late it is read. Those stamps are `CLOCK_REALTIME`: the
-//! caller measures against a realtime stamp taken right after `sendto` and
+//! caller measures against a realtime stamp taken just before `sendto` and
 //! bounds the result by the monotonic time elapsed (see
 //! [`super::ledger`]), so a step of the wall clock can shorten a round-trip
 //! time but never make an echo read in time look late.
@@ -169,13 +169,16 @@ impl EchoSocket {
         self.recv_buffer / BYTES_PER_QUEUED_PACKET
     }
 
-    /// Sends echo `seq` to `target`; returns the realtime clock right after
-    /// `sendto`, what the reply's kernel stamp is measured against.
+    /// Sends echo `seq` to `target`; returns the realtime clock just before
+    /// `sendto`, what the reply's kernel stamp is measured against. Before,
+    /// not after: on loopback and veth the reply is received (and stamped)
+    /// inside `sendto`.
     pub fn send(&self, target: IpAddr, ident: u16, seq: u16) -> io::Result<SystemTime> {
         let packet = echo_request(self.family, ident, seq, PAYLOAD);
-        self.socket
-            .send_to(&packet, &SockAddr::from(SocketAddr::new(target, 0)))?;
-        Ok(SystemTime::now())
+        let addr = SockAddr::from(SocketAddr::new(target, 0));
+        let sent = SystemTime::now();
+        self.socket.send_to(&packet, &addr)?;
+        Ok(sent)
     }
 
     /// Reads every packet waiting, without blocking, and appends the echo
