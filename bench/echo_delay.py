@@ -26,8 +26,7 @@ def checksum(data):
     return ~s & 0xFFFF
 
 
-def serve_v4(delay):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+def serve_v4(sock, delay):
     while True:
         packet, (src, _) = sock.recvfrom(65535)
         icmp = packet[(packet[0] & 0x0F) * 4 :]
@@ -38,9 +37,8 @@ def serve_v4(delay):
         later(delay(), sock.sendto, bytes(reply), (src, 0))
 
 
-def serve_v6(delay):
+def serve_v6(sock, delay):
     # The kernel computes the checksum of ICMPv6 raw sockets itself.
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
     while True:
         icmp, addr = sock.recvfrom(65535)
         if len(icmp) < 8 or icmp[0] != 128 or icmp[1] != 0:
@@ -68,9 +66,13 @@ def main():
         with lock:
             return max(0.0, rng.gauss(args.mean_ms, args.sd_ms)) / 1000
 
-    threading.Thread(target=serve_v6, args=(delay,), daemon=True).start()
+    # Both sockets open before "ready": an echo that comes before its
+    # socket exists would go unanswered.
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    threading.Thread(target=serve_v6, args=(v6, delay), daemon=True).start()
     print("echo_delay: ready", flush=True)
-    serve_v4(delay)
+    serve_v4(v4, delay)
 
 
 if __name__ == "__main__":

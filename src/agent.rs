@@ -145,6 +145,9 @@ pub struct Agent {
     wall_clock: WallClock,
     /// The reason of the last decided transition, published with our verdict.
     verdict_reason: watch::Sender<String>,
+    /// Rounds paced by a timerfd ([`crate::alarm::Ticker`]) instead of
+    /// tokio's timer, which the paused-clock tests need.
+    exact_ticks: bool,
 }
 
 impl Agent {
@@ -164,7 +167,16 @@ impl Agent {
             control: Control(tx),
             wall_clock: crate::ha::system_clock(),
             verdict_reason: watch::channel(String::new()).0,
+            exact_ticks: false,
         }
+    }
+
+    /// Paces rounds on a timerfd: one wake-up per tick, where tokio's
+    /// timer wheel takes two for a 1 s interval (see [`crate::alarm`]).
+    /// Real clock only: not for tests on tokio's paused clock.
+    pub fn with_exact_ticks(mut self) -> Self {
+        self.exact_ticks = true;
+        self
     }
 
     /// Stamps and ages `[ha]` verdicts with `clock` (tests: the paused clock).
@@ -316,12 +328,8 @@ impl Agent {
             self.config.backup.as_ref().map(BackupConfig::policy),
             self.operator,
         );
-        let ticker_for = |interval| {
-            let mut ticker = tokio::time::interval(interval);
-            // A late round skips ticks rather than bunching rounds up.
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            ticker
-        };
+        let exact = self.exact_ticks;
+        let ticker_for = |interval| Ticker::new(interval, exact);
         let mut ticker = ticker_for(self.config.probe.interval);
         let mut number = 0u64;
         let mut last_summary: Option<RoundSummary> = None;
@@ -665,6 +673,39 @@ fn report_alarms(alarms: Alarms, judge: &Judge) {
             // Only both_down cleared (DX is back) while the backup stays down
             // lands in no_redundancy above; nothing else reaches here.
             BackupState::Down => info!("backup alarms cleared"),
+        }
+    }
+}
+
+/// What paces the rounds: tokio's interval (the paused clock in tests), or
+/// a timerfd in production. A late round skips ticks rather than bunching
+/// rounds up, either way.
+enum Ticker {
+    Tokio(tokio::time::Interval),
+    Exact(crate::alarm::Ticker),
+}
+
+impl Ticker {
+    fn new(interval: Duration, exact: bool) -> Self {
+        if exact {
+            match crate::alarm::Ticker::new(interval) {
+                Ok(ticker) => return Self::Exact(ticker),
+                Err(e) => warn!(error = %e, "no timerfd: rounds paced by tokio's timer"),
+            }
+        }
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Self::Tokio(ticker)
+    }
+
+    async fn tick(&mut self) {
+        match self {
+            Self::Tokio(ticker) => {
+                ticker.tick().await;
+            }
+            Self::Exact(ticker) => {
+                ticker.tick().await;
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`plan`]: pure planner: desired path + observed tables → actions and findings.
 //! - [`cloud`]: the [`cloud::RouteApi`] trait; EC2, in-memory and dry-run backends.
 //! - [`agent`]: the probe loop (probe → fsm); starts the reconciler.
+//! - [`alarm`]: timerfd sleeps and ticks that wake the runtime once (tokio's timer wheel: twice).
 //! - [`events`]: the [`events::Event`] vocabulary and the sinks events flow out to.
 //! - [`backoff`]: capped exponential backoff with jitter.
 //! - [`reconcile`]: the reconciler (plan → cloud), level-triggered, in its own task.
@@ -32,6 +33,7 @@
 //! - [`demo`]: the scripted demo behind `route-failover demo`.
 
 pub mod agent;
+pub mod alarm;
 pub mod backoff;
 pub mod backup;
 pub mod cloud;

@@ -11,15 +11,20 @@ use std::time::Duration;
 
 use route_failover::config::Config;
 use route_failover::probe::icmp::IcmpProber;
+use route_failover::probe::socket::Kind;
 use route_failover::probe::{summarize, Prober};
 
 fn config(targets: &str) -> Config {
+    config_with(targets, "500ms", "200ms")
+}
+
+fn config_with(targets: &str, interval: &str, timeout: &str) -> Config {
     let text = format!(
         r#"
 [probe]
 targets = [{targets}]
-interval = "500ms"
-timeout = "200ms"
+interval = "{interval}"
+timeout = "{timeout}"
 count = 3
 
 [[routes]]
@@ -138,4 +143,203 @@ async fn a_round_cut_short_keeps_the_replies_it_got() {
     assert!(prober.salvage().is_none());
     let next = prober.round().await;
     assert!(next.targets.iter().all(|t| t.received() == 3), "{next:?}");
+}
+
+/// `bench/echo_delay.py` answering every echo in the namespace 100 ms
+/// late (the kernel's own replies off); killed on drop.
+struct SlowResponder(std::process::Child);
+
+impl SlowResponder {
+    fn start(net: &netns::TargetNet, delay_ms: u32) -> Self {
+        use std::io::BufRead;
+        net.blackhole(true);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/echo_delay.py");
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &net.ns, "python3", script, "--mean-ms"])
+            .arg(delay_ms.to_string())
+            .args(["--sd-ms", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo_delay.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "echo_delay: ready");
+        Self(child)
+    }
+}
+
+impl Drop for SlowResponder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
+    let test = "late_replies_count_by_their_kernel_stamps_within_the_timeout_only";
+    if !gate::require_root(test, "network namespaces and ICMP sockets")
+        || !gate::require_tool(test, "ip")
+        || !gate::require_tool(test, "python3")
+    {
+        return;
+    }
+    // This kernel has no netem: a userspace responder holds each reply.
+    let net = netns::TargetNet::create(213);
+    let _responder = SlowResponder::start(&net, 100);
+    let targets = format!(r#""{}", "{}""#, net.target_v4, net.target_v6);
+
+    // Timeout 300 ms: every reply counts, with its own ~100 ms RTT, though
+    // the prober reads them all at once, long after some of them arrived.
+    let config = config_with(&targets, "1s", "300ms");
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let report = prober.round().await;
+        let elapsed = started.elapsed();
+        for t in &report.targets {
+            assert_eq!((t.sent, t.received()), (3, 3), "{t:?}");
+            for rtt in &t.rtts {
+                assert!(
+                    (Duration::from_millis(90)..Duration::from_millis(160)).contains(rtt),
+                    "{}: rtt {rtt:?}",
+                    t.target
+                );
+            }
+        }
+        // The round ends once the last echo is answered (two spacings of
+        // 233 ms, then its 100 ms): never by waiting out every timeout.
+        assert!(elapsed < config.probe.interval, "round took {elapsed:?}");
+    }
+
+    // Timeout 60 ms: the same replies come too late and none counts.
+    let config = config_with(&targets, "1s", "60ms");
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    let report = prober.round().await;
+    for t in &report.targets {
+        assert_eq!((t.sent, t.received()), (3, 0), "{t:?}");
+        assert!(t.error.is_none());
+    }
+    assert!(!summarize(&report, config.probe.round).up);
+}
+
+/// Set in the child run of the datagram test, inside its namespace.
+const DATAGRAM_CHILD: &str = "ROUTE_FAILOVER_TEST_DATAGRAM_CHILD";
+
+/// A namespace of the test's own with only `lo`, removed on drop.
+struct LoopbackOnly(&'static str);
+
+impl Drop for LoopbackOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", self.0])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn unprivileged_datagram_sockets_answer_like_raw_ones() {
+    let test = "unprivileged_datagram_sockets_answer_like_raw_ones";
+    if std::env::var_os(DATAGRAM_CHILD).is_some() {
+        // The child, in the namespace: the kernel gives datagram sockets,
+        // whose identifiers it rewrites, and the round is whole.
+        let config = config(r#""127.0.0.1", "::1""#);
+        let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+        assert_eq!(prober.socket_kinds(), vec![Kind::Datagram; 2]);
+        for _ in 0..2 {
+            let report = prober.round().await;
+            assert!(
+                report.targets.iter().all(|t| t.received() == 3),
+                "{report:?}"
+            );
+        }
+        return;
+    }
+    if !gate::require_root(test, "network namespaces") || !gate::require_tool(test, "ip") {
+        return;
+    }
+    // ping_group_range is per namespace: admit every group in one of our
+    // own, and run this test again in it.
+    let ns = LoopbackOnly("rf-dgram-213");
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    };
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", ns.0])
+        .output();
+    ip(&["netns", "add", ns.0]);
+    ip(&["netns", "exec", ns.0, "ip", "link", "set", "lo", "up"]);
+    ip(&[
+        "netns",
+        "exec",
+        ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ping_group_range=0 2147483647",
+    ]);
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.0])
+        .arg(&me)
+        .args(["--exact", test, "--nocapture"])
+        .env(DATAGRAM_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// This thread's voluntary context switches: each time it blocked, which
+/// on the test's current-thread runtime is each time the runtime slept.
+fn voluntary_switches() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replies_do_not_wake_the_runtime() {
+    if !gate::require_root(
+        "replies_do_not_wake_the_runtime",
+        "ICMP sockets need root or CAP_NET_RAW",
+    ) {
+        return;
+    }
+    // 3 targets × 3 echoes: 9 replies a round. The runtime sleeps before
+    // the 2nd and 3rd waves and once more for the replies to the last:
+    // 3 wake-ups, however many replies there are.
+    let config = config(r#""127.0.0.1", "127.0.0.2", "::1""#);
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    prober.round().await;
+    let mut worst = 0;
+    for _ in 0..5 {
+        let before = voluntary_switches();
+        let report = prober.round().await;
+        worst = worst.max(voluntary_switches() - before);
+        assert!(report.targets.iter().all(|t| t.received() == 3));
+        // Stamped before the send: a loopback reply, received inside
+        // sendto, still has a round-trip time.
+        assert!(report
+            .targets
+            .iter()
+            .flat_map(|t| &t.rtts)
+            .all(|rtt| !rtt.is_zero()));
+    }
+    eprintln!("wake-ups per round: at most {worst}");
+    assert!(worst <= 4, "{worst} wake-ups in a round of 9 echoes");
 }

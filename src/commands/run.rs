@@ -124,6 +124,7 @@ pub async fn run(path: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let restored = operator.load().unwrap_or_default();
     let (status_sink, status_view) = control::snapshot::channel(&config, dry_run, restored);
     let agent = Agent::new(config.clone(), prober, Arc::clone(&api))
+        .with_exact_ticks()
         .with_ledger(ledger)
         .with_operator_store(operator)?
         .with_startup_check(check)

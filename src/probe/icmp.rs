@@ -1,32 +1,50 @@
-//! The real prober: ICMP echo over IPv4 and IPv6 with surge-ping.
+//! The real probers: ICMP echo over IPv4 and IPv6.
 //!
-//! [`IcmpProber`] runs the round rule's rounds; [`IcmpPath`] carries the
-//! silence detector's echoes ([`SilenceProber`]).
+//! [`IcmpProber`] runs the round rule's rounds over our own sockets
+//! ([`super::socket`]), which are never registered with tokio's reactor: a
+//! reply does not wake the runtime. The prober reads the sockets only when
+//! it is awake anyway, at each wave's send instant, once after the last
+//! wave when the learned round-trip time says the replies should be in,
+//! and, if some echo is still unanswered then, once more at the last open
+//! deadline. Each reply's round-trip time comes from its kernel receive
+//! stamp, so it is exact however late it is read, and a reply counts iff
+//! it came within `timeout` ([`super::ledger`]). On a healthy path a round
+//! costs one wake-up per wave plus one.
 //!
-//! One socket per address family, shared by every target; surge-ping's
-//! receive task hands each reply to the request waiting on its source
-//! address, identifier and sequence, so a late reply (its waiter already
-//! timed out) or a reply to someone else never counts.
+//! [`IcmpPath`] carries the silence detector's echoes ([`SilenceProber`])
+//! over surge-ping, whose receive task hands each reply to the echo
+//! waiting on it (that detector acts on a reply the moment it comes).
 
 use std::io;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures::future::join_all;
-use futures::stream::{FuturesUnordered, StreamExt};
 use surge_ping::{
     Client, Config as PingConfig, PingIdentifier, PingSequence, Pinger, SurgeError, ICMP,
 };
+use tokio::time::Instant;
+use tracing::warn;
 
+use super::ledger::{timeline, Ledger, Sent, Slot, Waves};
+use super::rtt::{Deadline, RttEstimator};
 use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
+use super::socket::{open_hint, EchoSocket, Family, Kind, Reply, PAYLOAD};
 use super::{Prober, RoundReport, TargetReport};
+use crate::alarm::Alarm;
 use crate::config::{BackupConfig, ProbeConfig};
 use crate::detect::DetectConfig;
 
-const PAYLOAD: &[u8] = b"route-failover probe";
-/// How much longer than the round's timeout a pinger would wait on its own.
-const BACKSTOP: Duration = Duration::from_secs(1);
+/// When to read the sockets after the last wave: the learned round-trip
+/// time (RFC 6298, as the silence detector learns it). It only schedules
+/// that read; whether a reply counts is decided by its stamp and `timeout`.
+const DRAIN_AT: Deadline = Deadline::Adaptive {
+    floor: Duration::from_millis(20),
+    k: 4,
+};
+/// Read a little after a deadline, so that a reply stamped just before it
+/// is surely queued (and tokio's timer rounds to the millisecond).
+const GRACE: Duration = Duration::from_millis(1);
 
 /// One group of targets (the primary's, or `[backup]`'s) and its round rule.
 struct Group {
@@ -34,34 +52,104 @@ struct Group {
     count: u32,
     timeout: Duration,
     spacing: Duration,
-    /// Sockets bound to `backup.source`; `None`: the shared ones.
-    bound: Option<(Option<Client>, Option<Client>)>,
+    /// Sent from the sockets bound to `backup.source`.
+    bound: bool,
+    /// Per target, for the read after the last wave.
+    rtt: Vec<RttEstimator>,
 }
 
-/// Which list of a [`RoundReport`] a group fills.
-#[derive(Clone, Copy)]
-enum Slot {
-    Primary,
-    Backup,
+impl Group {
+    fn new(targets: &[IpAddr], count: u32, timeout: Duration, spacing: Duration) -> Self {
+        Self {
+            targets: targets.to_vec(),
+            count,
+            timeout,
+            spacing,
+            bound: false,
+            rtt: vec![RttEstimator::new(); targets.len()],
+        }
+    }
+
+    /// Every target of the group at the start of a round: sent, nothing back yet.
+    fn fresh(&self) -> Vec<TargetReport> {
+        self.targets
+            .iter()
+            .map(|&target| TargetReport {
+                target,
+                sent: self.count,
+                rtts: Vec::with_capacity(self.count as usize),
+                error: None,
+            })
+            .collect()
+    }
+}
+
+/// The sockets of one source: one per address family the targets use.
+#[derive(Default)]
+struct Sockets {
+    v4: Option<EchoSocket>,
+    v6: Option<EchoSocket>,
+}
+
+impl Sockets {
+    /// Opens what `targets` need, bound to `source` when given, each asked
+    /// to queue `queued` replies.
+    fn open(targets: &[IpAddr], source: Option<IpAddr>, queued: usize) -> io::Result<Self> {
+        let open = |family| EchoSocket::open(family, source, queued);
+        Ok(Self {
+            v4: targets
+                .iter()
+                .any(IpAddr::is_ipv4)
+                .then(|| open(Family::V4))
+                .transpose()?,
+            v6: targets
+                .iter()
+                .any(IpAddr::is_ipv6)
+                .then(|| open(Family::V6))
+                .transpose()?,
+        })
+    }
+
+    fn all(&self) -> impl Iterator<Item = &EchoSocket> {
+        self.v4.iter().chain(&self.v6)
+    }
+
+    fn for_target(&self, target: IpAddr) -> &EchoSocket {
+        let socket = if target.is_ipv4() { &self.v4 } else { &self.v6 };
+        // open() opened a socket for every family that has a target.
+        socket
+            .as_ref()
+            .expect("socket for the target's address family")
+    }
+}
+
+/// The round in progress: what it has gathered, and its echoes.
+struct InRound {
+    report: RoundReport,
+    ledger: Ledger,
 }
 
 /// Probes every target with `count` spaced echoes per round: the primary
-/// targets and, when configured, the backup targets, in the same round
-/// and (unless `backup.source` binds its own) over the same sockets.
+/// targets and, when configured, the backup targets, in the same round,
+/// on one timeline, and (unless `backup.source` binds its own) over the
+/// same sockets.
 pub struct IcmpProber {
     primary: Group,
     backup: Option<Group>,
-    v4: Option<Client>,
-    v6: Option<Client>,
-    ident: PingIdentifier,
+    shared: Sockets,
+    /// Bound to `backup.source`.
+    bound: Option<Sockets>,
+    ident: u16,
     next_seq: u16,
-    /// The round in progress, filled in as echoes come back, so that a
-    /// round the agent gives up on still has its replies ([`Prober::salvage`]).
-    gathered: std::sync::Arc<std::sync::Mutex<Option<RoundReport>>>,
+    /// Kept in the prober, not the round's future, so that a round the
+    /// agent gives up on still has its replies ([`Prober::salvage`]).
+    round: Option<InRound>,
+    /// The round's waits; made by the first round, inside the runtime.
+    alarm: Option<Alarm>,
 }
 
 impl IcmpProber {
-    /// Opens the sockets the targets need (see `open_clients`).
+    /// Opens the sockets the targets need (see [`EchoSocket::open`]).
     pub fn new(config: &ProbeConfig) -> io::Result<Self> {
         Self::with_backup(config, None)
     }
@@ -70,133 +158,326 @@ impl IcmpProber {
     /// they go out of sockets bound to that address.
     pub fn with_backup(config: &ProbeConfig, backup: Option<&BackupConfig>) -> io::Result<Self> {
         let backup = backup.filter(|b| !b.targets.is_empty());
-        let mut shared: Vec<IpAddr> = config.targets.clone();
-        if let Some(b) = backup.filter(|b| b.source.is_none()) {
-            shared.extend(&b.targets);
-        }
-        let (v4, v6) = open_clients(&shared, None)?;
-        let backup = match backup {
-            None => None,
-            Some(b) => Some(Group {
-                targets: b.targets.clone(),
-                count: b.count,
-                timeout: b.timeout,
-                spacing: b.spacing(config.interval),
-                bound: match b.source {
-                    None => None,
-                    Some(source) => Some(open_clients(&b.targets, Some(source))?),
-                },
-            }),
-        };
-        Ok(Self {
-            primary: Group {
-                targets: config.targets.clone(),
-                count: config.count,
-                timeout: config.timeout,
-                spacing: config.spacing(),
-                bound: None,
-            },
-            backup,
-            v4,
-            v6,
-            ident: PingIdentifier(rand::random()),
-            next_seq: rand::random(),
-            gathered: std::sync::Arc::default(),
-        })
-    }
-
-    /// The waves of echoes of one group: echo k of every target leaves
-    /// at the same instant, k spacings into the round, and all of them
-    /// share one deadline — one sleep and one deadline per wave instead of
-    /// a sleep and a timeout per echo and target, so the runtime wakes no
-    /// more often than the probing needs. Each result is recorded in
-    /// `gathered` as it comes, so an interrupted round keeps it.
-    async fn waves(&mut self, slot: Slot) -> Vec<impl std::future::Future<Output = ()>> {
-        let group = match slot {
-            Slot::Primary => &self.primary,
-            Slot::Backup => match &self.backup {
-                Some(b) => b,
-                None => return Vec::new(),
-            },
-        };
-        let (v4, v6) = match &group.bound {
-            Some((v4, v6)) => (v4, v6),
-            None => (&self.v4, &self.v6),
-        };
-        let mut waves = Vec::with_capacity(group.count as usize);
-        for k in 0..group.count {
-            let mut wave = FuturesUnordered::new();
-            for (i, &target) in group.targets.iter().enumerate() {
-                // Pingers borrow the client: surge-ping 0.8 marks a client
-                // destroyed when any clone of it is dropped, so never clone it.
-                let mut pinger = client_for(v4, v6, target).pinger(target, self.ident).await;
-                // The wave's deadline ends the wait; dropping a pinger
-                // removes its waiter. Its own timer only backs that up.
-                pinger.timeout(group.timeout + BACKSTOP);
-                let seq = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(1);
-                wave.push(async move { (i, echo(pinger, seq).await) });
-            }
-            let delay = group.spacing * k;
-            let timeout = group.timeout;
-            let gathered = std::sync::Arc::clone(&self.gathered);
-            waves.push(async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+        let primary = Group::new(
+            &config.targets,
+            config.count,
+            config.timeout,
+            config.spacing(),
+        );
+        let backup = backup.map(|b| {
+            let mut group = Group::new(&b.targets, b.count, b.timeout, b.spacing(config.interval));
+            group.bound = b.source.is_some();
+            (group, b.source)
+        });
+        // A round's replies (and, on a raw socket, our own requests looped
+        // back) may all wait in one socket's queue before it is read.
+        let per_round = |g: &Group| g.targets.len() * g.count as usize * 2;
+        let mut shared_targets = config.targets.clone();
+        let mut shared_queue = per_round(&primary);
+        let mut bound = None;
+        if let Some((group, source)) = &backup {
+            match source {
+                None => {
+                    shared_targets.extend(&group.targets);
+                    shared_queue += per_round(group);
                 }
-                // Echoes still pending at the deadline are lost.
-                let _ = tokio::time::timeout(timeout, async {
-                    while let Some((i, result)) = wave.next().await {
-                        if let Some(round) = lock(&gathered).as_mut() {
-                            let list = match slot {
-                                Slot::Primary => &mut round.targets,
-                                Slot::Backup => &mut round.backup,
-                            };
-                            let report = &mut list[i];
-                            match result {
-                                Echo::Reply(rtt) => report.rtts.push(rtt),
-                                Echo::Lost => {}
-                                Echo::Failed(e) => {
-                                    report.error.get_or_insert(e);
-                                }
-                            }
-                        }
-                    }
-                })
-                .await;
-            });
+                Some(source) => {
+                    bound = Some(Sockets::open(
+                        &group.targets,
+                        Some(*source),
+                        per_round(group),
+                    )?);
+                }
+            }
         }
-        waves
+        let shared = Sockets::open(&shared_targets, None, shared_queue)?;
+        let prober = Self {
+            primary,
+            backup: backup.map(|(group, _)| group),
+            shared,
+            bound,
+            ident: rand::random(),
+            next_seq: rand::random(),
+            round: None,
+            alarm: None,
+        };
+        prober.warn_if_queues_are_short();
+        Ok(prober)
+    }
+
+    /// A socket whose queue cannot hold one wave's replies loses some of
+    /// them before they are read (the kernel caps the buffer at
+    /// `net.core.rmem_max`); say so once, at startup.
+    fn warn_if_queues_are_short(&self) {
+        let groups = std::iter::once(&self.primary).chain(&self.backup);
+        for group in groups {
+            let sockets = self.sockets_of(group);
+            for socket in sockets.all() {
+                let wave = group.targets.len() * 2;
+                if socket.capacity() < wave {
+                    warn!(
+                        capacity = socket.capacity(),
+                        wave,
+                        "an ICMP socket's receive buffer holds fewer replies than one wave may queue; \
+                         raise net.core.rmem_max (replies lost to it count as lost echoes)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The kind of each socket open: datagram where
+    /// `net.ipv4.ping_group_range` allows it, raw otherwise.
+    pub fn socket_kinds(&self) -> Vec<Kind> {
+        self.shared
+            .all()
+            .chain(self.bound.iter().flat_map(Sockets::all))
+            .map(EchoSocket::kind)
+            .collect()
+    }
+
+    fn sockets_of(&self, group: &Group) -> &Sockets {
+        match (&self.bound, group.bound) {
+            (Some(bound), true) => bound,
+            _ => &self.shared,
+        }
+    }
+
+    fn waves(&self) -> Vec<Waves> {
+        let of = |g: &Group, slot| Waves {
+            slot,
+            count: g.count,
+            spacing: g.spacing,
+        };
+        std::iter::once(of(&self.primary, Slot::Primary))
+            .chain(self.backup.iter().map(|b| of(b, Slot::Backup)))
+            .collect()
+    }
+
+    /// Reads every socket and settles the replies against the round.
+    fn drain(&mut self) {
+        let replies = read_all(&self.shared, self.bound.as_ref());
+        if let Some(round) = &mut self.round {
+            settle(round, &mut self.primary, self.backup.as_mut(), &replies);
+        }
+    }
+
+    /// Sends echo `k` of `slot`'s group to every target.
+    fn send_wave(&mut self, slot: Slot) {
+        let Self {
+            primary,
+            backup,
+            shared,
+            bound,
+            ident,
+            next_seq,
+            round,
+            ..
+        } = self;
+        let Some(round) = round.as_mut() else {
+            return;
+        };
+        let group = match slot {
+            Slot::Primary => &*primary,
+            Slot::Backup => match backup.as_ref() {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        let sockets = match (bound.as_ref(), group.bound) {
+            (Some(bound), true) => bound,
+            _ => &*shared,
+        };
+        let (targets, timeout) = (group.targets.clone(), group.timeout);
+        for (i, &target) in targets.iter().enumerate() {
+            let socket = sockets.for_target(target);
+            let seq = *next_seq;
+            *next_seq = next_seq.wrapping_add(1);
+            // Both clocks before the send (see EchoSocket::send).
+            let at = Instant::now();
+            match socket.send(target, *ident, seq) {
+                Ok(wall) => round.ledger.sent(Sent {
+                    target,
+                    seq,
+                    slot,
+                    index: i,
+                    wall,
+                    at,
+                    timeout,
+                }),
+                Err(e) => {
+                    list(&mut round.report, slot)[i]
+                        .error
+                        .get_or_insert(e.to_string());
+                }
+            }
+            // A big wave is read as it goes (on loopback the replies are
+            // queued inside sendto), so that no queue overflows.
+            if (i + 1) % (socket.capacity() / 2).max(16) == 0 {
+                let replies = read_all(shared, bound.as_ref());
+                settle(round, primary, backup.as_mut(), &replies);
+            }
+        }
+    }
+
+    /// When the replies to the echoes still open should be in, by what the
+    /// round-trip times of their targets have been.
+    fn learned_wait(&self, now: Instant) -> Duration {
+        let Some(round) = &self.round else {
+            return Duration::ZERO;
+        };
+        round
+            .ledger
+            .open_targets(now)
+            .map(|(slot, i)| {
+                let group = match slot {
+                    Slot::Primary => &self.primary,
+                    Slot::Backup => self.backup.as_ref().unwrap_or(&self.primary),
+                };
+                group
+                    .rtt
+                    .get(i)
+                    .map_or(group.timeout, |e| e.deadline(DRAIN_AT, group.timeout))
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Sleeps on the [`Alarm`] (one wake-up), or on tokio's timer if no
+    /// timerfd can be had.
+    async fn sleep_until(&mut self, deadline: Instant) {
+        if self.alarm.is_none() {
+            self.alarm = Alarm::new().ok();
+        }
+        match &self.alarm {
+            Some(alarm) => alarm.sleep_until(deadline).await,
+            None => tokio::time::sleep_until(deadline).await,
+        }
+    }
+
+    fn last_open_deadline(&self) -> Option<Instant> {
+        self.round
+            .as_ref()
+            .and_then(|r| r.ledger.last_open_deadline(Instant::now()))
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Reads what every socket has queued.
+fn read_all(shared: &Sockets, bound: Option<&Sockets>) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    for socket in shared.all().chain(bound.into_iter().flat_map(Sockets::all)) {
+        let stats = socket.drain(&mut replies);
+        if stats.dropped > 0 {
+            warn!(
+                dropped = stats.dropped,
+                "an ICMP socket's receive buffer overflowed: packets were dropped before they \
+                 were read; raise net.core.rmem_max"
+            );
+        }
+    }
+    replies
 }
 
-/// Opens one socket per address family the targets use, bound to
-/// `source` when given. surge-ping tries an unprivileged ICMP datagram
-/// socket first (allowed when the process's group is in
-/// `net.ipv4.ping_group_range`) and falls back to a raw socket, which
-/// needs CAP_NET_RAW.
-fn open_clients(
-    targets: &[IpAddr],
-    source: Option<IpAddr>,
-) -> io::Result<(Option<Client>, Option<Client>)> {
-    let open = |kind: ICMP, name: &str| {
-        let mut config = PingConfig::builder().kind(kind);
-        if let Some(source) = source {
-            config = config.bind(std::net::SocketAddr::new(source, 0));
+/// Counts each reply that answers an echo of the round in time, and
+/// teaches its target's estimator the round-trip time.
+fn settle(
+    round: &mut InRound,
+    primary: &mut Group,
+    mut backup: Option<&mut Group>,
+    replies: &[Reply],
+) {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    for reply in replies {
+        let Some(answer) = round.ledger.accept(reply, now, wall) else {
+            continue;
+        };
+        let group = match answer.slot {
+            Slot::Primary => &mut *primary,
+            Slot::Backup => match backup.as_deref_mut() {
+                Some(b) => b,
+                None => continue,
+            },
+        };
+        if let Some(rtt) = group.rtt.get_mut(answer.index) {
+            rtt.sample(answer.rtt);
         }
-        Client::new(&config.build()).map_err(|e| {
-            let hint = match source {
-                Some(source) if e.kind() == io::ErrorKind::AddrNotAvailable => format!(
-                    "backup.source {source} is not an address of this instance's interfaces"
-                ),
-                _ => "run as root, grant CAP_NET_RAW, or allow the process's group in \
-                      net.ipv4.ping_group_range"
-                    .to_string(),
-            };
+        if answer.in_time {
+            if let Some(t) = list(&mut round.report, answer.slot).get_mut(answer.index) {
+                t.rtts.push(answer.rtt);
+            }
+        }
+    }
+}
+
+fn list(report: &mut RoundReport, slot: Slot) -> &mut Vec<TargetReport> {
+    match slot {
+        Slot::Primary => &mut report.targets,
+        Slot::Backup => &mut report.backup,
+    }
+}
+
+#[async_trait]
+impl Prober for IcmpProber {
+    /// Cancel-safe: what the round gathers lives in the prober.
+    async fn round(&mut self) -> RoundReport {
+        let start = Instant::now();
+        self.round = Some(InRound {
+            report: RoundReport {
+                targets: self.primary.fresh(),
+                backup: self.backup.as_ref().map_or_else(Vec::new, Group::fresh),
+                label: None,
+            },
+            ledger: Ledger::new(self.ident),
+        });
+        for (at, waves) in timeline(&self.waves()) {
+            if !at.is_zero() {
+                self.sleep_until(start + at).await;
+            }
+            // Replies to earlier waves first; at the first wave, what is
+            // left of earlier rounds, which matches nothing and is dropped.
+            self.drain();
+            for (slot, _) in waves {
+                self.send_wave(slot);
+            }
+        }
+        if let Some(last) = self.last_open_deadline() {
+            let now = Instant::now();
+            let learned = now + self.learned_wait(now);
+            self.sleep_until(learned.min(last) + GRACE).await;
+            self.drain();
+            // Still open: one read at the last deadline settles them all.
+            while let Some(last) = self.last_open_deadline() {
+                self.sleep_until(last + GRACE).await;
+                self.drain();
+            }
+        }
+        self.round.take().map(|r| r.report).unwrap_or_default()
+    }
+
+    fn salvage(&mut self) -> Option<RoundReport> {
+        self.drain();
+        self.round.take().map(|r| r.report)
+    }
+
+    fn describe(&self) -> String {
+        match &self.backup {
+            None => format!("icmp ({} targets)", self.primary.targets.len()),
+            Some(b) => format!(
+                "icmp ({} targets, {} backup targets)",
+                self.primary.targets.len(),
+                b.targets.len()
+            ),
+        }
+    }
+}
+
+/// Opens one surge-ping client per address family the targets use.
+/// surge-ping tries an unprivileged ICMP datagram socket first and falls
+/// back to a raw socket, like [`EchoSocket::open`].
+fn open_clients(targets: &[IpAddr]) -> io::Result<(Option<Client>, Option<Client>)> {
+    let open = |kind: ICMP, name: &str| {
+        Client::new(&PingConfig::builder().kind(kind).build()).map_err(|e| {
+            let hint = open_hint(&e, None);
             io::Error::new(
                 e.kind(),
                 format!("cannot open an {name} socket: {e}; {hint}"),
@@ -232,51 +513,6 @@ async fn echo(mut pinger: Pinger, seq: u16) -> Echo {
     }
 }
 
-/// Every target of `group` at the start of a round: sent, nothing back yet.
-fn fresh(group: Option<&Group>) -> Vec<TargetReport> {
-    group.map_or_else(Vec::new, |g| {
-        g.targets
-            .iter()
-            .map(|&target| TargetReport {
-                target,
-                sent: g.count,
-                rtts: Vec::with_capacity(g.count as usize),
-                error: None,
-            })
-            .collect()
-    })
-}
-
-#[async_trait]
-impl Prober for IcmpProber {
-    async fn round(&mut self) -> RoundReport {
-        *lock(&self.gathered) = Some(RoundReport {
-            targets: fresh(Some(&self.primary)),
-            backup: fresh(self.backup.as_ref()),
-            label: None,
-        });
-        let mut waves = self.waves(Slot::Primary).await;
-        waves.extend(self.waves(Slot::Backup).await);
-        join_all(waves).await;
-        lock(&self.gathered).take().unwrap_or_default()
-    }
-
-    fn salvage(&mut self) -> Option<RoundReport> {
-        lock(&self.gathered).take()
-    }
-
-    fn describe(&self) -> String {
-        match &self.backup {
-            None => format!("icmp ({} targets)", self.primary.targets.len()),
-            Some(b) => format!(
-                "icmp ({} targets, {} backup targets)",
-                self.primary.targets.len(),
-                b.targets.len()
-            ),
-        }
-    }
-}
-
 /// The ICMP transport for [`SilenceProber`]: one echo at a time over the
 /// shared sockets, waiting at most the configured timeout for its reply.
 pub struct IcmpPath {
@@ -289,7 +525,7 @@ pub struct IcmpPath {
 impl IcmpPath {
     /// Opens the sockets the targets need (see `open_clients`).
     pub fn new(targets: &[IpAddr]) -> io::Result<Self> {
-        let (v4, v6) = open_clients(targets, None)?;
+        let (v4, v6) = open_clients(targets)?;
         Ok(Self {
             targets: targets.len(),
             v4,

@@ -1,8 +1,13 @@
 //! Probing the primary path: the [`Prober`] trait, what one round returns,
 //! and the pure rule that turns a round into up or down.
 //!
-//! - `icmp`: the real probers, ICMP echo over IPv4 and IPv6 with surge-ping:
-//!   rounds for the round rule, continuous probing for the silence detector.
+//! - `icmp`: the real probers, ICMP echo over IPv4 and IPv6: rounds for the
+//!   round rule over `socket`, continuous probing for the silence detector
+//!   over surge-ping.
+//! - `socket`: ICMP echo sockets outside tokio's reactor, read when the
+//!   prober is awake anyway, replies stamped by the kernel.
+//! - `ledger`: a round's echoes, the reply-matching rule and the round's
+//!   timeline (pure).
 //! - `scripted`: a labelled synthetic source for the demo and for tests.
 //! - `rtt`: per-target RTT estimate and the adaptive echo deadline (pure).
 //! - `silence`: the async driver of the silence detector, over any `EchoPath`.
@@ -10,10 +15,12 @@
 //!   tokio's clock, for tests of the silence detector's driver.
 
 pub mod icmp;
+pub mod ledger;
 pub mod rtt;
 pub mod scripted;
 pub mod silence;
 pub mod simulated;
+pub mod socket;
 
 use std::fmt;
 use std::net::IpAddr;

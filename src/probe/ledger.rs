@@ -1,0 +1,389 @@
+//! The echoes of one round and the rule that matches replies to them (pure).
+//!
+//! A reply counts for the echo with its source address and sequence (and,
+//! on a raw socket, our identifier), once, and only if its round-trip time
+//! is within that echo's `timeout`; anything else (a duplicate, a reply to
+//! another process, an echo of an earlier round) never counts. The
+//! round-trip time is the reply's kernel receive stamp minus the wall-clock
+//! stamp taken just before `sendto` (on loopback and veth the reply is
+//! received inside `sendto`: a stamp taken after it would make every such
+//! round-trip time zero), clamped at zero and bounded by the monotonic time
+//! between the send and the read: a wall-clock step during a round can
+//! shorten a round-trip time, never make a reply read in time look late.
+//!
+//! Also here: the round's timeline, every wave of every group on one clock.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::socket::Reply;
+
+/// Which group of a round an echo belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Primary,
+    Backup,
+}
+
+/// One echo sent and not yet settled.
+#[derive(Debug, Clone)]
+struct Echo {
+    slot: Slot,
+    index: usize,
+    sent_wall: SystemTime,
+    sent: Instant,
+    timeout: Duration,
+    answered: bool,
+}
+
+/// An echo just sent: to whom, which target of which group, when.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub target: IpAddr,
+    pub seq: u16,
+    pub slot: Slot,
+    pub index: usize,
+    /// The realtime clock just before `sendto`.
+    pub wall: SystemTime,
+    /// The monotonic clock at the same moment.
+    pub at: Instant,
+    pub timeout: Duration,
+}
+
+/// A reply that counts: which target it answers, and its round-trip time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub slot: Slot,
+    pub index: usize,
+    pub rtt: Duration,
+    /// Within the echo's timeout: the reply counts. A late one is still
+    /// a round-trip time the estimator may learn from.
+    pub in_time: bool,
+}
+
+/// Every echo of one round, by (target, sequence).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    ident: u16,
+    echoes: HashMap<(IpAddr, u16), Echo>,
+}
+
+impl Ledger {
+    pub fn new(ident: u16) -> Self {
+        Self {
+            ident,
+            echoes: HashMap::new(),
+        }
+    }
+
+    /// Records an echo sent (see [`Sent`]).
+    pub fn sent(&mut self, echo: Sent) {
+        self.echoes.insert(
+            (echo.target, echo.seq),
+            Echo {
+                slot: echo.slot,
+                index: echo.index,
+                sent_wall: echo.wall,
+                sent: echo.at,
+                timeout: echo.timeout,
+                answered: false,
+            },
+        );
+    }
+
+    /// Matches `reply`, read at `now` (monotonic; `now_wall` stands in for
+    /// a missing kernel stamp). `None`: not ours, or a duplicate.
+    pub fn accept(&mut self, reply: &Reply, now: Instant, now_wall: SystemTime) -> Option<Answer> {
+        if reply.ident.is_some_and(|ident| ident != self.ident) {
+            return None;
+        }
+        let echo = self.echoes.get_mut(&(reply.source, reply.seq))?;
+        if echo.answered {
+            return None;
+        }
+        echo.answered = true;
+        let received = reply.received.unwrap_or(now_wall);
+        let rtt = received
+            .duration_since(echo.sent_wall)
+            .unwrap_or(Duration::ZERO)
+            .min(now.saturating_duration_since(echo.sent));
+        Some(Answer {
+            slot: echo.slot,
+            index: echo.index,
+            rtt,
+            in_time: rtt <= echo.timeout,
+        })
+    }
+
+    /// The latest deadline (send + timeout) of the echoes still unanswered
+    /// and not yet past it at `now`; `None`: every echo is settled, the
+    /// round is over. Reading the socket once then settles them all: each
+    /// reply's stamp says whether it came in time, however late it is read.
+    pub fn last_open_deadline(&self, now: Instant) -> Option<Instant> {
+        self.echoes
+            .values()
+            .filter(|e| !e.answered)
+            .map(|e| e.sent + e.timeout)
+            .filter(|&deadline| deadline > now)
+            .max()
+    }
+
+    /// The targets with an echo still unanswered and not past its deadline.
+    pub fn open_targets(&self, now: Instant) -> impl Iterator<Item = (Slot, usize)> + '_ {
+        self.echoes
+            .values()
+            .filter(move |e| !e.answered && e.sent + e.timeout > now)
+            .map(|e| (e.slot, e.index))
+    }
+}
+
+/// One group's waves: `count` of them, `spacing` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waves {
+    pub slot: Slot,
+    pub count: u32,
+    pub spacing: Duration,
+}
+
+/// Waves due within this much of an earlier instant leave with it: one
+/// wake-up instead of two, at the price of an echo a few ms early.
+pub const COALESCE: Duration = Duration::from_millis(5);
+
+/// Every wave instant of a round, from its start, each with the waves that
+/// leave then (group and wave number): the groups share wake-ups wherever
+/// their instants coincide or are within [`COALESCE`] of each other.
+pub fn timeline(groups: &[Waves]) -> Vec<(Duration, Vec<(Slot, u32)>)> {
+    let mut all: Vec<(Duration, Slot, u32)> = groups
+        .iter()
+        .flat_map(|g| (0..g.count).map(move |k| (g.spacing * k, g.slot, k)))
+        .collect();
+    all.sort_by_key(|&(at, slot, k)| (at, slot == Slot::Backup, k));
+    let mut out: Vec<(Duration, Vec<(Slot, u32)>)> = Vec::new();
+    for (at, slot, k) in all {
+        match out.last_mut() {
+            Some((last, waves)) if at - *last <= COALESCE => waves.push((slot, k)),
+            _ => out.push((at, vec![(slot, k)])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDENT: u16 = 0x5151;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// An echo with an 800 ms timeout.
+    fn sent(
+        target: &str,
+        seq: u16,
+        slot: Slot,
+        index: usize,
+        wall: SystemTime,
+        at: Instant,
+    ) -> Sent {
+        Sent {
+            target: ip(target),
+            seq,
+            slot,
+            index,
+            wall,
+            at,
+            timeout: ms(800),
+        }
+    }
+
+    struct Fixture {
+        ledger: Ledger,
+        t0: Instant,
+        w0: SystemTime,
+    }
+
+    /// Two targets, echo seq 10 to the first and 11 to the second, sent
+    /// at the same instant with an 800 ms timeout.
+    fn fixture() -> Fixture {
+        let t0 = Instant::now();
+        let w0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut ledger = Ledger::new(IDENT);
+        ledger.sent(sent("198.18.0.2", 10, Slot::Primary, 0, w0, t0));
+        ledger.sent(sent("fd00::2", 11, Slot::Backup, 1, w0, t0));
+        Fixture { ledger, t0, w0 }
+    }
+
+    fn reply(source: &str, ident: Option<u16>, seq: u16, after: Option<Duration>) -> Reply {
+        Reply {
+            source: ip(source),
+            ident,
+            seq,
+            received: after
+                .map(|d| SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + d),
+        }
+    }
+
+    #[test]
+    fn a_reply_counts_once_with_its_kernel_stamped_rtt() {
+        let mut f = fixture();
+        // Read 500 ms after it arrived: the stamp, not the read, is the RTT.
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(3)));
+        let got = f.ledger.accept(&r, f.t0 + ms(503), f.w0 + ms(503));
+        assert_eq!(
+            got,
+            Some(Answer {
+                slot: Slot::Primary,
+                index: 0,
+                rtt: ms(3),
+                in_time: true
+            })
+        );
+        // The duplicate never counts.
+        assert_eq!(f.ledger.accept(&r, f.t0 + ms(600), f.w0 + ms(600)), None);
+        // A datagram socket's reply (no identifier to check) counts too.
+        let r = reply("fd00::2", None, 11, Some(ms(5)));
+        let got = f.ledger.accept(&r, f.t0 + ms(10), f.w0 + ms(10)).unwrap();
+        assert_eq!((got.slot, got.index, got.rtt), (Slot::Backup, 1, ms(5)));
+    }
+
+    #[test]
+    fn replies_to_someone_else_never_count() {
+        let mut f = fixture();
+        let (now, wall) = (f.t0 + ms(5), f.w0 + ms(5));
+        // Another process's identifier (raw socket).
+        let r = reply("198.18.0.2", Some(IDENT ^ 1), 10, Some(ms(1)));
+        assert_eq!(f.ledger.accept(&r, now, wall), None);
+        // A sequence we did not send to that source (it went to the other).
+        let r = reply("198.18.0.2", Some(IDENT), 11, Some(ms(1)));
+        assert_eq!(f.ledger.accept(&r, now, wall), None);
+        // Our sequence, from the wrong source.
+        let r = reply("198.18.0.3", Some(IDENT), 10, Some(ms(1)));
+        assert_eq!(f.ledger.accept(&r, now, wall), None);
+        // A sequence of an earlier round.
+        let r = reply("198.18.0.2", Some(IDENT), 9, Some(ms(1)));
+        assert_eq!(f.ledger.accept(&r, now, wall), None);
+        // None of that spent the echo: the real reply still counts.
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(1)));
+        assert!(f.ledger.accept(&r, now, wall).unwrap().in_time);
+    }
+
+    #[test]
+    fn a_reply_later_than_the_timeout_does_not_count_however_early_it_is_read() {
+        let mut f = fixture();
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(801)));
+        let got = f.ledger.accept(&r, f.t0 + ms(900), f.w0 + ms(900)).unwrap();
+        assert_eq!((got.rtt, got.in_time), (ms(801), false));
+        let r = reply("fd00::2", None, 11, Some(ms(800)));
+        assert!(
+            f.ledger
+                .accept(&r, f.t0 + ms(900), f.w0 + ms(900))
+                .unwrap()
+                .in_time
+        );
+    }
+
+    #[test]
+    fn clock_steps_cannot_make_a_reply_read_in_time_look_late() {
+        let mut f = fixture();
+        // Received "before" it was sent (the wall clock stepped back,
+        // or the wall clock stepped back): zero, not an error.
+        let mut r = reply("198.18.0.2", Some(IDENT), 10, None);
+        r.received = Some(f.w0 - ms(2));
+        let got = f.ledger.accept(&r, f.t0 + ms(1), f.w0).unwrap();
+        assert_eq!((got.rtt, got.in_time), (Duration::ZERO, true));
+        // The wall clock stepped an hour forward: bounded by the 20 ms of
+        // monotonic time between the send and this read.
+        let r = reply("fd00::2", None, 11, Some(Duration::from_secs(3600)));
+        let got = f.ledger.accept(&r, f.t0 + ms(20), f.w0).unwrap();
+        assert_eq!((got.rtt, got.in_time), (ms(20), true));
+    }
+
+    #[test]
+    fn a_missing_stamp_is_taken_as_the_time_of_the_read() {
+        let mut f = fixture();
+        let r = reply("198.18.0.2", Some(IDENT), 10, None);
+        let got = f.ledger.accept(&r, f.t0 + ms(40), f.w0 + ms(40)).unwrap();
+        assert_eq!(got.rtt, ms(40));
+    }
+
+    #[test]
+    fn the_round_is_over_when_every_echo_is_answered_or_past_its_deadline() {
+        let mut f = fixture();
+        let t0 = f.t0;
+        let w0 = f.w0;
+        f.ledger
+            .sent(sent("198.18.0.2", 12, Slot::Primary, 0, w0, t0 + ms(66)));
+        assert_eq!(f.ledger.last_open_deadline(t0), Some(t0 + ms(866)));
+        assert_eq!(f.ledger.open_targets(t0).count(), 3);
+        let r = reply("198.18.0.2", Some(IDENT), 12, Some(ms(70)));
+        f.ledger.accept(&r, t0 + ms(100), w0 + ms(100)).unwrap();
+        assert_eq!(
+            f.ledger.last_open_deadline(t0 + ms(100)),
+            Some(t0 + ms(800))
+        );
+        assert_eq!(f.ledger.open_targets(t0 + ms(100)).count(), 2);
+        // Past every deadline: settled, answered or not.
+        assert_eq!(f.ledger.last_open_deadline(t0 + ms(800)), None);
+        assert_eq!(f.ledger.open_targets(t0 + ms(800)).count(), 0);
+    }
+
+    #[test]
+    fn the_timeline_merges_both_groups_waves() {
+        let primary = Waves {
+            slot: Slot::Primary,
+            count: 3,
+            spacing: ms(66),
+        };
+        let backup = Waves {
+            slot: Slot::Backup,
+            count: 2,
+            spacing: ms(66),
+        };
+        assert_eq!(
+            timeline(&[primary, backup]),
+            vec![
+                (ms(0), vec![(Slot::Primary, 0), (Slot::Backup, 0)]),
+                (ms(66), vec![(Slot::Primary, 1), (Slot::Backup, 1)]),
+                (ms(132), vec![(Slot::Primary, 2)]),
+            ]
+        );
+        let backup = Waves {
+            slot: Slot::Backup,
+            count: 2,
+            spacing: ms(100),
+        };
+        assert_eq!(
+            timeline(&[primary, backup]),
+            vec![
+                (ms(0), vec![(Slot::Primary, 0), (Slot::Backup, 0)]),
+                (ms(66), vec![(Slot::Primary, 1)]),
+                (ms(100), vec![(Slot::Backup, 1)]),
+                (ms(132), vec![(Slot::Primary, 2)]),
+            ]
+        );
+        // A backup wave 4 ms after a primary one leaves with it.
+        let backup = Waves {
+            slot: Slot::Backup,
+            count: 2,
+            spacing: ms(70),
+        };
+        assert_eq!(
+            timeline(&[primary, backup]),
+            vec![
+                (ms(0), vec![(Slot::Primary, 0), (Slot::Backup, 0)]),
+                (ms(66), vec![(Slot::Primary, 1), (Slot::Backup, 1)]),
+                (ms(132), vec![(Slot::Primary, 2)]),
+            ]
+        );
+        assert_eq!(timeline(&[]), vec![]);
+    }
+}
