@@ -88,6 +88,16 @@ impl Link {
             route_calls < 200,
             "runaway: {route_calls} route calls, the agents fight"
         );
+        // A pass that restarts at once forever reads without time passing.
+        let reads = calls
+            .iter()
+            .filter(|(o, _)| *o == "DescribeRouteTables")
+            .count();
+        assert!(
+            reads < 5000,
+            "runaway: {reads} reads, time standing still at {:?}",
+            Instant::now()
+        );
         result
     }
 
@@ -1671,6 +1681,46 @@ async fn a_slow_heartbeat_does_not_delay_a_failover_decided_meanwhile() {
     assert!(pair
         .verdicts()
         .contains(&("monitor-a".to_string(), Via::Backup)));
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 H1: a route dropped from the config (reload) while the pair is
+/// on Backup is the ledger's cleanup, not a failback: the anchor re-read
+/// before it finds the pair on Backup, as the pass's own read did, and
+/// must not supersede the pass (which planned the same delete again at
+/// once, forever, time standing still).
+#[tokio::test(start_paused = true)]
+async fn a_route_dropped_by_reload_while_the_pair_is_on_backup_is_removed_once() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(30)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    let mut new = default_ha_config("monitor-a");
+    let dropped = new.routes.pop().unwrap();
+    let dropped = format!("{} {}", dropped.route_table_id, dropped.destination);
+    let mut new_b = default_ha_config("monitor-b");
+    new_b.routes.pop();
+    la.reset();
+    lb.reset();
+    // The operator reloads both (B, still managing it, would put it back).
+    a.control.reload(new, None);
+    b.control.reload(new_b, None);
+    a.run_for(secs(5)).await;
+    b.run_for(Duration::ZERO).await;
+    for (who, l) in [("A", &la), ("B", &lb)] {
+        let reads = l.count("DescribeRouteTables");
+        assert!(reads <= 4, "{who}: {reads} reads in 5 s");
+    }
+    assert_eq!(route_ops(&pair).1, 1, "the dropped route, deleted once");
+    let ours = pair.ours();
+    assert!(!ours.contains(&dropped), "{dropped} still there: {ours:?}");
+    assert_eq!(ours.len(), pair.managed().len() - 1, "{ours:?}");
     a.kill();
     b.kill();
 }

@@ -249,7 +249,7 @@ impl Reconciler {
     /// once stopped. `Err` carries how the pass ends.
     async fn act(&mut self, path: Via, actions: Vec<Action>) -> Result<(), Pass> {
         let mut failed: Option<(ErrorKind, String)> = None;
-        let recheck = self.recheck_removals(&actions).await?;
+        let recheck = self.recheck_removals(path, &actions).await?;
         let mut ready: Vec<Action> = actions
             .into_iter()
             .filter(|a| !a.removes_ours() || recheck.contains(a))
@@ -340,8 +340,13 @@ impl Reconciler {
     /// Re-reads each table we are about to remove a route of ours from and
     /// keeps the removals whose slot still holds that very route. What is
     /// left is the window between this read and the call itself (one round
-    /// trip to EC2), which its API cannot close.
-    async fn recheck_removals(&mut self, actions: &[Action]) -> Result<Vec<Action>, Pass> {
+    /// trip to EC2), which its API cannot close. `path` is the one the
+    /// pass planned for.
+    async fn recheck_removals(
+        &mut self,
+        path: Via,
+        actions: &[Action],
+    ) -> Result<Vec<Action>, Pass> {
         let removals: Vec<&Action> = actions.iter().filter(|a| a.removes_ours()).collect();
         let mut tables: Vec<String> = removals
             .iter()
@@ -374,7 +379,11 @@ impl Reconciler {
                 if let Some((local, ha)) = self.ours.zip(self.ha.as_mut()) {
                     ha.observe(&fresh);
                     let combined = ha.combined(local);
-                    if combined.path == Via::Backup {
+                    // Only a change since the pass's read supersedes it:
+                    // removals planned on Backup are routes the config no
+                    // longer manages (a reload), which no verdict explains,
+                    // and a pass planned again would plan them again.
+                    if combined.path == Via::Backup && path != Via::Backup {
                         warn!(why = %combined, "a peer's verdict changed since the tables were read: removing nothing");
                         return Err(Pass::Superseded);
                     }
