@@ -243,8 +243,8 @@ impl Reconciler {
         };
         let mut adoption = plan::adopt(&spec.routes, record, &observed);
         if let Some(ha) = &self.ha {
-            // Routes a live peer's Backup verdict explains are the pair's,
-            // not evidence of our own. Adopted as Backup, our verdict would
+            // Routes a peer's Backup verdict explains are the pair's, not
+            // evidence of our own. Adopted as Backup, our verdict would
             // say so without our probes (and with failback = "manual" pin
             // the pair there); adopted as Primary, it would count toward a
             // failback before our probes judged (two agents restarting in
@@ -253,13 +253,22 @@ impl Reconciler {
             // until `fall` down rounds (Backup) or `rise` up rounds
             // (Primary). Meanwhile our last verdict ages out as if we were
             // down, and the pair's rule keeps the routes while the peer
-            // says Backup.
-            let pair = ha.combined(Via::Primary);
-            if adoption != Adoption::Primary && pair.path == Via::Backup {
-                let ours = plan::ours(&spec.routes, record, &observed).count();
-                let of = spec.routes.len().max(ours);
-                info!(tables = %adoption, why = %pair, "a live peer's Backup verdict explains the routes: undecided (no verdict published, no route call) until our probes judge");
-                adoption = Adoption::Partial { ours, of };
+            // says Backup. Unless our previous run said Backup too: that
+            // failover is ours as much as the peer's, and its failback
+            // keeps its rules (hold-down from now, failback = "manual"),
+            // as on a lone agent's restart; undecided, two agents
+            // restarted together would fail back by themselves.
+            if adoption != Adoption::Primary {
+                if let Some(why) = ha.explaining_backup() {
+                    if adoption == Adoption::Backup && ha.previous() == Some(Via::Backup) {
+                        info!(%why, "our previous run's verdict was Backup too: adopted as Backup (hold-down and failback = \"manual\" apply, as after a lone agent's restart)");
+                    } else {
+                        let ours = plan::ours(&spec.routes, record, &observed).count();
+                        let of = spec.routes.len().max(ours);
+                        info!(tables = %adoption, %why, "a peer's Backup verdict explains the routes: undecided (no verdict published, no route call) until our probes judge");
+                        adoption = Adoption::Partial { ours, of };
+                    }
+                }
             }
         }
         let found = Adopted {

@@ -1724,3 +1724,83 @@ async fn a_route_dropped_by_reload_while_the_pair_is_on_backup_is_removed_once()
     a.kill();
     b.kill();
 }
+
+fn manual_config(id: &str) -> Config {
+    let mut c = default_ha_config(id);
+    c.policy.failback = route_failover::fsm::Failback::Manual;
+    c
+}
+
+fn long_hold_down_config(id: &str) -> Config {
+    let mut c = default_ha_config(id);
+    c.policy.hold_down = secs(600);
+    c
+}
+
+/// The pair failed over, DX came back, the failback is held (manual or
+/// hold-down); then both agents restart together (SSM Run Command runs in
+/// parallel). Each reads the other's pre-restart Backup verdict and its
+/// own: the routes stay for `watch`, as they do for a lone agent. Returns
+/// the restarted agents.
+async fn restart_both_after_heal(
+    pair: &Pair,
+    mk: fn(&str) -> Config,
+    watch: Duration,
+) -> (Harness, Harness) {
+    let (mut a, _la) = pair.start_config(&mk("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&mk("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(30)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    a.script.set("healed", Reply::All);
+    b.script.set("healed", Reply::All);
+    a.run_for(secs(20)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed(), "held before the restart");
+    a.stop().await;
+    b.stop().await;
+    let before = route_ops(pair);
+    let (mut a, _la) = pair.start_config(&mk("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&mk("monitor-b"), Reply::All, 0);
+    let end = Instant::now() + watch;
+    while Instant::now() < end {
+        a.run_for(secs(1)).await;
+        b.run_for(Duration::ZERO).await;
+        assert_eq!(pair.ours(), pair.managed(), "a route went missing");
+    }
+    assert_eq!(route_ops(pair), before, "route calls after the restart");
+    assert_eq!(
+        pair.verdicts(),
+        vec![
+            ("monitor-a".to_string(), Via::Backup),
+            ("monitor-b".to_string(), Via::Backup)
+        ]
+    );
+    (a, b)
+}
+
+/// Review 3 H2: restarting both agents together must not fail the pair
+/// back when failback = "manual" (it did after `rise` rounds).
+#[tokio::test(start_paused = true)]
+async fn manual_failback_survives_restarting_both_agents_together() {
+    let pair = Pair::new();
+    let (a, b) = restart_both_after_heal(&pair, manual_config, secs(300)).await;
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 H2: nor before hold_down has passed since the restart (as for
+/// a lone agent that adopts Backup); after it, the pair fails back.
+#[tokio::test(start_paused = true)]
+async fn hold_down_survives_restarting_both_agents_together() {
+    let pair = Pair::new();
+    let (mut a, mut b) = restart_both_after_heal(&pair, long_hold_down_config, secs(540)).await;
+    a.run_for(secs(200)).await;
+    b.run_for(Duration::ZERO).await;
+    assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    a.kill();
+    b.kill();
+}

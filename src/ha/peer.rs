@@ -99,6 +99,7 @@ impl Ha {
                 // Counting on from a previous run keeps the counter rising.
                 if self.published.is_none() {
                     self.counter = self.counter.max(v.counter);
+                    self.previous.get_or_insert(v.path);
                 }
                 if self.duplicates.read_own(value, &v, Instant::now()) && !self.duplicate_logged {
                     self.duplicate_logged = true;
@@ -185,6 +186,13 @@ impl Ha {
             .map(|p| (p.verdict.clone(), p.age(now)))
             .collect();
         peers::combine_aged(local, &self.agent_id, &peers, self.peer_timeout)
+    }
+
+    /// At startup, why routes of ours may be a peer's and not evidence of
+    /// our own path: a live peer's Backup verdict.
+    pub(crate) fn explaining_backup(&self) -> Option<String> {
+        let combined = self.combined(Via::Primary);
+        (combined.path == Via::Backup).then(|| combined.to_string())
     }
 
     /// When the pair's path may next change by itself for our `local`
