@@ -54,8 +54,9 @@
 //!   publish is acted on after a while (failing over is the safe
 //!   direction): a peer may then delete those routes once; when they come
 //!   back unexplained, the fight guard holds that failback.
-//! - Restarts: an agent that starts while a live peer's Backup verdict
-//!   explains the routes is *undecided* (the fsm's Partial phase): no verdict published, no
+//! - Restarts: an agent that starts while a peer's Backup verdict (live,
+//!   or stamped ahead of our clock: not provably old) explains the routes
+//!   is *undecided* (the fsm's Partial phase): no verdict published, no
 //!   route call, until its probes judge (`fall` down rounds: Backup,
 //!   `rise` up rounds: Primary). Its previous verdict ages out as if it
 //!   were down, so nothing counts toward a failback before its probes

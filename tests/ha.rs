@@ -1804,3 +1804,37 @@ async fn hold_down_survives_restarting_both_agents_together() {
     a.kill();
     b.kill();
 }
+
+/// Review 3 M2: B's clock 13 s ahead, B alone sees DX down; A (failback
+/// manual, its own previous verdict Primary) restarts. B's Backup, first
+/// seen stamped ahead, still explains the routes: A starts undecided and
+/// its probes say Primary, so once B heals the pair fails back with no
+/// operator action (adopted as A's own Backup, it pinned the pair).
+#[tokio::test(start_paused = true)]
+async fn a_restart_beside_a_peer_whose_clock_is_ahead_does_not_pin_the_pair() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start_config(&manual_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_skewed("monitor-b", Reply::All, 13);
+    both_on_primary(&mut a, &mut b).await;
+    b.script.set("B's view cut", Reply::None);
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(40)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    a.stop().await;
+    let (mut a, la) = pair.start_config(&manual_config("monitor-a"), Reply::All, 0);
+    a.run_for(secs(30)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(la.route_calls(), 0);
+    assert!(
+        pair.verdicts()
+            .contains(&("monitor-a".to_string(), Via::Primary)),
+        "{:?}",
+        pair.verdicts()
+    );
+    b.script.set("B's view healed", Reply::All);
+    a.run_for(secs(200)).await;
+    b.run_for(Duration::ZERO).await;
+    assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    a.kill();
+    b.kill();
+}

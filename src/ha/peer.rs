@@ -189,10 +189,24 @@ impl Ha {
     }
 
     /// At startup, why routes of ours may be a peer's and not evidence of
-    /// our own path: a live peer's Backup verdict.
+    /// our own path: a live peer's Backup verdict, or one stamped ahead of
+    /// our clock (not trusted for liveness yet, but not provably old
+    /// either: a peer whose clock runs ahead must not make us adopt its
+    /// failover as ours).
     pub(crate) fn explaining_backup(&self) -> Option<String> {
         let combined = self.combined(Via::Primary);
-        (combined.path == Via::Backup).then(|| combined.to_string())
+        if combined.path == Via::Backup {
+            return Some(combined.to_string());
+        }
+        self.peers
+            .values()
+            .find(|p| p.verdict.path == Via::Backup && p.written.is_none())
+            .map(|p| {
+                format!(
+                    "{} says Backup, stamped ahead of our clock",
+                    p.verdict.agent_id
+                )
+            })
     }
 
     /// When the pair's path may next change by itself for our `local`
