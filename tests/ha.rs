@@ -1838,3 +1838,37 @@ async fn a_restart_beside_a_peer_whose_clock_is_ahead_does_not_pin_the_pair() {
     a.kill();
     b.kill();
 }
+
+/// Review 3 M1: a peer wrote one last Backup verdict stamped 120 s ahead,
+/// then stopped (a clock off, a hand edit of a retired agent's tag);
+/// nobody else says Backup. When our clock reaches its stamp the same
+/// unchanged value must not count as an advance: the pair stays on
+/// Primary, no route call (A failed over at +118 s, then failed back).
+#[tokio::test(start_paused = true)]
+async fn a_dead_peers_future_stamped_backup_never_revives_when_our_clock_reaches_it() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    let before = route_ops(&pair);
+    let v = peers::Verdict {
+        agent_id: "monitor-x".into(),
+        path: Via::Backup,
+        counter: 5,
+        at: 1_800_000_000 + pair.epoch.elapsed().as_secs() + 120,
+        reason: "clock ahead".into(),
+    };
+    let tag = (peers::tag_key("monitor-x"), peers::tag_value(&v));
+    pair.world
+        .create_tags(&pair.anchor(), std::slice::from_ref(&tag))
+        .await
+        .unwrap();
+    for _ in 0..240 {
+        a.run_for(secs(1)).await;
+        b.run_for(Duration::ZERO).await;
+        assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    }
+    assert_eq!(route_ops(&pair), before);
+    a.kill();
+    b.kill();
+}

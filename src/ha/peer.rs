@@ -136,10 +136,14 @@ impl Ha {
         let value = (v.at, v.counter, v.path);
         match self.peers.get_mut(&v.agent_id) {
             Some(p) => {
-                let advance = match wall {
-                    Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
-                    None => !p.recent.contains(&value),
-                };
+                // A value already accepted is never an advance again, even
+                // once our clock reaches its stamp and it parses as trusted
+                // (a dead peer's future-stamped Backup would come back).
+                let advance = !p.recent.contains(&value)
+                    && match wall {
+                        Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
+                        None => true,
+                    };
                 if !advance {
                     p.seen = p.seen.max(mono);
                     return;
@@ -198,9 +202,13 @@ impl Ha {
         if combined.path == Via::Backup {
             return Some(combined.to_string());
         }
+        let now = (self.clock)();
         self.peers
             .values()
-            .find(|p| p.verdict.path == Via::Backup && p.written.is_none())
+            .filter(|p| p.verdict.path == Via::Backup && p.written.is_none())
+            // Still ahead, or not older than a live verdict may be: once
+            // our clock has passed it by peer_timeout it is provably old.
+            .find(|p| peers::wall_age(&p.verdict, now).is_none_or(|age| age <= self.peer_timeout))
             .map(|p| {
                 format!(
                     "{} says Backup, stamped ahead of our clock",
@@ -235,6 +243,8 @@ impl Ha {
 mod tests {
     use super::*;
     use crate::ha::tests::ha;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn a_lagging_read_never_turns_a_peer_back() {
@@ -271,5 +281,28 @@ mod tests {
         h.observe(&[read("backup;8;4600;down")]);
         h.observe(&[read("backup;6;985;down")]);
         assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+    }
+
+    #[test]
+    fn a_future_stamp_reached_by_our_clock_is_no_advance() {
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = Arc::clone(&now);
+        let mut h = ha();
+        h.clock = Arc::new(move || clock.load(Ordering::Relaxed));
+        let read = |value: &str| RouteTable {
+            id: "rtb-a".into(),
+            tags: [(peers::tag_key("b"), value.to_string())].into(),
+            ..RouteTable::default()
+        };
+        h.observe(&[read("backup;5;1120;ahead")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // Our clock reaches the stamp: the same value, now trusted, was
+        // already read, so the peer is not live again.
+        now.store(1_119, Ordering::Relaxed);
+        h.observe(&[read("backup;5;1120;ahead")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // Its next value is an advance.
+        h.observe(&[read("backup;6;1119;down")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Backup);
     }
 }
