@@ -356,14 +356,18 @@ impl Reconciler {
                 wait.min(e.saturating_duration_since(Instant::now()))
             });
             let deadline = Instant::now() + wait;
-            // A heartbeat's write in flight: dropped (cancelled) when
-            // anything wakes a pass, so a slow CreateTags never delays a
-            // new verdict, which the pass publishes before its route calls.
+            // A heartbeat's write in flight is polled here; whatever wakes
+            // a pass (the deadline among them: a slow CreateTags must not
+            // delay a settle, expiry or resync read) hands it on to the
+            // pass, which polls it beside its calls, or drops it if it
+            // publishes a new verdict first.
             let mut beat_call = self.beat_call.take();
             loop {
                 // Heartbeats fall between passes (and go on during them:
-                // see `beating`).
-                let beat = wanted.and_then(|_| self.ha.as_ref()?.next_beat());
+                // see `beating`); none starts while one is in flight.
+                let beat = wanted
+                    .filter(|_| beat_call.is_none())
+                    .and_then(|_| self.ha.as_ref()?.next_beat());
                 let until = beat.map_or(deadline, |b| b.min(deadline));
                 tokio::select! {
                     (write, result) = async { beat_call.as_mut().expect("guarded").await }, if beat_call.is_some() => {
@@ -394,11 +398,11 @@ impl Reconciler {
                         converged_on = None;
                         break;
                     }
-                    () = tokio::time::sleep_until(until), if beat_call.is_none() => {
+                    () = tokio::time::sleep_until(until) => {
                         if Instant::now() >= deadline {
                             break;
                         }
-                        if let Some((local, _)) = wanted {
+                        if let Some((local, _)) = wanted.filter(|_| beat_call.is_none()) {
                             beat_call = self.begin_beat(local);
                         }
                     }

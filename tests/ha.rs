@@ -1872,3 +1872,33 @@ async fn a_dead_peers_future_stamped_backup_never_revives_when_our_clock_reaches
     a.kill();
     b.kill();
 }
+
+/// Review 3 L2: a heartbeat's CreateTags in flight (40 s) must not hold
+/// up the wait loop's deadline: the resync read comes on time (it came
+/// only once the beat answered).
+#[tokio::test(start_paused = true)]
+async fn a_slow_heartbeat_does_not_delay_the_resync_read() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.run_for(secs(35)).await;
+    // Just after a resync read: the next is due 30 s later.
+    let reads = la.count("DescribeRouteTables");
+    while la.count("DescribeRouteTables") == reads {
+        a.run_for(Duration::from_millis(100)).await;
+    }
+    let read_at = Instant::now();
+    let reads = la.count("DescribeRouteTables");
+    // The next beat (within 10 s) takes 40 s: in flight at the resync.
+    *la.next_tags_delay.lock().unwrap() = Some(secs(40));
+    let resync = pair.config.reconcile.resync_interval;
+    a.run_for(resync + secs(1) - read_at.elapsed()).await;
+    assert!(
+        la.count("DescribeRouteTables") > reads,
+        "no read {:?} after the last one, a beat in flight",
+        read_at.elapsed()
+    );
+    a.kill();
+    b.kill();
+}
