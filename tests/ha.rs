@@ -1902,3 +1902,48 @@ async fn a_slow_heartbeat_does_not_delay_the_resync_read() {
     a.kill();
     b.kill();
 }
+
+/// Review 3 L4: B holds A's routes against a writer it cannot see (the
+/// fight guard); then a failback hold of another kind (a duplicate of
+/// B's id, for longer than the fight memory) empties B's removals. The
+/// fight must survive it: once the hold lifts, B deletes nothing again
+/// (it forgot the fight and deleted every route a second time).
+#[tokio::test(start_paused = true)]
+async fn a_fight_survives_a_failback_hold_of_another_kind() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    la.deny_tags.store(true, Ordering::SeqCst);
+    a.script.set("A's view cut", Reply::None);
+    a.run_for(secs(300)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair_findings(&b), ["ha_fight"]);
+    assert_eq!(pair.ours(), pair.managed());
+    let deletes = route_ops(&pair).1;
+    // Another process writes under B's id for 200 s (fight memory:
+    // peer_timeout + 2 x resync = 105 s).
+    for i in 0..20 {
+        let v = peers::Verdict {
+            agent_id: "monitor-b".into(),
+            path: Via::Primary,
+            counter: 10_000 + i,
+            at: 1_800_000_000 + pair.epoch.elapsed().as_secs(),
+            reason: "a copied config".into(),
+        };
+        let tag = (peers::tag_key("monitor-b"), peers::tag_value(&v));
+        pair.world
+            .create_tags(&pair.anchor(), std::slice::from_ref(&tag))
+            .await
+            .unwrap();
+        b.run_for(secs(10)).await;
+        a.run_for(Duration::ZERO).await;
+    }
+    assert!(pair_findings(&b).contains(&"ha_duplicate_id"));
+    b.run_for(secs(300)).await;
+    a.run_for(Duration::ZERO).await;
+    assert_eq!(route_ops(&pair).1, deletes, "B deleted again");
+    assert_eq!(pair.ours(), pair.managed());
+    a.kill();
+    b.kill();
+}

@@ -168,6 +168,9 @@ impl Reconciler {
                 },
                 &observed,
             );
+            // Judged even under a hold below, so the fight guard keeps
+            // what it knows (the routes, what we deleted) while it lasts.
+            let mut settle = self.judge_removals(path, &mut plan);
             // With [ha]: a pair that cannot be trusted to agree keeps our
             // routes; failing over stays allowed (the safe direction).
             if let Some(why) = self
@@ -176,8 +179,8 @@ impl Reconciler {
                 .and_then(|h| h.failback_hold(Instant::now()))
             {
                 plan.hold_removals(&why);
+                settle = None;
             }
-            let settle = self.judge_removals(path, &mut plan);
             self.report(&plan.findings);
             self.count_blackholes(&plan.findings);
             if *self.paused.borrow() {
