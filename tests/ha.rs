@@ -2011,6 +2011,8 @@ async fn a_dropped_heartbeat_landing_late_is_overwritten_within_a_heartbeat() {
     println!("the late beat's old path stood {longest:?} on the anchor");
     assert!(longest <= BEAT + secs(1), "{longest:?}");
     assert_eq!(lb.route_calls(), 0);
+    // Our own older value, not another writer under our id.
+    assert!(pair_findings(&a).is_empty(), "{:?}", pair_findings(&a));
     a.kill();
     b.kill();
 }
