@@ -116,8 +116,9 @@
 //! timestamp first seen beyond the tolerance in the future is not trusted
 //! (logged once) until it advances. Such a stamp never becomes the mark
 //! later values must pass: a future-stamped value advances if it is none
-//! of the last few values read, a value stamped in the present if it
-//! passes the newest present-stamped `(at, counter)`; a value once
+//! of the last few values read and its counter passes theirs, a value
+//! stamped in the present if it passes the newest present-stamped `(at,
+//! counter)`; a value once
 //! accepted is never an advance again, even when our clock reaches its
 //! stamp (a dead peer's future Backup would live again). So a peer whose
 //! clock is off (or was stepped back, or whose tag was edited into the

@@ -29,9 +29,9 @@ pub(super) struct Peer {
     /// future stamp never sets it, or it would hide every later real
     /// value until our clock caught up with it (forever for a hand edit).
     pub(super) high: Option<(u64, u64)>,
-    /// The last few values accepted, as `(at, counter, path)`: a value
-    /// stamped in the future is an advance only if it is none of them (a
-    /// lagging read repeats one).
+    /// The last few values accepted, as `(at, counter, path)`: none is an
+    /// advance again (a lagging read repeats one), and a value stamped in
+    /// the future must pass all their counters.
     pub(super) recent: VecDeque<(u64, u64, Via)>,
 }
 
@@ -128,9 +128,10 @@ impl Ha {
     ///
     /// A value stamped beyond the skew tolerance in the future (a clock
     /// ahead, then stepped back; a hand edit) is an advance if it is none
-    /// of the last few accepted, and never raises the mark later values
-    /// must pass: the peer's next real value is accepted as soon as it
-    /// shows.
+    /// of the last few accepted and its counter passes theirs, and never
+    /// raises the mark later values must pass: the peer's next real value
+    /// is accepted as soon as it shows. No value accepted once is an
+    /// advance again.
     fn note_peer(&mut self, v: Verdict, now: u64, mono: Instant) {
         let wall = peers::wall_age(&v, now);
         let value = (v.at, v.counter, v.path);
@@ -139,10 +140,13 @@ impl Ha {
                 // A value already accepted is never an advance again, even
                 // once our clock reaches its stamp and it parses as trusted
                 // (a dead peer's future-stamped Backup would come back).
+                // A future stamp cannot be ordered by time, so its counter
+                // must move on: a lagging read can show a value between two
+                // we read (reads are 30 s apart, beats 10 s), never read.
                 let advance = !p.recent.contains(&value)
                     && match wall {
                         Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
-                        None => true,
+                        None => p.recent.iter().all(|&(_, counter, _)| v.counter > counter),
                     };
                 if !advance {
                     p.seen = p.seen.max(mono);
@@ -280,6 +284,23 @@ mod tests {
         // nor does one older than the mark.
         h.observe(&[read("backup;8;4600;down")]);
         h.observe(&[read("backup;6;985;down")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+    }
+
+    #[test]
+    fn a_lagging_read_of_an_unread_future_stamped_value_is_no_advance() {
+        let mut h = ha();
+        let read = |value: &str| RouteTable {
+            id: "rtb-a".into(),
+            tags: [(peers::tag_key("b"), value.to_string())].into(),
+            ..RouteTable::default()
+        };
+        // A peer 100 s ahead; reads every 30 s see every third beat.
+        h.observe(&[read("backup;10;1100;down")]);
+        h.observe(&[read("primary;13;1130;up")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // A lagging replica shows a value between the two, never read.
+        h.observe(&[read("backup;12;1120;down")]);
         assert_eq!(h.combined(Via::Primary).path, Via::Primary);
     }
 
