@@ -266,7 +266,11 @@ impl Reconciler {
                         let ours = plan::ours(&spec.routes, record, &observed).count();
                         let of = spec.routes.len().max(ours);
                         info!(tables = %adoption, %why, "a peer's Backup verdict explains the routes: undecided (no verdict published, no route call) until our probes judge");
-                        adoption = Adoption::Partial { ours, of };
+                        adoption = Adoption::Partial {
+                            ours,
+                            of,
+                            peer: true,
+                        };
                     }
                 }
             }

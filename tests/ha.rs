@@ -873,7 +873,8 @@ async fn a_short_heartbeat_never_takes_a_live_peer_for_dead_between_reads() {
     let start = |id: &str| {
         let mut c = config();
         // peer_timeout: the default, 3 x heartbeat: shorter than the 30 s
-        // between the reconciler's reads, so the heartbeat reads the anchor.
+        // between the reconciler's reads (the heartbeat only writes), so
+        // liveness judged only at reads must not blame a live peer.
         c.ha = Some(ha_settings(id, secs(5), secs(15), &c));
         let link = Link::new(&world);
         let h = Harness::start_with(
@@ -2013,6 +2014,35 @@ async fn a_dropped_heartbeat_landing_late_is_overwritten_within_a_heartbeat() {
     assert_eq!(lb.route_calls(), 0);
     // Our own older value, not another writer under our id.
     assert!(pair_findings(&a).is_empty(), "{:?}", pair_findings(&a));
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 L5: an agent that starts undecided under a peer's Backup says
+/// so (event, status, its reason), not "partial (4 of 4 routes)".
+#[tokio::test(start_paused = true)]
+async fn an_undecided_start_says_why() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("A's view of DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.stop().await;
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    let adopted = b
+        .wait_for("adoption", secs(5), |e| matches!(e, Event::Adopted { .. }))
+        .await;
+    let Event::Adopted { adoption, .. } = adopted else {
+        unreachable!()
+    };
+    assert_eq!(
+        adoption.to_string(),
+        format!(
+            "undecided: a peer's Backup verdict explains the routes ({n} of {n} ours)",
+            n = pair.managed().len()
+        )
+    );
     a.kill();
     b.kill();
 }
