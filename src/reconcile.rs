@@ -293,6 +293,8 @@ impl Reconciler {
         }
 
         let mut failures = 0u32;
+        // Passes superseded in a row while the desired path stood still.
+        let mut superseded = 0u32;
         let mut converged_on = None;
         loop {
             let wanted = *desired.borrow_and_update();
@@ -307,6 +309,9 @@ impl Reconciler {
                         converged_on = None;
                     }
                     let pass = self.reconcile(path, &desired).await;
+                    if pass != Pass::Superseded {
+                        superseded = 0;
+                    }
                     // What the tables are converged on: ours, or the pair's.
                     let path = self.effective.unwrap_or(path);
                     match pass {
@@ -340,7 +345,20 @@ impl Reconciler {
                         }
                         Pass::Superseded => {
                             converged_on = None;
-                            Duration::ZERO
+                            // At once for a new desired path, and the first
+                            // time without one (a re-read found the pair
+                            // moved); again and again without one, it backs
+                            // off: no pass loop spins with time standing still.
+                            if desired.has_changed().unwrap_or(true) {
+                                superseded = 0;
+                            } else {
+                                superseded += 1;
+                            }
+                            if superseded > 1 {
+                                retry_delay(ErrorKind::Other, superseded - 1, resync)
+                            } else {
+                                Duration::ZERO
+                            }
                         }
                         Pass::Settling(due) => {
                             converged_on = None;
