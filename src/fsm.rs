@@ -843,7 +843,7 @@ mod tests {
                     prop_assert_eq!(fsm.desired(), None);
                     last = Some(round(up));
                 }
-                let mut step = fsm.adopt(Adoption::Partial { ours: 1, of: 2 }, t0 + Duration::from_secs(s), last.as_ref());
+                let mut step = fsm.adopt(Adoption::Partial { ours: 1, of: 2, peer: false }, t0 + Duration::from_secs(s), last.as_ref());
                 let mut settled = None;
                 for &up in &rounds {
                     if let Some(t) = &step.transition {

@@ -54,13 +54,17 @@
 //!   publish is acted on after a while (failing over is the safe
 //!   direction): a peer may then delete those routes once; when they come
 //!   back unexplained, the fight guard holds that failback.
-//! - Restarts: an agent that starts while a live peer's Backup verdict
-//!   explains the routes is *undecided* (the fsm's Partial phase): no
-//!   verdict published, no route call, until its probes judge (`fall`
-//!   down rounds: Backup, `rise` up rounds: Primary). Its previous
-//!   verdict ages out as if it were down, so nothing counts toward a
-//!   failback before its probes have judged (DESIGN §3 Startup), and the
-//!   rule stays two sentences: there is no third kind of verdict.
+//! - Restarts: an agent that starts while a peer's Backup verdict (live,
+//!   or stamped ahead of our clock: not provably old) explains the routes
+//!   is *undecided* (the fsm's Partial phase): no verdict published, no
+//!   route call, until its probes judge (`fall` down rounds: Backup,
+//!   `rise` up rounds: Primary). Its previous verdict ages out as if it
+//!   were down, so nothing counts toward a failback before its probes
+//!   have judged (DESIGN §3 Startup), and the rule stays two sentences:
+//!   there is no third kind of verdict. Unless that previous verdict was
+//!   Backup: then it adopts Backup as a lone agent does (hold-down from
+//!   the restart, `failback = "manual"` kept), or two agents restarted
+//!   together would fail the pair back by themselves.
 //! - Fight guard: a route this agent deleted that is back while no live
 //!   verdict explains it is held (CRITICAL once, reported as a held
 //!   failback) until a read shows a live Backup verdict, the route goes
@@ -112,8 +116,11 @@
 //! timestamp first seen beyond the tolerance in the future is not trusted
 //! (logged once) until it advances. Such a stamp never becomes the mark
 //! later values must pass: a future-stamped value advances if it is none
-//! of the last few values read, a value stamped in the present if it
-//! passes the newest present-stamped `(at, counter)`. So a peer whose
+//! of the last few values read and its counter passes theirs, a value
+//! stamped in the present if it passes the newest present-stamped `(at,
+//! counter)`; a value once
+//! accepted is never an advance again, even when our clock reaches its
+//! stamp (a dead peer's future Backup would live again). So a peer whose
 //! clock is off (or was stepped back, or whose tag was edited into the
 //! future) is live while it publishes, and a runaway stamp cannot hold
 //! the pair.
@@ -318,6 +325,10 @@ pub(crate) struct Ha {
     fights: BTreeSet<RouteKey>,
     /// Findings just started, for hooks: (kind, text).
     started: Vec<(&'static str, String)>,
+    /// Our own verdict as our previous run left it on the anchor (the
+    /// first read before we publish): a restart on its Backup keeps that
+    /// failover's failback rules.
+    previous: Option<Via>,
 }
 
 /// One write of our verdict: the anchor, the tag, and what it says.
@@ -361,11 +372,17 @@ impl Ha {
             deleted: BTreeMap::new(),
             fights: BTreeSet::new(),
             started: Vec::new(),
+            previous: None,
         }
     }
 
     pub(crate) fn anchor(&self) -> &str {
         &self.anchor
+    }
+
+    /// Our own verdict as our previous run left it, if the anchor showed one.
+    pub(crate) fn previous(&self) -> Option<Via> {
+        self.previous
     }
 
     /// Whether `local` differs from what peers last saw from us.

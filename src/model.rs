@@ -189,8 +189,10 @@ pub enum Adoption {
     /// All of our routes: the VPN carries the traffic.
     Backup,
     /// Some of them: a failover or failback was interrupted. Which way to
-    /// finish is left to probe evidence.
-    Partial { ours: usize, of: usize },
+    /// finish is left to probe evidence. `peer`: with `[ha]`, a peer's
+    /// Backup verdict explains the routes, so the agent is undecided
+    /// whatever their count.
+    Partial { ours: usize, of: usize, peer: bool },
 }
 
 impl fmt::Display for Adoption {
@@ -198,7 +200,19 @@ impl fmt::Display for Adoption {
         match self {
             Adoption::Primary => f.write_str("Primary"),
             Adoption::Backup => f.write_str("Backup"),
-            Adoption::Partial { ours, of } => write!(f, "partial ({ours} of {of} routes)"),
+            Adoption::Partial {
+                ours,
+                of,
+                peer: false,
+            } => write!(f, "partial ({ours} of {of} routes)"),
+            Adoption::Partial {
+                ours,
+                of,
+                peer: true,
+            } => write!(
+                f,
+                "undecided: a peer's Backup verdict explains the routes ({ours} of {of} ours)"
+            ),
         }
     }
 }

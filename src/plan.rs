@@ -230,7 +230,11 @@ pub fn adopt(managed: &[ManagedRoute], ledger: &Record, observed: &[RouteTable])
     match ours {
         0 => Adoption::Primary,
         n if n == of => Adoption::Backup,
-        n => Adoption::Partial { ours: n, of },
+        n => Adoption::Partial {
+            ours: n,
+            of,
+            peer: false,
+        },
     }
 }
 
@@ -695,7 +699,11 @@ mod tests {
         ];
         assert_eq!(
             adopt(&m, &Record::default(), &partial),
-            Adoption::Partial { ours: 1, of: 2 }
+            Adoption::Partial {
+                ours: 1,
+                of: 2,
+                peer: false
+            }
         );
     }
 
@@ -863,7 +871,11 @@ mod tests {
         let observed = [table("rtb-aaaaaaaa", vec![ours("10.1.0.0/16")])];
         assert_eq!(
             adopt(&m, &Record::default(), &observed),
-            Adoption::Partial { ours: 1, of: 2 }
+            Adoption::Partial {
+                ours: 1,
+                of: 2,
+                peer: false
+            }
         );
         assert_eq!(adopt(&m, &Record::default(), &[]), Adoption::Primary);
     }

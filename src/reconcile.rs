@@ -243,8 +243,8 @@ impl Reconciler {
         };
         let mut adoption = plan::adopt(&spec.routes, record, &observed);
         if let Some(ha) = &self.ha {
-            // Routes a live peer's Backup verdict explains are the pair's,
-            // not evidence of our own. Adopted as Backup, our verdict would
+            // Routes a peer's Backup verdict explains are the pair's, not
+            // evidence of our own. Adopted as Backup, our verdict would
             // say so without our probes (and with failback = "manual" pin
             // the pair there); adopted as Primary, it would count toward a
             // failback before our probes judged (two agents restarting in
@@ -253,13 +253,26 @@ impl Reconciler {
             // until `fall` down rounds (Backup) or `rise` up rounds
             // (Primary). Meanwhile our last verdict ages out as if we were
             // down, and the pair's rule keeps the routes while the peer
-            // says Backup.
-            let pair = ha.combined(Via::Primary);
-            if adoption != Adoption::Primary && pair.path == Via::Backup {
-                let ours = plan::ours(&spec.routes, record, &observed).count();
-                let of = spec.routes.len().max(ours);
-                info!(tables = %adoption, why = %pair, "a live peer's Backup verdict explains the routes: undecided (no verdict published, no route call) until our probes judge");
-                adoption = Adoption::Partial { ours, of };
+            // says Backup. Unless our previous run said Backup too: that
+            // failover is ours as much as the peer's, and its failback
+            // keeps its rules (hold-down from now, failback = "manual"),
+            // as on a lone agent's restart; undecided, two agents
+            // restarted together would fail back by themselves.
+            if adoption != Adoption::Primary {
+                if let Some(why) = ha.explaining_backup() {
+                    if adoption == Adoption::Backup && ha.previous() == Some(Via::Backup) {
+                        info!(%why, "our previous run's verdict was Backup too: adopted as Backup (hold-down and failback = \"manual\" apply, as after a lone agent's restart)");
+                    } else {
+                        let ours = plan::ours(&spec.routes, record, &observed).count();
+                        let of = spec.routes.len().max(ours);
+                        info!(tables = %adoption, %why, "a peer's Backup verdict explains the routes: undecided (no verdict published, no route call) until our probes judge");
+                        adoption = Adoption::Partial {
+                            ours,
+                            of,
+                            peer: true,
+                        };
+                    }
+                }
             }
         }
         let found = Adopted {
@@ -280,6 +293,8 @@ impl Reconciler {
         }
 
         let mut failures = 0u32;
+        // Passes superseded in a row while the desired path stood still.
+        let mut superseded = 0u32;
         let mut converged_on = None;
         loop {
             let wanted = *desired.borrow_and_update();
@@ -294,6 +309,9 @@ impl Reconciler {
                         converged_on = None;
                     }
                     let pass = self.reconcile(path, &desired).await;
+                    if pass != Pass::Superseded {
+                        superseded = 0;
+                    }
                     // What the tables are converged on: ours, or the pair's.
                     let path = self.effective.unwrap_or(path);
                     match pass {
@@ -327,7 +345,20 @@ impl Reconciler {
                         }
                         Pass::Superseded => {
                             converged_on = None;
-                            Duration::ZERO
+                            // At once for a new desired path, and the first
+                            // time without one (a re-read found the pair
+                            // moved); again and again without one, it backs
+                            // off: no pass loop spins with time standing still.
+                            if desired.has_changed().unwrap_or(true) {
+                                superseded = 0;
+                            } else {
+                                superseded += 1;
+                            }
+                            if superseded > 1 {
+                                retry_delay(ErrorKind::Other, superseded - 1, resync)
+                            } else {
+                                Duration::ZERO
+                            }
                         }
                         Pass::Settling(due) => {
                             converged_on = None;
@@ -347,14 +378,18 @@ impl Reconciler {
                 wait.min(e.saturating_duration_since(Instant::now()))
             });
             let deadline = Instant::now() + wait;
-            // A heartbeat's write in flight: dropped (cancelled) when
-            // anything wakes a pass, so a slow CreateTags never delays a
-            // new verdict, which the pass publishes before its route calls.
+            // A heartbeat's write in flight is polled here; whatever wakes
+            // a pass (the deadline among them: a slow CreateTags must not
+            // delay a settle, expiry or resync read) hands it on to the
+            // pass, which polls it beside its calls, or drops it if it
+            // publishes a new verdict first.
             let mut beat_call = self.beat_call.take();
             loop {
                 // Heartbeats fall between passes (and go on during them:
-                // see `beating`).
-                let beat = wanted.and_then(|_| self.ha.as_ref()?.next_beat());
+                // see `beating`); none starts while one is in flight.
+                let beat = wanted
+                    .filter(|_| beat_call.is_none())
+                    .and_then(|_| self.ha.as_ref()?.next_beat());
                 let until = beat.map_or(deadline, |b| b.min(deadline));
                 tokio::select! {
                     (write, result) = async { beat_call.as_mut().expect("guarded").await }, if beat_call.is_some() => {
@@ -385,11 +420,11 @@ impl Reconciler {
                         converged_on = None;
                         break;
                     }
-                    () = tokio::time::sleep_until(until), if beat_call.is_none() => {
+                    () = tokio::time::sleep_until(until) => {
                         if Instant::now() >= deadline {
                             break;
                         }
-                        if let Some((local, _)) = wanted {
+                        if let Some((local, _)) = wanted.filter(|_| beat_call.is_none()) {
                             beat_call = self.begin_beat(local);
                         }
                     }

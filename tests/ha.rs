@@ -37,7 +37,8 @@ struct Link {
     /// How long CreateRoute and DeleteRoute take to answer (the change
     /// lands at once, as a slow answer from EC2 would).
     route_delay: Mutex<Duration>,
-    /// How long the next CreateTags takes to answer (it lands only then).
+    /// How long the next CreateTags takes to answer (it lands only then,
+    /// even if the caller drops it meanwhile).
     next_tags_delay: Mutex<Option<Duration>>,
     /// (op, ok, route-changing outcome) of every call, in order.
     calls: Mutex<Vec<(&'static str, bool)>>,
@@ -87,6 +88,16 @@ impl Link {
         assert!(
             route_calls < 200,
             "runaway: {route_calls} route calls, the agents fight"
+        );
+        // A pass that restarts at once forever reads without time passing.
+        let reads = calls
+            .iter()
+            .filter(|(o, _)| *o == "DescribeRouteTables")
+            .count();
+        assert!(
+            reads < 5000,
+            "runaway: {reads} reads, time standing still at {:?}",
+            Instant::now()
         );
         result
     }
@@ -183,7 +194,16 @@ impl RouteApi for Link {
     ) -> Result<(), CloudError> {
         let delay = self.next_tags_delay.lock().unwrap().take();
         if let Some(d) = delay {
-            tokio::time::sleep(d).await;
+            // As in EC2, a request the caller dropped may still land: the
+            // write is made at the end of the delay either way.
+            let world = Arc::clone(&self.world);
+            let (resource, tags) = (resource_id.to_string(), tags.to_vec());
+            let landing = tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                world.create_tags(&resource, &tags).await
+            });
+            let r = landing.await.expect("the landing task");
+            return self.note("CreateTags", r);
         }
         let r = match self.check() {
             Ok(()) if self.deny_tags.load(Ordering::SeqCst) => Err(CloudError::from_code(
@@ -853,7 +873,8 @@ async fn a_short_heartbeat_never_takes_a_live_peer_for_dead_between_reads() {
     let start = |id: &str| {
         let mut c = config();
         // peer_timeout: the default, 3 x heartbeat: shorter than the 30 s
-        // between the reconciler's reads, so the heartbeat reads the anchor.
+        // between the reconciler's reads (the heartbeat only writes), so
+        // liveness judged only at reads must not blame a live peer.
         c.ha = Some(ha_settings(id, secs(5), secs(15), &c));
         let link = Link::new(&world);
         let h = Harness::start_with(
@@ -1671,6 +1692,357 @@ async fn a_slow_heartbeat_does_not_delay_a_failover_decided_meanwhile() {
     assert!(pair
         .verdicts()
         .contains(&("monitor-a".to_string(), Via::Backup)));
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 H1: a route dropped from the config (reload) while the pair is
+/// on Backup is the ledger's cleanup, not a failback: the anchor re-read
+/// before it finds the pair on Backup, as the pass's own read did, and
+/// must not supersede the pass (which planned the same delete again at
+/// once, forever, time standing still).
+#[tokio::test(start_paused = true)]
+async fn a_route_dropped_by_reload_while_the_pair_is_on_backup_is_removed_once() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(30)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    let mut new = default_ha_config("monitor-a");
+    let dropped = new.routes.pop().unwrap();
+    let dropped = format!("{} {}", dropped.route_table_id, dropped.destination);
+    let mut new_b = default_ha_config("monitor-b");
+    new_b.routes.pop();
+    la.reset();
+    lb.reset();
+    // The operator reloads both (B, still managing it, would put it back).
+    a.control.reload(new, None);
+    b.control.reload(new_b, None);
+    a.run_for(secs(5)).await;
+    b.run_for(Duration::ZERO).await;
+    for (who, l) in [("A", &la), ("B", &lb)] {
+        let reads = l.count("DescribeRouteTables");
+        assert!(reads <= 4, "{who}: {reads} reads in 5 s");
+    }
+    assert_eq!(route_ops(&pair).1, 1, "the dropped route, deleted once");
+    let ours = pair.ours();
+    assert!(!ours.contains(&dropped), "{dropped} still there: {ours:?}");
+    assert_eq!(ours.len(), pair.managed().len() - 1, "{ours:?}");
+    a.kill();
+    b.kill();
+}
+
+fn manual_config(id: &str) -> Config {
+    let mut c = default_ha_config(id);
+    c.policy.failback = route_failover::fsm::Failback::Manual;
+    c
+}
+
+fn long_hold_down_config(id: &str) -> Config {
+    let mut c = default_ha_config(id);
+    c.policy.hold_down = secs(600);
+    c
+}
+
+/// The pair failed over, DX came back, the failback is held (manual or
+/// hold-down); then both agents restart together (SSM Run Command runs in
+/// parallel). Each reads the other's pre-restart Backup verdict and its
+/// own: the routes stay for `watch`, as they do for a lone agent. Returns
+/// the restarted agents.
+async fn restart_both_after_heal(
+    pair: &Pair,
+    mk: fn(&str) -> Config,
+    watch: Duration,
+) -> (Harness, Harness) {
+    let (mut a, _la) = pair.start_config(&mk("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&mk("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("cut", Reply::None);
+    b.script.set("cut", Reply::None);
+    a.run_for(secs(30)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed());
+    a.script.set("healed", Reply::All);
+    b.script.set("healed", Reply::All);
+    a.run_for(secs(20)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair.ours(), pair.managed(), "held before the restart");
+    a.stop().await;
+    b.stop().await;
+    let before = route_ops(pair);
+    let (mut a, _la) = pair.start_config(&mk("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&mk("monitor-b"), Reply::All, 0);
+    let end = Instant::now() + watch;
+    while Instant::now() < end {
+        a.run_for(secs(1)).await;
+        b.run_for(Duration::ZERO).await;
+        assert_eq!(pair.ours(), pair.managed(), "a route went missing");
+    }
+    assert_eq!(route_ops(pair), before, "route calls after the restart");
+    assert_eq!(
+        pair.verdicts(),
+        vec![
+            ("monitor-a".to_string(), Via::Backup),
+            ("monitor-b".to_string(), Via::Backup)
+        ]
+    );
+    (a, b)
+}
+
+/// Review 3 H2: restarting both agents together must not fail the pair
+/// back when failback = "manual" (it did after `rise` rounds).
+#[tokio::test(start_paused = true)]
+async fn manual_failback_survives_restarting_both_agents_together() {
+    let pair = Pair::new();
+    let (a, b) = restart_both_after_heal(&pair, manual_config, secs(300)).await;
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 H2: nor before hold_down has passed since the restart (as for
+/// a lone agent that adopts Backup); after it, the pair fails back.
+#[tokio::test(start_paused = true)]
+async fn hold_down_survives_restarting_both_agents_together() {
+    let pair = Pair::new();
+    let (mut a, mut b) = restart_both_after_heal(&pair, long_hold_down_config, secs(540)).await;
+    a.run_for(secs(200)).await;
+    b.run_for(Duration::ZERO).await;
+    assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 M2: B's clock 13 s ahead, B alone sees DX down; A (failback
+/// manual, its own previous verdict Primary) restarts. B's Backup, first
+/// seen stamped ahead, still explains the routes: A starts undecided and
+/// its probes say Primary, so once B heals the pair fails back with no
+/// operator action (adopted as A's own Backup, it pinned the pair).
+#[tokio::test(start_paused = true)]
+async fn a_restart_beside_a_peer_whose_clock_is_ahead_does_not_pin_the_pair() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start_config(&manual_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_skewed("monitor-b", Reply::All, 13);
+    both_on_primary(&mut a, &mut b).await;
+    b.script.set("B's view cut", Reply::None);
+    b.converged(Via::Backup, secs(10)).await;
+    a.run_for(secs(40)).await;
+    assert_eq!(pair.ours(), pair.managed());
+    a.stop().await;
+    let (mut a, la) = pair.start_config(&manual_config("monitor-a"), Reply::All, 0);
+    a.run_for(secs(30)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(la.route_calls(), 0);
+    assert!(
+        pair.verdicts()
+            .contains(&("monitor-a".to_string(), Via::Primary)),
+        "{:?}",
+        pair.verdicts()
+    );
+    b.script.set("B's view healed", Reply::All);
+    a.run_for(secs(200)).await;
+    b.run_for(Duration::ZERO).await;
+    assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 M1: a peer wrote one last Backup verdict stamped 120 s ahead,
+/// then stopped (a clock off, a hand edit of a retired agent's tag);
+/// nobody else says Backup. When our clock reaches its stamp the same
+/// unchanged value must not count as an advance: the pair stays on
+/// Primary, no route call (A failed over at +118 s, then failed back).
+#[tokio::test(start_paused = true)]
+async fn a_dead_peers_future_stamped_backup_never_revives_when_our_clock_reaches_it() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    let before = route_ops(&pair);
+    let v = peers::Verdict {
+        agent_id: "monitor-x".into(),
+        path: Via::Backup,
+        counter: 5,
+        at: 1_800_000_000 + pair.epoch.elapsed().as_secs() + 120,
+        reason: "clock ahead".into(),
+    };
+    let tag = (peers::tag_key("monitor-x"), peers::tag_value(&v));
+    pair.world
+        .create_tags(&pair.anchor(), std::slice::from_ref(&tag))
+        .await
+        .unwrap();
+    for _ in 0..240 {
+        a.run_for(secs(1)).await;
+        b.run_for(Duration::ZERO).await;
+        assert!(pair.ours().is_empty(), "{:?}", pair.ours());
+    }
+    assert_eq!(route_ops(&pair), before);
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 L2: a heartbeat's CreateTags in flight (40 s) must not hold
+/// up the wait loop's deadline: the resync read comes on time (it came
+/// only once the beat answered).
+#[tokio::test(start_paused = true)]
+async fn a_slow_heartbeat_does_not_delay_the_resync_read() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start_config(&default_ha_config("monitor-a"), Reply::All, 0);
+    let (mut b, _lb) = pair.start_config(&default_ha_config("monitor-b"), Reply::All, 0);
+    both_on_primary(&mut a, &mut b).await;
+    a.run_for(secs(35)).await;
+    // Just after a resync read: the next is due 30 s later.
+    let reads = la.count("DescribeRouteTables");
+    while la.count("DescribeRouteTables") == reads {
+        a.run_for(Duration::from_millis(100)).await;
+    }
+    let read_at = Instant::now();
+    let reads = la.count("DescribeRouteTables");
+    // The next beat (within 10 s) takes 40 s: in flight at the resync.
+    *la.next_tags_delay.lock().unwrap() = Some(secs(40));
+    let resync = pair.config.reconcile.resync_interval;
+    a.run_for(resync + secs(1) - read_at.elapsed()).await;
+    assert!(
+        la.count("DescribeRouteTables") > reads,
+        "no read {:?} after the last one, a beat in flight",
+        read_at.elapsed()
+    );
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 L4: B holds A's routes against a writer it cannot see (the
+/// fight guard); then a failback hold of another kind (a duplicate of
+/// B's id, for longer than the fight memory) empties B's removals. The
+/// fight must survive it: once the hold lifts, B deletes nothing again
+/// (it forgot the fight and deleted every route a second time).
+#[tokio::test(start_paused = true)]
+async fn a_fight_survives_a_failback_hold_of_another_kind() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    la.deny_tags.store(true, Ordering::SeqCst);
+    a.script.set("A's view cut", Reply::None);
+    a.run_for(secs(300)).await;
+    b.run_for(Duration::ZERO).await;
+    assert_eq!(pair_findings(&b), ["ha_fight"]);
+    assert_eq!(pair.ours(), pair.managed());
+    let deletes = route_ops(&pair).1;
+    // Another process writes under B's id for 200 s (fight memory:
+    // peer_timeout + 2 x resync = 105 s).
+    for i in 0..20 {
+        let v = peers::Verdict {
+            agent_id: "monitor-b".into(),
+            path: Via::Primary,
+            counter: 10_000 + i,
+            at: 1_800_000_000 + pair.epoch.elapsed().as_secs(),
+            reason: "a copied config".into(),
+        };
+        let tag = (peers::tag_key("monitor-b"), peers::tag_value(&v));
+        pair.world
+            .create_tags(&pair.anchor(), std::slice::from_ref(&tag))
+            .await
+            .unwrap();
+        b.run_for(secs(10)).await;
+        a.run_for(Duration::ZERO).await;
+    }
+    assert!(pair_findings(&b).contains(&"ha_duplicate_id"));
+    b.run_for(secs(300)).await;
+    a.run_for(Duration::ZERO).await;
+    assert_eq!(route_ops(&pair).1, deletes, "B deleted again");
+    assert_eq!(pair.ours(), pair.managed());
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 L1: a heartbeat dropped by a pass that publishes a new verdict
+/// can still land in EC2, after the newer write, putting our old path
+/// back on the anchor. A peer that read the newer value ignores it (its
+/// counter is lower); the anchor shows our verdict again within a
+/// heartbeat (the next beat), and the routes never move.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_heartbeat_landing_late_is_overwritten_within_a_heartbeat() {
+    let pair = Pair::new();
+    let (mut a, la) = pair.start("monitor-a", Reply::All);
+    let (mut b, lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    *la.next_tags_delay.lock().unwrap() = Some(secs(40));
+    let beats = la.count("CreateTags");
+    a.run_for(BEAT + secs(1)).await;
+    assert_eq!(la.count("CreateTags"), beats, "the slow beat is in flight");
+    let beat_started = Instant::now() - secs(1);
+    a.script.set("A's view cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    let a_says = |pair: &Pair| {
+        pair.verdicts()
+            .into_iter()
+            .find(|(id, _)| id == "monitor-a")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(a_says(&pair), Some(Via::Backup));
+    // Watch the anchor each 100 ms until well past the landing.
+    let mut primary_since: Option<Instant> = None;
+    let mut longest = Duration::ZERO;
+    let mut landed = false;
+    while Instant::now() < beat_started + secs(100) {
+        a.run_for(Duration::from_millis(100)).await;
+        b.run_for(Duration::ZERO).await;
+        assert_eq!(pair.ours(), pair.managed(), "a route went missing");
+        match (a_says(&pair), primary_since) {
+            (Some(Via::Primary), None) => {
+                landed = true;
+                primary_since = Some(Instant::now());
+            }
+            (Some(Via::Backup), Some(since)) => {
+                longest = longest.max(since.elapsed());
+                primary_since = None;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        landed,
+        "the dropped beat never landed: the test shows nothing"
+    );
+    assert!(primary_since.is_none(), "the old path stayed on the anchor");
+    println!("the late beat's old path stood {longest:?} on the anchor");
+    assert!(longest <= BEAT + secs(1), "{longest:?}");
+    assert_eq!(lb.route_calls(), 0);
+    // Our own older value, not another writer under our id.
+    assert!(pair_findings(&a).is_empty(), "{:?}", pair_findings(&a));
+    a.kill();
+    b.kill();
+}
+
+/// Review 3 L5: an agent that starts undecided under a peer's Backup says
+/// so (event, status, its reason), not "partial (4 of 4 routes)".
+#[tokio::test(start_paused = true)]
+async fn an_undecided_start_says_why() {
+    let pair = Pair::new();
+    let (mut a, _la) = pair.start("monitor-a", Reply::All);
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    both_on_primary(&mut a, &mut b).await;
+    a.script.set("A's view of DX cut", Reply::None);
+    a.converged(Via::Backup, secs(10)).await;
+    b.stop().await;
+    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
+    let adopted = b
+        .wait_for("adoption", secs(5), |e| matches!(e, Event::Adopted { .. }))
+        .await;
+    let Event::Adopted { adoption, .. } = adopted else {
+        unreachable!()
+    };
+    assert_eq!(
+        adoption.to_string(),
+        format!(
+            "undecided: a peer's Backup verdict explains the routes ({n} of {n} ours)",
+            n = pair.managed().len()
+        )
+    );
     a.kill();
     b.kill();
 }

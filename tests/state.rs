@@ -59,7 +59,11 @@ async fn a_partial_set_is_completed_only_after_fall_down_rounds() {
     assert!(matches!(
         adopted,
         Event::Adopted {
-            adoption: Adoption::Partial { ours: 1, of: 4 },
+            adoption: Adoption::Partial {
+                ours: 1,
+                of: 4,
+                peer: false
+            },
             ..
         }
     ));

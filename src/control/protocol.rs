@@ -153,7 +153,8 @@ pub struct ActionView {
 pub struct RoutesView {
     /// The route tables have been read and adopted.
     pub tables_read: bool,
-    /// What they showed at startup: "Primary", "Backup" or "partial (…)".
+    /// What they showed at startup: "Primary", "Backup", "partial (…)" or
+    /// (with `[ha]`) "undecided: a peer's Backup verdict explains …".
     pub adoption: Option<String>,
     /// The tables carry traffic the way `path` says.
     pub converged: bool,

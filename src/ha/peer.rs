@@ -29,9 +29,9 @@ pub(super) struct Peer {
     /// future stamp never sets it, or it would hide every later real
     /// value until our clock caught up with it (forever for a hand edit).
     pub(super) high: Option<(u64, u64)>,
-    /// The last few values accepted, as `(at, counter, path)`: a value
-    /// stamped in the future is an advance only if it is none of them (a
-    /// lagging read repeats one).
+    /// The last few values accepted, as `(at, counter, path)`: none is an
+    /// advance again (a lagging read repeats one), and a value stamped in
+    /// the future must pass all their counters.
     pub(super) recent: VecDeque<(u64, u64, Via)>,
 }
 
@@ -99,6 +99,7 @@ impl Ha {
                 // Counting on from a previous run keeps the counter rising.
                 if self.published.is_none() {
                     self.counter = self.counter.max(v.counter);
+                    self.previous.get_or_insert(v.path);
                 }
                 if self.duplicates.read_own(value, &v, Instant::now()) && !self.duplicate_logged {
                     self.duplicate_logged = true;
@@ -127,18 +128,26 @@ impl Ha {
     ///
     /// A value stamped beyond the skew tolerance in the future (a clock
     /// ahead, then stepped back; a hand edit) is an advance if it is none
-    /// of the last few accepted, and never raises the mark later values
-    /// must pass: the peer's next real value is accepted as soon as it
-    /// shows.
+    /// of the last few accepted and its counter passes theirs, and never
+    /// raises the mark later values must pass: the peer's next real value
+    /// is accepted as soon as it shows. No value accepted once is an
+    /// advance again.
     fn note_peer(&mut self, v: Verdict, now: u64, mono: Instant) {
         let wall = peers::wall_age(&v, now);
         let value = (v.at, v.counter, v.path);
         match self.peers.get_mut(&v.agent_id) {
             Some(p) => {
-                let advance = match wall {
-                    Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
-                    None => !p.recent.contains(&value),
-                };
+                // A value already accepted is never an advance again, even
+                // once our clock reaches its stamp and it parses as trusted
+                // (a dead peer's future-stamped Backup would come back).
+                // A future stamp cannot be ordered by time, so its counter
+                // must move on: a lagging read can show a value between two
+                // we read (reads are 30 s apart, beats 10 s), never read.
+                let advance = !p.recent.contains(&value)
+                    && match wall {
+                        Some(_) => p.high.is_none_or(|h| (v.at, v.counter) > h),
+                        None => p.recent.iter().all(|&(_, counter, _)| v.counter > counter),
+                    };
                 if !advance {
                     p.seen = p.seen.max(mono);
                     return;
@@ -187,6 +196,31 @@ impl Ha {
         peers::combine_aged(local, &self.agent_id, &peers, self.peer_timeout)
     }
 
+    /// At startup, why routes of ours may be a peer's and not evidence of
+    /// our own path: a live peer's Backup verdict, or one stamped ahead of
+    /// our clock (not trusted for liveness yet, but not provably old
+    /// either: a peer whose clock runs ahead must not make us adopt its
+    /// failover as ours).
+    pub(crate) fn explaining_backup(&self) -> Option<String> {
+        let combined = self.combined(Via::Primary);
+        if combined.path == Via::Backup {
+            return Some(combined.to_string());
+        }
+        let now = (self.clock)();
+        self.peers
+            .values()
+            .filter(|p| p.verdict.path == Via::Backup && p.written.is_none())
+            // Still ahead, or not older than a live verdict may be: once
+            // our clock has passed it by peer_timeout it is provably old.
+            .find(|p| peers::wall_age(&p.verdict, now).is_none_or(|age| age <= self.peer_timeout))
+            .map(|p| {
+                format!(
+                    "{} says Backup, stamped ahead of our clock",
+                    p.verdict.agent_id
+                )
+            })
+    }
+
     /// When the pair's path may next change by itself for our `local`
     /// verdict: the first live Backup verdict of a peer that holds the
     /// pair against ours would go stale if it did not advance. A read then
@@ -213,6 +247,8 @@ impl Ha {
 mod tests {
     use super::*;
     use crate::ha::tests::ha;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn a_lagging_read_never_turns_a_peer_back() {
@@ -249,5 +285,45 @@ mod tests {
         h.observe(&[read("backup;8;4600;down")]);
         h.observe(&[read("backup;6;985;down")]);
         assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+    }
+
+    #[test]
+    fn a_lagging_read_of_an_unread_future_stamped_value_is_no_advance() {
+        let mut h = ha();
+        let read = |value: &str| RouteTable {
+            id: "rtb-a".into(),
+            tags: [(peers::tag_key("b"), value.to_string())].into(),
+            ..RouteTable::default()
+        };
+        // A peer 100 s ahead; reads every 30 s see every third beat.
+        h.observe(&[read("backup;10;1100;down")]);
+        h.observe(&[read("primary;13;1130;up")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // A lagging replica shows a value between the two, never read.
+        h.observe(&[read("backup;12;1120;down")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+    }
+
+    #[test]
+    fn a_future_stamp_reached_by_our_clock_is_no_advance() {
+        let now = Arc::new(AtomicU64::new(1_000));
+        let clock = Arc::clone(&now);
+        let mut h = ha();
+        h.clock = Arc::new(move || clock.load(Ordering::Relaxed));
+        let read = |value: &str| RouteTable {
+            id: "rtb-a".into(),
+            tags: [(peers::tag_key("b"), value.to_string())].into(),
+            ..RouteTable::default()
+        };
+        h.observe(&[read("backup;5;1120;ahead")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // Our clock reaches the stamp: the same value, now trusted, was
+        // already read, so the peer is not live again.
+        now.store(1_119, Ordering::Relaxed);
+        h.observe(&[read("backup;5;1120;ahead")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Primary);
+        // Its next value is an advance.
+        h.observe(&[read("backup;6;1119;down")]);
+        assert_eq!(h.combined(Via::Primary).path, Via::Backup);
     }
 }

@@ -168,6 +168,9 @@ impl Reconciler {
                 },
                 &observed,
             );
+            // Judged even under a hold below, so the fight guard keeps
+            // what it knows (the routes, what we deleted) while it lasts.
+            let mut settle = self.judge_removals(path, &mut plan);
             // With [ha]: a pair that cannot be trusted to agree keeps our
             // routes; failing over stays allowed (the safe direction).
             if let Some(why) = self
@@ -176,8 +179,8 @@ impl Reconciler {
                 .and_then(|h| h.failback_hold(Instant::now()))
             {
                 plan.hold_removals(&why);
+                settle = None;
             }
-            let settle = self.judge_removals(path, &mut plan);
             self.report(&plan.findings);
             self.count_blackholes(&plan.findings);
             if *self.paused.borrow() {
@@ -249,7 +252,7 @@ impl Reconciler {
     /// once stopped. `Err` carries how the pass ends.
     async fn act(&mut self, path: Via, actions: Vec<Action>) -> Result<(), Pass> {
         let mut failed: Option<(ErrorKind, String)> = None;
-        let recheck = self.recheck_removals(&actions).await?;
+        let recheck = self.recheck_removals(path, &actions).await?;
         let mut ready: Vec<Action> = actions
             .into_iter()
             .filter(|a| !a.removes_ours() || recheck.contains(a))
@@ -340,8 +343,13 @@ impl Reconciler {
     /// Re-reads each table we are about to remove a route of ours from and
     /// keeps the removals whose slot still holds that very route. What is
     /// left is the window between this read and the call itself (one round
-    /// trip to EC2), which its API cannot close.
-    async fn recheck_removals(&mut self, actions: &[Action]) -> Result<Vec<Action>, Pass> {
+    /// trip to EC2), which its API cannot close. `path` is the one the
+    /// pass planned for.
+    async fn recheck_removals(
+        &mut self,
+        path: Via,
+        actions: &[Action],
+    ) -> Result<Vec<Action>, Pass> {
         let removals: Vec<&Action> = actions.iter().filter(|a| a.removes_ours()).collect();
         let mut tables: Vec<String> = removals
             .iter()
@@ -374,7 +382,11 @@ impl Reconciler {
                 if let Some((local, ha)) = self.ours.zip(self.ha.as_mut()) {
                     ha.observe(&fresh);
                     let combined = ha.combined(local);
-                    if combined.path == Via::Backup {
+                    // Only a change since the pass's read supersedes it:
+                    // removals planned on Backup are routes the config no
+                    // longer manages (a reload), which no verdict explains,
+                    // and a pass planned again would plan them again.
+                    if combined.path == Via::Backup && path != Via::Backup {
                         warn!(why = %combined, "a peer's verdict changed since the tables were read: removing nothing");
                         return Err(Pass::Superseded);
                     }
