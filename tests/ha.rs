@@ -372,6 +372,21 @@ async fn both_on_primary(a: &mut Harness, b: &mut Harness) {
     b.converged(Via::Primary, secs(5)).await;
 }
 
+/// `id`'s config with its anchor on a managed table other than the pair's.
+fn on_another_anchor(pair: &Pair, id: &str) -> Config {
+    let other = pair
+        .config
+        .routes
+        .iter()
+        .map(|r| r.route_table_id.clone())
+        .find(|t| *t != pair.anchor())
+        .unwrap();
+    ha_config_with(id, |h| {
+        h.anchor.clone_from(&other);
+        h.anchor_set = true;
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn both_see_the_cut_routes_are_made_once_and_heal_deletes_them_once() {
     let pair = Pair::new();
@@ -992,17 +1007,7 @@ async fn two_agents_with_one_id_are_told_apart_and_hold_failback_until_one_is_go
 #[tokio::test(start_paused = true)]
 async fn agents_on_different_anchors_report_the_split() {
     let pair = Pair::new();
-    let other = pair
-        .config
-        .routes
-        .iter()
-        .map(|r| r.route_table_id.clone())
-        .find(|t| *t != pair.anchor())
-        .unwrap();
-    let config_b = ha_config_with("monitor-b", |h| {
-        h.anchor.clone_from(&other);
-        h.anchor_set = true;
-    });
+    let config_b = on_another_anchor(&pair, "monitor-b");
     let (mut a, _la) = pair.start("monitor-a", Reply::All);
     let (mut b, _lb) = pair.start_config(&config_b, Reply::All, 0);
     a.converged(Via::Primary, secs(5)).await;
@@ -1012,7 +1017,8 @@ async fn agents_on_different_anchors_report_the_split() {
     let split = last_view(&a).split.expect("A reports the split");
     assert!(
         split.starts_with(&format!(
-            "agent monitor-b publishes on {other}, we read {}: the pair is split",
+            "agent monitor-b publishes on {}, we read {}: the pair is split",
+            config_b.ha.as_ref().unwrap().anchor,
             pair.anchor()
         )),
         "{split}"
@@ -1247,17 +1253,7 @@ async fn an_unpublished_backup_verdict_costs_at_most_one_delete_per_route() {
 #[tokio::test(start_paused = true)]
 async fn agents_on_different_anchors_hold_failback_instead_of_fighting() {
     let pair = Pair::new();
-    let other = pair
-        .config
-        .routes
-        .iter()
-        .map(|r| r.route_table_id.clone())
-        .find(|t| *t != pair.anchor())
-        .unwrap();
-    let config_b = ha_config_with("monitor-b", |h| {
-        h.anchor.clone_from(&other);
-        h.anchor_set = true;
-    });
+    let config_b = on_another_anchor(&pair, "monitor-b");
     let (mut a, _la) = pair.start("monitor-a", Reply::All);
     let (mut b, lb) = pair.start_config(&config_b, Reply::All, 0);
     both_on_primary(&mut a, &mut b).await;

@@ -216,6 +216,22 @@ enum Op {
     Delete,
 }
 
+/// What a call made with DryRun=true says of the permission to make `op`:
+/// DryRunOperation is yes, UnauthorizedOperation no.
+fn dry_run_answer(result: Result<(), CloudError>, op: &str) -> Result<Option<bool>, CloudError> {
+    match result {
+        Err(e) if e.kind == ErrorKind::DryRunOk => Ok(Some(true)),
+        Err(e) if e.code.as_deref() == Some("UnauthorizedOperation") => Ok(Some(false)),
+        Err(e) => Err(e),
+        // An endpoint that ignores DryRun would have made the change.
+        Ok(()) => Err(CloudError::new(
+            ErrorKind::Other,
+            None,
+            format!("{op} with DryRun=true succeeded instead of answering DryRunOperation"),
+        )),
+    }
+}
+
 /// Turns an SDK error into a classified [`CloudError`].
 fn classify<E>(err: SdkError<E, HttpResponse>) -> CloudError
 where
@@ -541,21 +557,7 @@ impl RouteApi for Ec2RouteApi {
             }
             Action::Delete(_) => Op::Delete,
         };
-        let result = self.route_call(op, route, true).await;
-        match result {
-            Err(e) if e.kind == ErrorKind::DryRunOk => Ok(Some(true)),
-            Err(e) if e.code.as_deref() == Some("UnauthorizedOperation") => Ok(Some(false)),
-            Err(e) => Err(e),
-            // An endpoint that ignores DryRun would have made the change.
-            Ok(()) => Err(CloudError::new(
-                ErrorKind::Other,
-                None,
-                format!(
-                    "{} with DryRun=true succeeded instead of answering DryRunOperation",
-                    action.op()
-                ),
-            )),
-        }
+        dry_run_answer(self.route_call(op, route, true).await, action.op())
     }
 
     async fn is_permitted_tags(
@@ -592,19 +594,7 @@ impl RouteApi for Ec2RouteApi {
                 .map(|_| ())
                 .map_err(classify),
         };
-        match result {
-            Err(e) if e.kind == ErrorKind::DryRunOk => Ok(Some(true)),
-            Err(e) if e.code.as_deref() == Some("UnauthorizedOperation") => Ok(Some(false)),
-            Err(e) => Err(e),
-            Ok(()) => Err(CloudError::new(
-                ErrorKind::Other,
-                None,
-                format!(
-                    "{} with DryRun=true succeeded instead of answering DryRunOperation",
-                    call.op()
-                ),
-            )),
-        }
+        dry_run_answer(result, call.op())
     }
 
     async fn create_tags(
