@@ -123,6 +123,19 @@ impl Sockets {
     }
 }
 
+/// What the prober has done so far: a deterministic measure of how often
+/// a round wakes the runtime (the thread's context switches also count the
+/// host's noise: softirq-deferred replies, page faults, lock contention).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Sleeps the prober asked for (deadline still ahead).
+    pub sleeps: u64,
+    /// Times it read its sockets.
+    pub drains: u64,
+    /// Times its timer actually woke it (at most one per sleep).
+    pub timer_wakes: u64,
+}
+
 /// The round in progress: what it has gathered, and its echoes.
 struct InRound {
     report: RoundReport,
@@ -146,6 +159,8 @@ pub struct IcmpProber {
     round: Option<InRound>,
     /// The round's waits; made by the first round, inside the runtime.
     alarm: Option<Alarm>,
+    sleeps: u64,
+    drains: u64,
 }
 
 impl IcmpProber {
@@ -200,6 +215,8 @@ impl IcmpProber {
             next_seq: rand::random(),
             round: None,
             alarm: None,
+            sleeps: 0,
+            drains: 0,
         };
         prober.warn_if_queues_are_short();
         Ok(prober)
@@ -236,6 +253,15 @@ impl IcmpProber {
             .collect()
     }
 
+    /// What the prober has done since it was made (see [`Activity`]).
+    pub fn activity(&self) -> Activity {
+        Activity {
+            sleeps: self.sleeps,
+            drains: self.drains,
+            timer_wakes: self.alarm.as_ref().map_or(0, Alarm::wakes),
+        }
+    }
+
     fn sockets_of(&self, group: &Group) -> &Sockets {
         match (&self.bound, group.bound) {
             (Some(bound), true) => bound,
@@ -256,6 +282,7 @@ impl IcmpProber {
 
     /// Reads every socket and settles the replies against the round.
     fn drain(&mut self) {
+        self.drains += 1;
         let replies = read_all(&self.shared, self.bound.as_ref());
         if let Some(round) = &mut self.round {
             settle(round, &mut self.primary, self.backup.as_mut(), &replies);
@@ -348,6 +375,9 @@ impl IcmpProber {
     async fn sleep_until(&mut self, deadline: Instant) {
         if self.alarm.is_none() {
             self.alarm = Alarm::new().ok();
+        }
+        if deadline > Instant::now() {
+            self.sleeps += 1;
         }
         match &self.alarm {
             Some(alarm) => alarm.sleep_until(deadline).await,
