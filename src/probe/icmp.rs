@@ -8,7 +8,8 @@
 //! and, if some echo is still unanswered then, once more at the last open
 //! deadline. Each reply's round-trip time comes from its kernel receive
 //! stamp, so it is exact however late it is read, and a reply counts iff
-//! it came within `timeout` ([`super::ledger`]). On a healthy path a round
+//! it came within `timeout` ([`super::ledger`]); in a round where the
+//! wall clock stepped, the prober reads at each deadline instead. On a healthy path a round
 //! costs one wake-up per wave plus one.
 //!
 //! [`IcmpPath`] carries the silence detector's echoes ([`SilenceProber`])
@@ -384,12 +385,6 @@ impl IcmpProber {
             None => tokio::time::sleep_until(deadline).await,
         }
     }
-
-    fn last_open_deadline(&self) -> Option<Instant> {
-        self.round
-            .as_ref()
-            .and_then(|r| r.ledger.last_open_deadline(Instant::now()))
-    }
 }
 
 /// Reads what every socket has queued.
@@ -470,16 +465,38 @@ impl Prober for IcmpProber {
                 self.send_wave(slot);
             }
         }
-        if let Some(last) = self.last_open_deadline() {
+        let mut first_read = true;
+        loop {
             let now = Instant::now();
-            let learned = now + self.learned_wait(now);
-            self.sleep_until(learned.min(last) + GRACE).await;
-            self.drain();
-            // Still open: one read at the last deadline settles them all.
-            while let Some(last) = self.last_open_deadline() {
-                self.sleep_until(last + GRACE).await;
+            let Some(ledger) = self.round.as_ref().map(|r| &r.ledger) else {
+                break;
+            };
+            let Some(last) = ledger.last_open_deadline(now) else {
+                break;
+            };
+            if ledger.stepped(now, SystemTime::now()) {
+                // The wall clock stepped: a reply's stamp may not say
+                // whether it came in time, its read by the deadline does.
+                let first = ledger.first_open_deadline(now).unwrap_or(last);
+                self.sleep_until(first.checked_sub(GRACE).unwrap_or(first))
+                    .await;
                 self.drain();
+                if let Some(round) = &mut self.round {
+                    round.ledger.close_through(first);
+                }
+                continue;
             }
+            // First when the learned round-trip times say the replies are
+            // in; then, if some echo is still open, once at the last
+            // deadline, which settles them all.
+            let at = if first_read {
+                (now + self.learned_wait(now)).min(last)
+            } else {
+                last
+            };
+            first_read = false;
+            self.sleep_until(at + GRACE).await;
+            self.drain();
         }
         self.round.take().map(|r| r.report).unwrap_or_default()
     }

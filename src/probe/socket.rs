@@ -4,11 +4,11 @@
 //!
 //! Replies wait in the socket's receive queue until then; the kernel stamps
 //! each one as it arrives (`SO_TIMESTAMPNS`), so its round-trip time is
-//! exact however late it is read. Those stamps are `CLOCK_REALTIME`: the
-//! caller measures against a realtime stamp taken just before `sendto` and
-//! bounds the result by the monotonic time elapsed (see
-//! [`super::ledger`]), so a step of the wall clock can shorten a round-trip
-//! time but never make an echo read in time look late.
+//! exact however late it is read. Those stamps are `CLOCK_REALTIME`, which
+//! can step: the ledger turns each into monotonic time with the clocks'
+//! offset at the read, and where a step between the send and the read
+//! leaves the verdict in doubt, counts the reply only if it was read by its
+//! deadline (see [`super::ledger`]).
 //!
 //! One socket per address family (and per bound source address): an
 //! unprivileged ICMP datagram socket when the process's group is in
