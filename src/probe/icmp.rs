@@ -27,7 +27,7 @@ use surge_ping::{
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::ledger::{timeline, Ledger, Sent, Slot, Waves};
+use super::ledger::{read_margin, timeline, Ledger, Sent, Slot, Waves};
 use super::rtt::{Deadline, RttEstimator};
 use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
 use super::socket::{open_hint, EchoSocket, Family, Kind, Reply, PAYLOAD};
@@ -43,9 +43,6 @@ const DRAIN_AT: Deadline = Deadline::Adaptive {
     floor: Duration::from_millis(20),
     k: 4,
 };
-/// Read a little after a deadline, so that a reply stamped just before it
-/// is surely queued (and tokio's timer rounds to the millisecond).
-const GRACE: Duration = Duration::from_millis(1);
 
 /// One group of targets (the primary's, or `[backup]`'s) and its round rule.
 struct Group {
@@ -465,6 +462,8 @@ impl Prober for IcmpProber {
                 self.send_wave(slot);
             }
         }
+        // Read a little after a deadline (see read_margin).
+        let margin = read_margin(&self.waves());
         let mut first_read = true;
         loop {
             let now = Instant::now();
@@ -478,7 +477,7 @@ impl Prober for IcmpProber {
                 // The wall clock stepped: a reply's stamp may not say
                 // whether it came in time, its read by the deadline does.
                 let first = ledger.first_open_deadline(now).unwrap_or(last);
-                self.sleep_until(first.checked_sub(GRACE).unwrap_or(first))
+                self.sleep_until(first.checked_sub(margin).unwrap_or(first))
                     .await;
                 self.drain();
                 if let Some(round) = &mut self.round {
@@ -495,7 +494,7 @@ impl Prober for IcmpProber {
                 last
             };
             first_read = false;
-            self.sleep_until(at + GRACE).await;
+            self.sleep_until(at + margin).await;
             self.drain();
         }
         self.round.take().map(|r| r.report).unwrap_or_default()

@@ -225,6 +225,19 @@ pub struct Waves {
 /// wake-up instead of two, at the price of an echo a few ms early.
 pub const COALESCE: Duration = Duration::from_millis(5);
 
+/// How long after a deadline to read, so that a reply stamped just before
+/// it is surely queued: 1 ms, but at most half the smallest spacing. The
+/// last echo's deadline is one spacing before the round's end (spacing =
+/// (interval − timeout) / count): with a spacing under 2 ms a full
+/// millisecond would end the round after its interval, a spurious overrun
+/// exactly when a target is silent.
+pub fn read_margin(groups: &[Waves]) -> Duration {
+    groups
+        .iter()
+        .map(|g| g.spacing / 2)
+        .fold(Duration::from_millis(1), Duration::min)
+}
+
 /// Every wave instant of a round, from its start, each with the waves that
 /// leave then (group and wave number): the groups share wake-ups wherever
 /// their instants coincide or are within [`COALESCE`] of each other.
@@ -458,6 +471,34 @@ mod tests {
         // Past every deadline: settled, answered or not.
         assert_eq!(f.ledger.last_open_deadline(t0 + ms(800)), None);
         assert_eq!(f.ledger.open_targets(t0 + ms(800)).count(), 0);
+    }
+
+    #[test]
+    fn the_last_read_ends_within_the_interval_however_small_the_spacing() {
+        // interval 500 ms, timeout 450 ms, count 100: spacing 500 µs.
+        let (interval, timeout, count) = (ms(500), ms(450), 100);
+        let spacing = (interval - timeout) / count;
+        let group = Waves {
+            slot: Slot::Primary,
+            count,
+            spacing,
+        };
+        let margin = read_margin(&[group]);
+        let last_deadline = spacing * (count - 1) + timeout;
+        assert!(margin > Duration::ZERO);
+        assert!(
+            last_deadline + margin < interval,
+            "{:?}",
+            last_deadline + margin
+        );
+        // Wide spacing: the full millisecond; the smallest group decides.
+        let wide = Waves {
+            slot: Slot::Backup,
+            count: 3,
+            spacing: ms(66),
+        };
+        assert_eq!(read_margin(&[wide]), ms(1));
+        assert_eq!(read_margin(&[wide, group]), Duration::from_micros(250));
     }
 
     #[test]
