@@ -240,7 +240,9 @@ pub fn read_margin(groups: &[Waves]) -> Duration {
 
 /// Every wave instant of a round, from its start, each with the waves that
 /// leave then (group and wave number): the groups share wake-ups wherever
-/// their instants coincide or are within [`COALESCE`] of each other.
+/// their instants coincide or are within [`COALESCE`] of each other. Only
+/// waves of different groups share one: a group's own waves keep their
+/// spacing, however small.
 pub fn timeline(groups: &[Waves]) -> Vec<(Duration, Vec<(Slot, u32)>)> {
     let mut all: Vec<(Duration, Slot, u32)> = groups
         .iter()
@@ -250,7 +252,12 @@ pub fn timeline(groups: &[Waves]) -> Vec<(Duration, Vec<(Slot, u32)>)> {
     let mut out: Vec<(Duration, Vec<(Slot, u32)>)> = Vec::new();
     for (at, slot, k) in all {
         match out.last_mut() {
-            Some((last, waves)) if at - *last <= COALESCE => waves.push((slot, k)),
+            // Never two waves of one group: that would undo its spacing.
+            Some((last, waves))
+                if at - *last <= COALESCE && waves.iter().all(|&(s, _)| s != slot) =>
+            {
+                waves.push((slot, k))
+            }
             _ => out.push((at, vec![(slot, k)])),
         }
     }
@@ -550,5 +557,33 @@ mod tests {
             ]
         );
         assert_eq!(timeline(&[]), vec![]);
+    }
+
+    #[test]
+    fn a_groups_own_waves_are_never_merged() {
+        // interval 100 ms, timeout 80 ms, count 4: 5 ms apart, within
+        // COALESCE of each other, yet each wave keeps its own instant.
+        let primary = Waves {
+            slot: Slot::Primary,
+            count: 4,
+            spacing: ms(5),
+        };
+        let instants: Vec<Duration> = timeline(&[primary]).into_iter().map(|(at, _)| at).collect();
+        assert_eq!(instants, vec![ms(0), ms(5), ms(10), ms(15)]);
+        // The other group's waves still join them.
+        let backup = Waves {
+            slot: Slot::Backup,
+            count: 2,
+            spacing: ms(6),
+        };
+        assert_eq!(
+            timeline(&[primary, backup]),
+            vec![
+                (ms(0), vec![(Slot::Primary, 0), (Slot::Backup, 0)]),
+                (ms(5), vec![(Slot::Primary, 1), (Slot::Backup, 1)]),
+                (ms(10), vec![(Slot::Primary, 2)]),
+                (ms(15), vec![(Slot::Primary, 3)]),
+            ]
+        );
     }
 }
