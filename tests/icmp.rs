@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use route_failover::config::Config;
 use route_failover::probe::icmp::IcmpProber;
-use route_failover::probe::socket::Kind;
+use route_failover::probe::socket::{EchoSocket, Family, Kind};
 use route_failover::probe::{summarize, Prober};
 
 fn config(targets: &str) -> Config {
@@ -225,8 +225,61 @@ async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
     assert!(!summarize(&report, config.probe.round).up);
 }
 
-/// Set in the child run of the datagram test, inside its namespace.
-const DATAGRAM_CHILD: &str = "ROUTE_FAILOVER_TEST_DATAGRAM_CHILD";
+/// Floods a fresh socket's receive queue from loopback (v4: the kernel
+/// does not rate-limit echo replies); run only inside a namespace of the
+/// test's own, and checks that the next drain reports
+/// the drops once, and the one after, none.
+fn overflow_is_counted(kind: Kind) {
+    let socket = EchoSocket::open(Family::V4, None, 0).expect("ICMPv4 socket");
+    assert_eq!(socket.kind(), kind);
+    let target = "127.0.0.1".parse().unwrap();
+    // Well within the queue: nothing is dropped (the raw socket's filter
+    // drops our own requests; those are not counted).
+    for seq in 0..10 {
+        socket.send(target, 7, seq).unwrap();
+    }
+    let mut replies = Vec::new();
+    let few = socket.drain(&mut replies);
+    assert_eq!((replies.len(), few.dropped), (10, 0), "{few:?}");
+    let echoes = socket.capacity() * 20;
+    let sent = (0..echoes)
+        .filter(|&seq| socket.send(target, 7, seq as u16).is_ok())
+        .count();
+    assert!(sent > socket.capacity() * 4, "only {sent} echoes sent");
+    replies.clear();
+    let first = socket.drain(&mut replies);
+    eprintln!(
+        "{kind:?}: {sent} sent, capacity {}, {} read, {} dropped",
+        socket.capacity(),
+        replies.len(),
+        first.dropped
+    );
+    assert!(first.dropped > 0 && first.started_dropping, "{first:?}");
+    // A raw socket also queues (and drops) other processes' echo replies
+    // on this host, so the drops are not bounded by ours; the episode is.
+    let second = socket.drain(&mut replies);
+    assert!(!second.started_dropping, "{second:?}");
+}
+
+#[test]
+fn receive_queue_overflow_is_reported_on_raw_sockets() {
+    let test = "receive_queue_overflow_is_reported_on_raw_sockets";
+    if std::env::var_os(NAMESPACE_CHILD).is_some() {
+        overflow_is_counted(Kind::Raw);
+        return;
+    }
+    if !gate::require_root(test, "network namespaces and raw ICMP sockets")
+        || !gate::require_tool(test, "ip")
+    {
+        return;
+    }
+    // Flooded in a namespace of its own: on the host, every raw ICMP
+    // socket (other tests', other processes') would queue the flood too.
+    rerun_in_namespace("rf-flood-214", test, false);
+}
+
+/// Set in the child run of a test rerun in a namespace of its own.
+const NAMESPACE_CHILD: &str = "ROUTE_FAILOVER_TEST_NAMESPACE_CHILD";
 
 /// A namespace of the test's own with only `lo`, removed on drop.
 struct LoopbackOnly(&'static str);
@@ -242,7 +295,7 @@ impl Drop for LoopbackOnly {
 #[tokio::test]
 async fn unprivileged_datagram_sockets_answer_like_raw_ones() {
     let test = "unprivileged_datagram_sockets_answer_like_raw_ones";
-    if std::env::var_os(DATAGRAM_CHILD).is_some() {
+    if std::env::var_os(NAMESPACE_CHILD).is_some() {
         // The child, in the namespace: the kernel gives datagram sockets,
         // whose identifiers it rewrites, and the round is whole.
         let config = config(r#""127.0.0.1", "::1""#);
@@ -255,6 +308,8 @@ async fn unprivileged_datagram_sockets_answer_like_raw_ones() {
                 "{report:?}"
             );
         }
+        // Ping sockets never attach SO_RXQ_OVFL: the drops are still seen.
+        overflow_is_counted(Kind::Datagram);
         return;
     }
     if !gate::require_root(test, "network namespaces") || !gate::require_tool(test, "ip") {
@@ -262,7 +317,14 @@ async fn unprivileged_datagram_sockets_answer_like_raw_ones() {
     }
     // ping_group_range is per namespace: admit every group in one of our
     // own, and run this test again in it.
-    let ns = LoopbackOnly("rf-dgram-213");
+    rerun_in_namespace("rf-dgram-213", test, true);
+}
+
+/// Runs `test` again in a namespace of its own with only `lo` (where
+/// `ping_groups` admits every group to ICMP datagram sockets), and checks
+/// that it passed there.
+fn rerun_in_namespace(name: &'static str, test: &str, ping_groups: bool) {
+    let ns = LoopbackOnly(name);
     let ip = |args: &[&str]| {
         let ok = std::process::Command::new("ip")
             .args(args)
@@ -275,20 +337,22 @@ async fn unprivileged_datagram_sockets_answer_like_raw_ones() {
         .output();
     ip(&["netns", "add", ns.0]);
     ip(&["netns", "exec", ns.0, "ip", "link", "set", "lo", "up"]);
-    ip(&[
-        "netns",
-        "exec",
-        ns.0,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ping_group_range=0 2147483647",
-    ]);
+    if ping_groups {
+        ip(&[
+            "netns",
+            "exec",
+            ns.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ping_group_range=0 2147483647",
+        ]);
+    }
     let me = std::env::current_exe().unwrap();
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns.0])
         .arg(&me)
         .args(["--exact", test, "--nocapture"])
-        .env(DATAGRAM_CHILD, "1")
+        .env(NAMESPACE_CHILD, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -390,10 +390,16 @@ fn read_all(shared: &Sockets, bound: Option<&Sockets>) -> Vec<Reply> {
     for socket in shared.all().chain(bound.into_iter().flat_map(Sockets::all)) {
         let stats = socket.drain(&mut replies);
         if stats.dropped > 0 {
+            crate::metrics::probe_socket_drops(u64::from(stats.dropped));
+        }
+        // Once per episode: a queue that overflows every round would
+        // otherwise log every round.
+        if stats.started_dropping {
             warn!(
                 dropped = stats.dropped,
                 "an ICMP socket's receive buffer overflowed: packets were dropped before they \
-                 were read; raise net.core.rmem_max"
+                 were read (route_failover_probe_socket_drops_total counts them); raise \
+                 net.core.rmem_max"
             );
         }
     }
