@@ -226,9 +226,9 @@ async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
 }
 
 /// Floods a fresh socket's receive queue from loopback (v4: the kernel
-/// does not rate-limit echo replies); run only inside a namespace of the
-/// test's own, and checks that the next drain reports
-/// the drops once, and the one after, none.
+/// does not rate-limit echo replies) and checks that the next drain
+/// reports the drops as the start of an episode, and the one after does
+/// not start another. Only inside a namespace of the test's own.
 fn overflow_is_counted(kind: Kind) {
     let socket = EchoSocket::open(Family::V4, None, 0).expect("ICMPv4 socket");
     assert_eq!(socket.kind(), kind);

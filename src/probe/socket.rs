@@ -209,9 +209,11 @@ impl EchoSocket {
             let n = match self.socket.recvmsg(&mut msg, 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock: the queue is empty. Anything else (a pending
-                // ICMP error on the socket) is consumed by reporting it;
-                // the next drain reads on.
+                // WouldBlock: the queue is empty. Anything else ends this
+                // drain; the next reads on. ICMP errors (destination
+                // unreachable and the like) never get here: an unconnected
+                // socket without IP_RECVERR is not told of them, so such an
+                // echo counts as lost at its deadline, as it always has.
                 Err(_) => break,
             };
             let truncated = msg.flags().is_truncated();
