@@ -278,6 +278,38 @@ fn receive_queue_overflow_is_reported_on_raw_sockets() {
     rerun_in_namespace("rf-flood-214", test, false);
 }
 
+#[test]
+fn a_raw_socket_queues_only_replies_with_our_identifier() {
+    let test = "a_raw_socket_queues_only_replies_with_our_identifier";
+    if std::env::var_os(NAMESPACE_CHILD).is_some() {
+        let target = "127.0.0.1".parse().unwrap();
+        for family in [Family::V4, Family::V6] {
+            let target = match family {
+                Family::V4 => target,
+                Family::V6 => "::1".parse().unwrap(),
+            };
+            let socket = EchoSocket::open(family, None, 0).expect("ICMP socket");
+            assert_eq!(socket.kind(), Kind::Raw);
+            socket.only_ident(0x1111).unwrap();
+            // Another process's echo (its identifier) and ours.
+            socket.send(target, 0x2222, 1).unwrap();
+            socket.send(target, 0x1111, 2).unwrap();
+            let mut replies = Vec::new();
+            let stats = socket.drain(&mut replies);
+            let got: Vec<_> = replies.iter().map(|r| (r.ident, r.seq)).collect();
+            assert_eq!(got, vec![(Some(0x1111), 2)], "{family:?}");
+            assert_eq!(stats.ignored, 0, "{family:?}");
+        }
+        return;
+    }
+    if !gate::require_root(test, "network namespaces and raw ICMP sockets")
+        || !gate::require_tool(test, "ip")
+    {
+        return;
+    }
+    rerun_in_namespace("rf-ident-216", test, false);
+}
+
 /// Set in the child run of a test rerun in a namespace of its own.
 const NAMESPACE_CHILD: &str = "ROUTE_FAILOVER_TEST_NAMESPACE_CHILD";
 

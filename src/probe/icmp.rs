@@ -204,12 +204,18 @@ impl IcmpProber {
             }
         }
         let shared = Sockets::open(&shared_targets, None, shared_queue)?;
+        let ident = rand::random();
+        // A raw socket then queues no other process's replies: none takes
+        // room in its buffer or a read.
+        for socket in shared.all().chain(bound.iter().flat_map(Sockets::all)) {
+            socket.only_ident(ident)?;
+        }
         let prober = Self {
             primary,
             backup: backup.map(|(group, _)| group),
             shared,
             bound,
-            ident: rand::random(),
+            ident,
             next_seq: rand::random(),
             round: None,
             alarm: None,

@@ -146,7 +146,7 @@ impl EchoSocket {
             }
             socket.set_nonblocking(true)?;
             if kind == Kind::Raw {
-                socket.attach_filter(&echo_replies_only(family))?;
+                socket.attach_filter(&echo_replies_only(family, None))?;
             }
             sys::set_flag(socket.as_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)?;
             let want = queued.saturating_mul(BYTES_PER_QUEUED_PACKET);
@@ -170,6 +170,16 @@ impl EchoSocket {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// On a raw socket, queue only echo replies carrying `ident` from now
+    /// on (a datagram socket's kernel already matches its own).
+    pub fn only_ident(&self, ident: u16) -> io::Result<()> {
+        if self.kind == Kind::Raw {
+            self.socket
+                .attach_filter(&echo_replies_only(self.family, Some(ident)))?;
+        }
+        Ok(())
     }
 
     /// How many replies the receive buffer holds before the kernel drops
@@ -245,39 +255,56 @@ impl EchoSocket {
     }
 }
 
-/// A socket filter (classic BPF) for a raw socket: only echo replies are
-/// queued. A raw socket otherwise queues every ICMP packet the host gets
+/// A socket filter (classic BPF) for a raw socket: only echo replies (with
+/// identifier `ident`, when given) are queued. A raw socket otherwise queues every ICMP packet the host gets
 /// (on loopback our own requests too), each to be read for nothing and
 /// each taking room in the receive buffer. Everything else is still
 /// checked by [`parse_reply`]; this only spares the work.
-fn echo_replies_only(family: Family) -> Vec<socket2::SockFilter> {
+fn echo_replies_only(family: Family, ident: Option<u16>) -> Vec<socket2::SockFilter> {
     use socket2::SockFilter;
     // Classic BPF opcodes (linux/filter.h).
     const LDX_B_MSH: u16 = 0xb1; // X = 4 * (packet[k] & 0xf): the IPv4 header length
     const LD_B_IND: u16 = 0x50; // A = packet[X + k]
     const LD_B_ABS: u16 = 0x30; // A = packet[k]
+    const LD_H_IND: u16 = 0x48; // A = packet[X + k .. + 2], network order
+    const LD_H_ABS: u16 = 0x28; // A = packet[k .. k + 2], network order
     const JEQ_K: u16 = 0x15; // if A == k: skip jt, else skip jf
     const RET_K: u16 = 0x06; // accept k bytes (0: drop)
     let accept = SockFilter::new(RET_K, 0, 0, u32::MAX);
     let drop = SockFilter::new(RET_K, 0, 0, 0);
-    match family {
-        // A raw IPv4 socket reads the IP header first: the ICMP type
+    // The identifier check (ICMP offset 4), when asked for: two more
+    // instructions for a failed type check to jump over to the drop.
+    let load_ident = match family {
+        Family::V4 => LD_H_IND,
+        Family::V6 => LD_H_ABS,
+    };
+    let ident_check: Vec<SockFilter> = ident
+        .map(|ident| {
+            vec![
+                SockFilter::new(load_ident, 0, 0, 4),
+                SockFilter::new(JEQ_K, 0, 1, u32::from(ident)),
+            ]
+        })
+        .unwrap_or_default();
+    let past_ident = 1 + u8::try_from(ident_check.len()).expect("2");
+    let mut program = match family {
+        // A raw IPv4 socket reads the IP header first: the ICMP header
         // follows it. Echo reply is type 0.
         Family::V4 => vec![
             SockFilter::new(LDX_B_MSH, 0, 0, 0),
             SockFilter::new(LD_B_IND, 0, 0, 0),
-            SockFilter::new(JEQ_K, 0, 1, 0),
-            accept,
-            drop,
+            SockFilter::new(JEQ_K, 0, past_ident, 0),
         ],
         // A raw IPv6 socket reads the ICMPv6 header first: echo reply is 129.
         Family::V6 => vec![
             SockFilter::new(LD_B_ABS, 0, 0, 0),
-            SockFilter::new(JEQ_K, 0, 1, 129),
-            accept,
-            drop,
+            SockFilter::new(JEQ_K, 0, past_ident, 129),
         ],
-    }
+    };
+    program.extend(ident_check);
+    program.push(accept);
+    program.push(drop);
+    program
 }
 
 /// The error of a socket that could not be opened or set up, with what to do.
