@@ -325,9 +325,20 @@ impl IcmpProber {
             let seq = *next_seq;
             *next_seq = next_seq.wrapping_add(1);
             // Both clocks before the send (see EchoSocket::send).
-            let at = Instant::now();
-            match socket.send(target, *ident, seq) {
-                Ok(wall) => round.ledger.sent(Sent {
+            let send = || {
+                let at = Instant::now();
+                socket.send(target, *ident, seq).map(|wall| (at, wall))
+            };
+            let mut result = send();
+            if result.as_ref().is_err_and(queue_full) {
+                // A full queue on the way out: read what waits (a big
+                // wave's replies hold socket memory), then try once more.
+                let replies = read_all(shared, bound.as_ref());
+                settle(round, primary, backup.as_mut(), &replies);
+                result = send();
+            }
+            match result {
+                Ok((at, wall)) => round.ledger.sent(Sent {
                     target,
                     seq,
                     slot,
@@ -388,6 +399,13 @@ impl IcmpProber {
             None => tokio::time::sleep_until(deadline).await,
         }
     }
+}
+
+/// A send that failed only because a queue was full for the moment
+/// (`EAGAIN` on the non-blocking socket, `ENOBUFS` from the device queue):
+/// worth one more try.
+fn queue_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
 }
 
 /// Reads what every socket has queued.
@@ -618,5 +636,20 @@ impl SilenceProber<IcmpPath> {
     /// The silence detector over ICMP.
     pub fn icmp(probe: &ProbeConfig, detect: &DetectConfig) -> io::Result<Self> {
         Ok(Self::new(probe, detect, IcmpPath::new(&probe.targets)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_queue_is_worth_a_second_send() {
+        assert!(queue_full(&io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(queue_full(&io::Error::from_raw_os_error(libc::ENOBUFS)));
+        assert!(!queue_full(&io::Error::from_raw_os_error(
+            libc::ENETUNREACH
+        )));
+        assert!(!queue_full(&io::Error::from_raw_os_error(libc::EPERM)));
     }
 }
