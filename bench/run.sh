@@ -2,7 +2,8 @@
 # The whole benchmark suite, as root: setup (first run only), LocalStack,
 # the simulated false-failover study and its plot, then the live runs
 # (latency, footprint, noise, scale) and the idle CPU of one agent alone
-# (bench/cpu.sh). Figures go to stdout and bench/results/.
+# (bench/cpu.sh on loopback, bench/cpu_ns.sh against a target 2 ms away in
+# a namespace of its own). Figures go to stdout and bench/results/.
 # Extra arguments go to bench/failover.py (e.g. --reps 5, --only latency).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,3 +35,7 @@ bench/.venv/bin/python bench/failover.py "$@"
 echo
 echo "== idle CPU, one agent alone (memory backend, 2 loopback targets)"
 bench/cpu.sh
+
+echo
+echo "== idle CPU, one agent alone, targets answering after 2 ms (namespace)"
+bench/cpu_ns.sh 60 | tee bench/results/cpu_ns.txt

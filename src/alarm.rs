@@ -18,6 +18,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::time::{
@@ -31,6 +32,9 @@ use tokio::time::Instant;
 /// A one-shot timer on a timerfd; one sleep at a time.
 pub struct Alarm {
     fd: AsyncFd<OwnedFd>,
+    /// How many times the timer woke a sleep: what tests count instead of
+    /// the thread's context switches, which the host's load makes vary.
+    wakes: AtomicU64,
 }
 
 impl Alarm {
@@ -40,7 +44,15 @@ impl Alarm {
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
         )?;
-        Ok(Self { fd: register(fd)? })
+        Ok(Self {
+            fd: register(fd)?,
+            wakes: AtomicU64::new(0),
+        })
+    }
+
+    /// How many times the timer has woken a sleep so far.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
     }
 
     /// Waits until `deadline`. Cancel-safe: arming again replaces a timer
@@ -57,6 +69,7 @@ impl Alarm {
             let Ok(mut ready) = self.fd.readable().await else {
                 break;
             };
+            self.wakes.fetch_add(1, Ordering::Relaxed);
             // Consume the expiry count, so the fd is quiet until the next
             // one; the loop checks the deadline either way (a stale
             // readiness, or a wake-up a hair early).

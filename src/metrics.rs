@@ -50,6 +50,7 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
         .install()
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
     INSTALLED.store(true, Ordering::Relaxed);
+    register_always();
     Ok(())
 }
 
@@ -65,6 +66,7 @@ pub fn render(events: &[Event], hooks: &[(&'static str, &str)]) -> Result<String
         for (kind, hook) in hooks {
             register_hook(kind, hook);
         }
+        register_always();
     });
     Ok(handle.render())
 }
@@ -267,6 +269,20 @@ fn record(event: &Event) {
         // Exported from the pair's view (Peers) and the held failbacks.
         Event::Finding(_) | Event::Reloaded | Event::Settled { .. } | Event::PairFinding { .. } => {
         }
+    }
+}
+
+/// Counters that exist from the start, at zero, so alerts on their
+/// increase see the first one.
+fn register_always() {
+    counter!("route_failover_probe_socket_drops_total").increment(0);
+}
+
+/// Replies (or other packets) the kernel dropped because an ICMP socket's
+/// receive buffer was full: echoes that then count as lost.
+pub fn probe_socket_drops(n: u64) {
+    if INSTALLED.load(Ordering::Relaxed) {
+        counter!("route_failover_probe_socket_drops_total").increment(n);
     }
 }
 

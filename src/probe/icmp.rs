@@ -8,7 +8,8 @@
 //! and, if some echo is still unanswered then, once more at the last open
 //! deadline. Each reply's round-trip time comes from its kernel receive
 //! stamp, so it is exact however late it is read, and a reply counts iff
-//! it came within `timeout` ([`super::ledger`]). On a healthy path a round
+//! it came within `timeout` ([`super::ledger`]); in a round where the
+//! wall clock stepped, the prober reads at each deadline instead. On a healthy path a round
 //! costs one wake-up per wave plus one.
 //!
 //! [`IcmpPath`] carries the silence detector's echoes ([`SilenceProber`])
@@ -26,7 +27,7 @@ use surge_ping::{
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::ledger::{timeline, Ledger, Sent, Slot, Waves};
+use super::ledger::{read_margin, timeline, Ledger, Sent, Slot, Waves};
 use super::rtt::{Deadline, RttEstimator};
 use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
 use super::socket::{open_hint, EchoSocket, Family, Kind, Reply, PAYLOAD};
@@ -42,9 +43,6 @@ const DRAIN_AT: Deadline = Deadline::Adaptive {
     floor: Duration::from_millis(20),
     k: 4,
 };
-/// Read a little after a deadline, so that a reply stamped just before it
-/// is surely queued (and tokio's timer rounds to the millisecond).
-const GRACE: Duration = Duration::from_millis(1);
 
 /// One group of targets (the primary's, or `[backup]`'s) and its round rule.
 struct Group {
@@ -123,6 +121,19 @@ impl Sockets {
     }
 }
 
+/// What the prober has done so far: a deterministic measure of how often
+/// a round wakes the runtime (the thread's context switches also count the
+/// host's noise: softirq-deferred replies, page faults, lock contention).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Sleeps the prober asked for (deadline still ahead).
+    pub sleeps: u64,
+    /// Times it read its sockets.
+    pub drains: u64,
+    /// Times its timer actually woke it (at most one per sleep).
+    pub timer_wakes: u64,
+}
+
 /// The round in progress: what it has gathered, and its echoes.
 struct InRound {
     report: RoundReport,
@@ -146,6 +157,8 @@ pub struct IcmpProber {
     round: Option<InRound>,
     /// The round's waits; made by the first round, inside the runtime.
     alarm: Option<Alarm>,
+    sleeps: u64,
+    drains: u64,
 }
 
 impl IcmpProber {
@@ -191,15 +204,23 @@ impl IcmpProber {
             }
         }
         let shared = Sockets::open(&shared_targets, None, shared_queue)?;
+        let ident = rand::random();
+        // A raw socket then queues no other process's replies: none takes
+        // room in its buffer or a read.
+        for socket in shared.all().chain(bound.iter().flat_map(Sockets::all)) {
+            socket.only_ident(ident)?;
+        }
         let prober = Self {
             primary,
             backup: backup.map(|(group, _)| group),
             shared,
             bound,
-            ident: rand::random(),
+            ident,
             next_seq: rand::random(),
             round: None,
             alarm: None,
+            sleeps: 0,
+            drains: 0,
         };
         prober.warn_if_queues_are_short();
         Ok(prober)
@@ -236,6 +257,15 @@ impl IcmpProber {
             .collect()
     }
 
+    /// What the prober has done since it was made (see [`Activity`]).
+    pub fn activity(&self) -> Activity {
+        Activity {
+            sleeps: self.sleeps,
+            drains: self.drains,
+            timer_wakes: self.alarm.as_ref().map_or(0, Alarm::wakes),
+        }
+    }
+
     fn sockets_of(&self, group: &Group) -> &Sockets {
         match (&self.bound, group.bound) {
             (Some(bound), true) => bound,
@@ -256,6 +286,7 @@ impl IcmpProber {
 
     /// Reads every socket and settles the replies against the round.
     fn drain(&mut self) {
+        self.drains += 1;
         let replies = read_all(&self.shared, self.bound.as_ref());
         if let Some(round) = &mut self.round {
             settle(round, &mut self.primary, self.backup.as_mut(), &replies);
@@ -294,9 +325,20 @@ impl IcmpProber {
             let seq = *next_seq;
             *next_seq = next_seq.wrapping_add(1);
             // Both clocks before the send (see EchoSocket::send).
-            let at = Instant::now();
-            match socket.send(target, *ident, seq) {
-                Ok(wall) => round.ledger.sent(Sent {
+            let send = || {
+                let at = Instant::now();
+                socket.send(target, *ident, seq).map(|wall| (at, wall))
+            };
+            let mut result = send();
+            if result.as_ref().is_err_and(queue_full) {
+                // A full queue on the way out: read what waits (a big
+                // wave's replies hold socket memory), then try once more.
+                let replies = read_all(shared, bound.as_ref());
+                settle(round, primary, backup.as_mut(), &replies);
+                result = send();
+            }
+            match result {
+                Ok((at, wall)) => round.ledger.sent(Sent {
                     target,
                     seq,
                     slot,
@@ -349,17 +391,21 @@ impl IcmpProber {
         if self.alarm.is_none() {
             self.alarm = Alarm::new().ok();
         }
+        if deadline > Instant::now() {
+            self.sleeps += 1;
+        }
         match &self.alarm {
             Some(alarm) => alarm.sleep_until(deadline).await,
             None => tokio::time::sleep_until(deadline).await,
         }
     }
+}
 
-    fn last_open_deadline(&self) -> Option<Instant> {
-        self.round
-            .as_ref()
-            .and_then(|r| r.ledger.last_open_deadline(Instant::now()))
-    }
+/// A send that failed only because a queue was full for the moment
+/// (`EAGAIN` on the non-blocking socket, `ENOBUFS` from the device queue):
+/// worth one more try.
+fn queue_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
 }
 
 /// Reads what every socket has queued.
@@ -368,10 +414,16 @@ fn read_all(shared: &Sockets, bound: Option<&Sockets>) -> Vec<Reply> {
     for socket in shared.all().chain(bound.into_iter().flat_map(Sockets::all)) {
         let stats = socket.drain(&mut replies);
         if stats.dropped > 0 {
+            crate::metrics::probe_socket_drops(u64::from(stats.dropped));
+        }
+        // Once per episode: a queue that overflows every round would
+        // otherwise log every round.
+        if stats.started_dropping {
             warn!(
                 dropped = stats.dropped,
                 "an ICMP socket's receive buffer overflowed: packets were dropped before they \
-                 were read; raise net.core.rmem_max"
+                 were read (route_failover_probe_socket_drops_total counts them); raise \
+                 net.core.rmem_max"
             );
         }
     }
@@ -440,16 +492,40 @@ impl Prober for IcmpProber {
                 self.send_wave(slot);
             }
         }
-        if let Some(last) = self.last_open_deadline() {
+        // Read a little after a deadline (see read_margin).
+        let margin = read_margin(&self.waves());
+        let mut first_read = true;
+        loop {
             let now = Instant::now();
-            let learned = now + self.learned_wait(now);
-            self.sleep_until(learned.min(last) + GRACE).await;
-            self.drain();
-            // Still open: one read at the last deadline settles them all.
-            while let Some(last) = self.last_open_deadline() {
-                self.sleep_until(last + GRACE).await;
+            let Some(ledger) = self.round.as_ref().map(|r| &r.ledger) else {
+                break;
+            };
+            let Some(last) = ledger.last_open_deadline(now) else {
+                break;
+            };
+            if ledger.stepped(now, SystemTime::now()) {
+                // The wall clock stepped: a reply's stamp may not say
+                // whether it came in time, its read by the deadline does.
+                let first = ledger.first_open_deadline(now).unwrap_or(last);
+                self.sleep_until(first.checked_sub(margin).unwrap_or(first))
+                    .await;
                 self.drain();
+                if let Some(round) = &mut self.round {
+                    round.ledger.close_through(first);
+                }
+                continue;
             }
+            // First when the learned round-trip times say the replies are
+            // in; then, if some echo is still open, once at the last
+            // deadline, which settles them all.
+            let at = if first_read {
+                (now + self.learned_wait(now)).min(last)
+            } else {
+                last
+            };
+            first_read = false;
+            self.sleep_until(at + margin).await;
+            self.drain();
         }
         self.round.take().map(|r| r.report).unwrap_or_default()
     }
@@ -560,5 +636,20 @@ impl SilenceProber<IcmpPath> {
     /// The silence detector over ICMP.
     pub fn icmp(probe: &ProbeConfig, detect: &DetectConfig) -> io::Result<Self> {
         Ok(Self::new(probe, detect, IcmpPath::new(&probe.targets)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_queue_is_worth_a_second_send() {
+        assert!(queue_full(&io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(queue_full(&io::Error::from_raw_os_error(libc::ENOBUFS)));
+        assert!(!queue_full(&io::Error::from_raw_os_error(
+            libc::ENETUNREACH
+        )));
+        assert!(!queue_full(&io::Error::from_raw_os_error(libc::EPERM)));
     }
 }

@@ -3,13 +3,19 @@
 //! A reply counts for the echo with its source address and sequence (and,
 //! on a raw socket, our identifier), once, and only if its round-trip time
 //! is within that echo's `timeout`; anything else (a duplicate, a reply to
-//! another process, an echo of an earlier round) never counts. The
-//! round-trip time is the reply's kernel receive stamp minus the wall-clock
-//! stamp taken just before `sendto` (on loopback and veth the reply is
-//! received inside `sendto`: a stamp taken after it would make every such
-//! round-trip time zero), clamped at zero and bounded by the monotonic time
-//! between the send and the read: a wall-clock step during a round can
-//! shorten a round-trip time, never make a reply read in time look late.
+//! another process, an echo of an earlier round) never counts.
+//!
+//! The kernel stamps a reply on the realtime clock, which can step; the
+//! echo's send is timed on both clocks just before `sendto` (on loopback
+//! and veth the reply is received inside `sendto`). At the read, the stamp
+//! is turned into monotonic time with the realtime−monotonic offset of the
+//! read: rtt = read − sent − (realtime at read − stamp), clamped to [0,
+//! read − sent]. That is exact when the offset has not moved since the
+//! send, and when it moved before the reply came. If it moved between the
+//! send and the read by more than [`STEP_TOLERANCE`] and the stamp read
+//! with the offset of the send gives the other verdict (the step may have
+//! come after the reply), the reply counts only if it is read by its own
+//! deadline; the prober then reads at the deadlines ([`Ledger::stepped`]).
 //!
 //! Also here: the round's timeline, every wave of every group on one clock.
 
@@ -64,6 +70,29 @@ pub struct Answer {
     pub in_time: bool,
 }
 
+/// How far the realtime−monotonic offset may move between an echo's send
+/// and the read of its reply (the two clocks are read a few µs apart; NTP
+/// slews both alike) before it is taken as a step of the realtime clock.
+pub const STEP_TOLERANCE: Duration = Duration::from_millis(2);
+
+/// `a − b` in signed nanoseconds.
+fn wall_diff(a: SystemTime, b: SystemTime) -> i128 {
+    match a.duration_since(b) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+impl Echo {
+    /// How much the realtime−monotonic offset moved since the send, at a
+    /// read at `now` (`now_wall`).
+    fn offset_moved(&self, now: Instant, now_wall: SystemTime) -> Duration {
+        let wall = wall_diff(now_wall, self.sent_wall);
+        let mono = now.saturating_duration_since(self.sent).as_nanos() as i128;
+        Duration::from_nanos(u64::try_from((wall - mono).unsigned_abs()).unwrap_or(u64::MAX))
+    }
+}
+
 /// Every echo of one round, by (target, sequence).
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -106,16 +135,60 @@ impl Ledger {
         }
         echo.answered = true;
         let received = reply.received.unwrap_or(now_wall);
-        let rtt = received
+        let elapsed = now.saturating_duration_since(echo.sent);
+        // The stamp with the offset of the read, then of the send.
+        let age = now_wall.duration_since(received).unwrap_or(Duration::ZERO);
+        let rtt = elapsed.saturating_sub(age);
+        let at_send = received
             .duration_since(echo.sent_wall)
             .unwrap_or(Duration::ZERO)
-            .min(now.saturating_duration_since(echo.sent));
+            .min(elapsed);
+        let in_time = if echo.offset_moved(now, now_wall) <= STEP_TOLERANCE
+            || (rtt <= echo.timeout) == (at_send <= echo.timeout)
+        {
+            rtt <= echo.timeout
+        } else {
+            // The clock stepped and the step's instant decides: only a
+            // read by the deadline proves the reply came in time.
+            elapsed <= echo.timeout
+        };
         Some(Answer {
             slot: echo.slot,
             index: echo.index,
             rtt,
-            in_time: rtt <= echo.timeout,
+            in_time,
         })
+    }
+
+    /// Whether the realtime clock stepped since an echo still open was
+    /// sent: its reply then counts only if read by its deadline, so the
+    /// prober reads at each deadline ([`Ledger::first_open_deadline`],
+    /// [`Ledger::close_through`]) instead of once at the end.
+    pub fn stepped(&self, now: Instant, now_wall: SystemTime) -> bool {
+        self.echoes
+            .values()
+            .filter(|e| !e.answered && e.sent + e.timeout > now)
+            .any(|e| e.offset_moved(now, now_wall) > STEP_TOLERANCE)
+    }
+
+    /// The earliest deadline of the echoes still open at `now`.
+    pub fn first_open_deadline(&self, now: Instant) -> Option<Instant> {
+        self.echoes
+            .values()
+            .filter(|e| !e.answered)
+            .map(|e| e.sent + e.timeout)
+            .filter(|&deadline| deadline > now)
+            .min()
+    }
+
+    /// Settles, as lost, the echoes still unanswered whose deadline is at
+    /// or before `deadline`: read at it, what did not come is lost.
+    pub fn close_through(&mut self, deadline: Instant) {
+        for e in self.echoes.values_mut() {
+            if e.sent + e.timeout <= deadline {
+                e.answered = true;
+            }
+        }
     }
 
     /// The latest deadline (send + timeout) of the echoes still unanswered
@@ -152,9 +225,24 @@ pub struct Waves {
 /// wake-up instead of two, at the price of an echo a few ms early.
 pub const COALESCE: Duration = Duration::from_millis(5);
 
+/// How long after a deadline to read, so that a reply stamped just before
+/// it is surely queued: 1 ms, but at most half the smallest spacing. The
+/// last echo's deadline is one spacing before the round's end (spacing =
+/// (interval − timeout) / count): with a spacing under 2 ms a full
+/// millisecond would end the round after its interval, a spurious overrun
+/// exactly when a target is silent.
+pub fn read_margin(groups: &[Waves]) -> Duration {
+    groups
+        .iter()
+        .map(|g| g.spacing / 2)
+        .fold(Duration::from_millis(1), Duration::min)
+}
+
 /// Every wave instant of a round, from its start, each with the waves that
 /// leave then (group and wave number): the groups share wake-ups wherever
-/// their instants coincide or are within [`COALESCE`] of each other.
+/// their instants coincide or are within [`COALESCE`] of each other. Only
+/// waves of different groups share one: a group's own waves keep their
+/// spacing, however small.
 pub fn timeline(groups: &[Waves]) -> Vec<(Duration, Vec<(Slot, u32)>)> {
     let mut all: Vec<(Duration, Slot, u32)> = groups
         .iter()
@@ -164,7 +252,12 @@ pub fn timeline(groups: &[Waves]) -> Vec<(Duration, Vec<(Slot, u32)>)> {
     let mut out: Vec<(Duration, Vec<(Slot, u32)>)> = Vec::new();
     for (at, slot, k) in all {
         match out.last_mut() {
-            Some((last, waves)) if at - *last <= COALESCE => waves.push((slot, k)),
+            // Never two waves of one group: that would undo its spacing.
+            Some((last, waves))
+                if at - *last <= COALESCE && waves.iter().all(|&(s, _)| s != slot) =>
+            {
+                waves.push((slot, k))
+            }
             _ => out.push((at, vec![(slot, k)])),
         }
     }
@@ -292,19 +385,70 @@ mod tests {
     }
 
     #[test]
-    fn clock_steps_cannot_make_a_reply_read_in_time_look_late() {
+    fn stamps_out_of_range_are_clamped_to_the_time_between_send_and_read() {
         let mut f = fixture();
-        // Received "before" it was sent (the wall clock stepped back,
-        // or the wall clock stepped back): zero, not an error.
-        let mut r = reply("198.18.0.2", Some(IDENT), 10, None);
-        r.received = Some(f.w0 - ms(2));
-        let got = f.ledger.accept(&r, f.t0 + ms(1), f.w0).unwrap();
-        assert_eq!((got.rtt, got.in_time), (Duration::ZERO, true));
-        // The wall clock stepped an hour forward: bounded by the 20 ms of
-        // monotonic time between the send and this read.
-        let r = reply("fd00::2", None, 11, Some(Duration::from_secs(3600)));
-        let got = f.ledger.accept(&r, f.t0 + ms(20), f.w0).unwrap();
+        // Stamped after the read (clocks read µs apart): the whole time
+        // between the send and the read, not more.
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(25)));
+        let got = f.ledger.accept(&r, f.t0 + ms(20), f.w0 + ms(20)).unwrap();
         assert_eq!((got.rtt, got.in_time), (ms(20), true));
+        // Stamped long before the send (an earlier round's clock): zero.
+        let r = reply("fd00::2", None, 11, None);
+        let mut r = r;
+        r.received = Some(f.w0 - Duration::from_secs(3600));
+        let got = f.ledger.accept(&r, f.t0 + ms(1), f.w0 + ms(1)).unwrap();
+        assert_eq!((got.rtt, got.in_time), (Duration::ZERO, true));
+    }
+
+    #[test]
+    fn a_step_forward_before_the_reply_keeps_its_true_rtt() {
+        let mut f = fixture();
+        // The wall clock steps 50 ms forward at 100 ms; the reply comes at
+        // 300 ms (stamped 350 on the stepped clock), read at 500 ms.
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(350)));
+        let got = f.ledger.accept(&r, f.t0 + ms(500), f.w0 + ms(550)).unwrap();
+        assert_eq!((got.rtt, got.in_time), (ms(300), true));
+        // A step after the reply (stamped 760, in time; +100 ms at 780)
+        // read after the deadline: both readings of the stamp say in time.
+        let r = reply("fd00::2", None, 11, Some(ms(760)));
+        let got = f.ledger.accept(&r, f.t0 + ms(801), f.w0 + ms(901)).unwrap();
+        assert!(got.in_time);
+    }
+
+    #[test]
+    fn a_step_back_cannot_make_a_late_reply_count() {
+        let mut f = fixture();
+        // The wall clock steps 100 ms back at 100 ms; the reply comes at
+        // 850 ms (stamped 750), past its 800 ms timeout, read at 851 ms.
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(750)));
+        let got = f.ledger.accept(&r, f.t0 + ms(851), f.w0 + ms(751)).unwrap();
+        assert_eq!((got.rtt, got.in_time), (ms(850), false));
+        // Where the step's instant decides (reply at 750 ms, stamped 750,
+        // the step after it): counted only if read by the deadline.
+        let r = reply("fd00::2", None, 11, Some(ms(750)));
+        assert!(f.ledger.stepped(f.t0 + ms(790), f.w0 + ms(690)));
+        let got = f.ledger.accept(&r, f.t0 + ms(790), f.w0 + ms(690)).unwrap();
+        assert!(got.in_time);
+        let mut f = fixture();
+        let got = f.ledger.accept(&r, f.t0 + ms(851), f.w0 + ms(751)).unwrap();
+        assert!(!got.in_time);
+    }
+
+    #[test]
+    fn without_a_step_the_round_is_not_stepped_and_closes_by_deadline() {
+        let mut f = fixture();
+        let (t0, w0) = (f.t0, f.w0);
+        assert!(!f.ledger.stepped(t0 + ms(300), w0 + ms(301)));
+        assert!(f.ledger.stepped(t0 + ms(300), w0 + ms(303)));
+        f.ledger
+            .sent(sent("198.18.0.2", 12, Slot::Primary, 0, w0, t0 + ms(66)));
+        assert_eq!(f.ledger.first_open_deadline(t0), Some(t0 + ms(800)));
+        f.ledger.close_through(t0 + ms(800));
+        assert_eq!(f.ledger.first_open_deadline(t0), Some(t0 + ms(866)));
+        assert_eq!(f.ledger.open_targets(t0).count(), 1);
+        // A reply to an echo closed as lost no longer counts.
+        let r = reply("198.18.0.2", Some(IDENT), 10, Some(ms(5)));
+        assert_eq!(f.ledger.accept(&r, t0 + ms(6), w0 + ms(6)), None);
     }
 
     #[test]
@@ -334,6 +478,34 @@ mod tests {
         // Past every deadline: settled, answered or not.
         assert_eq!(f.ledger.last_open_deadline(t0 + ms(800)), None);
         assert_eq!(f.ledger.open_targets(t0 + ms(800)).count(), 0);
+    }
+
+    #[test]
+    fn the_last_read_ends_within_the_interval_however_small_the_spacing() {
+        // interval 500 ms, timeout 450 ms, count 100: spacing 500 µs.
+        let (interval, timeout, count) = (ms(500), ms(450), 100);
+        let spacing = (interval - timeout) / count;
+        let group = Waves {
+            slot: Slot::Primary,
+            count,
+            spacing,
+        };
+        let margin = read_margin(&[group]);
+        let last_deadline = spacing * (count - 1) + timeout;
+        assert!(margin > Duration::ZERO);
+        assert!(
+            last_deadline + margin < interval,
+            "{:?}",
+            last_deadline + margin
+        );
+        // Wide spacing: the full millisecond; the smallest group decides.
+        let wide = Waves {
+            slot: Slot::Backup,
+            count: 3,
+            spacing: ms(66),
+        };
+        assert_eq!(read_margin(&[wide]), ms(1));
+        assert_eq!(read_margin(&[wide, group]), Duration::from_micros(250));
     }
 
     #[test]
@@ -385,5 +557,33 @@ mod tests {
             ]
         );
         assert_eq!(timeline(&[]), vec![]);
+    }
+
+    #[test]
+    fn a_groups_own_waves_are_never_merged() {
+        // interval 100 ms, timeout 80 ms, count 4: 5 ms apart, within
+        // COALESCE of each other, yet each wave keeps its own instant.
+        let primary = Waves {
+            slot: Slot::Primary,
+            count: 4,
+            spacing: ms(5),
+        };
+        let instants: Vec<Duration> = timeline(&[primary]).into_iter().map(|(at, _)| at).collect();
+        assert_eq!(instants, vec![ms(0), ms(5), ms(10), ms(15)]);
+        // The other group's waves still join them.
+        let backup = Waves {
+            slot: Slot::Backup,
+            count: 2,
+            spacing: ms(6),
+        };
+        assert_eq!(
+            timeline(&[primary, backup]),
+            vec![
+                (ms(0), vec![(Slot::Primary, 0), (Slot::Backup, 0)]),
+                (ms(5), vec![(Slot::Primary, 1), (Slot::Backup, 1)]),
+                (ms(10), vec![(Slot::Primary, 2)]),
+                (ms(15), vec![(Slot::Primary, 3)]),
+            ]
+        );
     }
 }

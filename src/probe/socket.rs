@@ -4,11 +4,11 @@
 //!
 //! Replies wait in the socket's receive queue until then; the kernel stamps
 //! each one as it arrives (`SO_TIMESTAMPNS`), so its round-trip time is
-//! exact however late it is read. Those stamps are `CLOCK_REALTIME`: the
-//! caller measures against a realtime stamp taken just before `sendto` and
-//! bounds the result by the monotonic time elapsed (see
-//! [`super::ledger`]), so a step of the wall clock can shorten a round-trip
-//! time but never make an echo read in time look late.
+//! exact however late it is read. Those stamps are `CLOCK_REALTIME`, which
+//! can step: the ledger turns each into monotonic time with the clocks'
+//! offset at the read, and where a step between the send and the read
+//! leaves the verdict in doubt, counts the reply only if it was read by its
+//! deadline (see [`super::ledger`]).
 //!
 //! One socket per address family (and per bound source address): an
 //! unprivileged ICMP datagram socket when the process's group is in
@@ -43,11 +43,12 @@ pub const PAYLOAD: &[u8] = b"route-failover probe";
 /// Room for one reply: an IP header with options, the ICMP header and the
 /// payload, with room to spare for a peer that pads its reply.
 const PACKET_ROOM: usize = 1500;
-/// Room for the timestamp and the drop counter control messages.
+/// Room for the timestamp control message.
 const CONTROL_ROOM: usize = 128;
 /// What one queued reply costs of the receive buffer (measured here: 832
-/// bytes for a small ICMP packet), rounded up.
-pub const BYTES_PER_QUEUED_PACKET: usize = 1024;
+/// bytes for a small ICMP packet; the kernel charges the whole buffer the
+/// driver allocated, which on some NICs is 2 KB or more), rounded up.
+pub const BYTES_PER_QUEUED_PACKET: usize = 2048;
 /// Never make the receive buffer smaller than the kernel's usual default.
 const MIN_RECV_BUFFER: usize = 212_992;
 
@@ -104,8 +105,13 @@ pub struct DrainStats {
     /// requests on loopback, truncated packets).
     pub ignored: u32,
     /// Packets the kernel dropped on this socket since the previous drain
-    /// because its receive buffer was full (`SO_RXQ_OVFL`).
+    /// (its receive buffer was full), read with `SO_MEMINFO` after the
+    /// reads: on both kinds of socket, even when nothing was queued. While
+    /// a raw socket's queue is full the kernel counts every ICMP packet it
+    /// turns away, those its filter would have dropped too.
     pub dropped: u32,
+    /// The first drain to see drops after one that saw none: when to warn.
+    pub started_dropping: bool,
 }
 
 /// A non-blocking ICMP echo socket outside the reactor.
@@ -117,6 +123,8 @@ pub struct EchoSocket {
     recv_buffer: usize,
     /// The kernel's drop count at the previous drain.
     dropped_seen: Cell<u32>,
+    /// The previous drain saw drops.
+    dropping: Cell<bool>,
 }
 
 impl EchoSocket {
@@ -138,10 +146,9 @@ impl EchoSocket {
             }
             socket.set_nonblocking(true)?;
             if kind == Kind::Raw {
-                socket.attach_filter(&echo_replies_only(family))?;
+                socket.attach_filter(&echo_replies_only(family, None))?;
             }
             sys::set_flag(socket.as_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)?;
-            sys::set_flag(socket.as_fd(), libc::SOL_SOCKET, libc::SO_RXQ_OVFL)?;
             let want = queued.saturating_mul(BYTES_PER_QUEUED_PACKET);
             if want > MIN_RECV_BUFFER {
                 socket.set_recv_buffer_size(want)?;
@@ -150,17 +157,29 @@ impl EchoSocket {
         };
         setup().map_err(|e| open_error(&e, family, source))?;
         let recv_buffer = socket.recv_buffer_size()?;
+        let dropped = sys::drops(socket.as_fd()).unwrap_or(0);
         Ok(Self {
             socket,
             family,
             kind,
             recv_buffer,
-            dropped_seen: Cell::new(0),
+            dropped_seen: Cell::new(dropped),
+            dropping: Cell::new(false),
         })
     }
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// On a raw socket, queue only echo replies carrying `ident` from now
+    /// on (a datagram socket's kernel already matches its own).
+    pub fn only_ident(&self, ident: u16) -> io::Result<()> {
+        if self.kind == Kind::Raw {
+            self.socket
+                .attach_filter(&echo_replies_only(self.family, Some(ident)))?;
+        }
+        Ok(())
     }
 
     /// How many replies the receive buffer holds before the kernel drops
@@ -200,17 +219,16 @@ impl EchoSocket {
             let n = match self.socket.recvmsg(&mut msg, 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock: the queue is empty. Anything else (a pending
-                // ICMP error on the socket) is consumed by reporting it;
-                // the next drain reads on.
+                // WouldBlock: the queue is empty. Anything else ends this
+                // drain; the next reads on. ICMP errors (destination
+                // unreachable and the like) never get here: an unconnected
+                // socket without IP_RECVERR is not told of them, so such an
+                // echo counts as lost at its deadline, as it always has.
                 Err(_) => break,
             };
             let truncated = msg.flags().is_truncated();
             let control_len = msg.control_len();
             let meta = parse_control(sys::received(&control, control_len));
-            if let Some(total) = meta.dropped {
-                stats.dropped += total.wrapping_sub(self.dropped_seen.replace(total));
-            }
             let source = addr.as_socket().map(|a| a.ip());
             let packet = sys::received(&data, n);
             match (source, truncated) {
@@ -226,43 +244,67 @@ impl EchoSocket {
                 _ => stats.ignored += 1,
             }
         }
+        // The kernel's count, not SO_RXQ_OVFL: that control message comes
+        // only with a packet read (late), and ping sockets never attach it.
+        if let Ok(total) = sys::drops(self.socket.as_fd()) {
+            stats.dropped = total.wrapping_sub(self.dropped_seen.replace(total));
+        }
+        let dropping = stats.dropped > 0;
+        stats.started_dropping = dropping && !self.dropping.replace(dropping);
         stats
     }
 }
 
-/// A socket filter (classic BPF) for a raw socket: only echo replies are
-/// queued. A raw socket otherwise queues every ICMP packet the host gets
+/// A socket filter (classic BPF) for a raw socket: only echo replies (with
+/// identifier `ident`, when given) are queued. A raw socket otherwise queues every ICMP packet the host gets
 /// (on loopback our own requests too), each to be read for nothing and
 /// each taking room in the receive buffer. Everything else is still
 /// checked by [`parse_reply`]; this only spares the work.
-fn echo_replies_only(family: Family) -> Vec<socket2::SockFilter> {
+fn echo_replies_only(family: Family, ident: Option<u16>) -> Vec<socket2::SockFilter> {
     use socket2::SockFilter;
     // Classic BPF opcodes (linux/filter.h).
     const LDX_B_MSH: u16 = 0xb1; // X = 4 * (packet[k] & 0xf): the IPv4 header length
     const LD_B_IND: u16 = 0x50; // A = packet[X + k]
     const LD_B_ABS: u16 = 0x30; // A = packet[k]
+    const LD_H_IND: u16 = 0x48; // A = packet[X + k .. + 2], network order
+    const LD_H_ABS: u16 = 0x28; // A = packet[k .. k + 2], network order
     const JEQ_K: u16 = 0x15; // if A == k: skip jt, else skip jf
     const RET_K: u16 = 0x06; // accept k bytes (0: drop)
     let accept = SockFilter::new(RET_K, 0, 0, u32::MAX);
     let drop = SockFilter::new(RET_K, 0, 0, 0);
-    match family {
-        // A raw IPv4 socket reads the IP header first: the ICMP type
+    // The identifier check (ICMP offset 4), when asked for: two more
+    // instructions for a failed type check to jump over to the drop.
+    let load_ident = match family {
+        Family::V4 => LD_H_IND,
+        Family::V6 => LD_H_ABS,
+    };
+    let ident_check: Vec<SockFilter> = ident
+        .map(|ident| {
+            vec![
+                SockFilter::new(load_ident, 0, 0, 4),
+                SockFilter::new(JEQ_K, 0, 1, u32::from(ident)),
+            ]
+        })
+        .unwrap_or_default();
+    let past_ident = 1 + u8::try_from(ident_check.len()).expect("2");
+    let mut program = match family {
+        // A raw IPv4 socket reads the IP header first: the ICMP header
         // follows it. Echo reply is type 0.
         Family::V4 => vec![
             SockFilter::new(LDX_B_MSH, 0, 0, 0),
             SockFilter::new(LD_B_IND, 0, 0, 0),
-            SockFilter::new(JEQ_K, 0, 1, 0),
-            accept,
-            drop,
+            SockFilter::new(JEQ_K, 0, past_ident, 0),
         ],
         // A raw IPv6 socket reads the ICMPv6 header first: echo reply is 129.
         Family::V6 => vec![
             SockFilter::new(LD_B_ABS, 0, 0, 0),
-            SockFilter::new(JEQ_K, 0, 1, 129),
-            accept,
-            drop,
+            SockFilter::new(JEQ_K, 0, past_ident, 129),
         ],
-    }
+    };
+    program.extend(ident_check);
+    program.push(accept);
+    program.push(drop);
+    program
 }
 
 /// The error of a socket that could not be opened or set up, with what to do.
@@ -357,10 +399,9 @@ pub fn parse_reply(family: Family, kind: Kind, packet: &[u8]) -> Option<(Option<
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ControlData {
     pub stamp: Option<SystemTime>,
-    pub dropped: Option<u32>,
 }
 
-/// Reads `SCM_TIMESTAMPNS` and `SO_RXQ_OVFL` out of a control buffer as
+/// Reads `SCM_TIMESTAMPNS` out of a control buffer as
 /// Linux lays it out: `cmsghdr { size_t len; int level; int type; }`, data
 /// aligned to `size_t`, each message padded to that alignment.
 pub fn parse_control(control: &[u8]) -> ControlData {
@@ -381,10 +422,6 @@ pub fn parse_control(control: &[u8]) -> ControlData {
         };
         if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
             out.stamp = timespec(data);
-        } else if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL {
-            out.dropped = data
-                .get(..4)
-                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
         }
         at += len.next_multiple_of(ALIGN);
     }
@@ -407,15 +444,15 @@ fn timespec(data: &[u8]) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(u64::try_from(sec).ok()?, nanos))
 }
 
-/// The two things socket2 and rustix have no safe call for.
+/// The three things socket2 and rustix have no safe call for.
 #[allow(unsafe_code)]
 mod sys {
     use std::io;
     use std::mem::MaybeUninit;
     use std::os::fd::{AsRawFd, BorrowedFd};
 
-    /// `setsockopt(level, name, 1)`: `SO_TIMESTAMPNS` and `SO_RXQ_OVFL`
-    /// have no wrapper in socket2 0.6 or rustix 1.
+    /// `setsockopt(level, name, 1)`: `SO_TIMESTAMPNS` has no wrapper in
+    /// socket2 0.6 or rustix 1.
     pub fn set_flag(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
         let one: libc::c_int = 1;
         // SAFETY: optval points to a live c_int and optlen is its size; the
@@ -433,6 +470,37 @@ mod sys {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The socket's drop count (`SO_MEMINFO`, `SK_MEMINFO_DROPS`): packets
+    /// the kernel dropped for want of room in its receive buffer.
+    pub fn drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
+        // Room for more fields than today's kernels report; the kernel
+        // copies what fits and says how much.
+        let mut info = [0u32; 16];
+        let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&info)).expect("small");
+        // SAFETY: optval points to a live, writable array of `len` bytes
+        // and optlen to its size; the kernel writes at most that much and
+        // updates len. The fd is borrowed, so open for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                (&raw mut info).cast(),
+                &raw mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let at = usize::try_from(libc::SK_MEMINFO_DROPS).expect("small");
+        let filled = usize::try_from(len).unwrap_or(0) / std::mem::size_of::<u32>();
+        if at < filled {
+            Ok(info[at])
+        } else {
+            Err(io::Error::other("SO_MEMINFO has no drop count"))
         }
     }
 
@@ -600,23 +668,23 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_stamp_and_the_drop_count_are_read_from_control_messages() {
-        let mut control = cmsg(
+    fn the_kernel_stamp_is_read_from_control_messages() {
+        let control = cmsg(
             libc::SOL_SOCKET,
             libc::SCM_TIMESTAMPNS,
             &timespec_bytes(1_700_000_000, 123_456_789),
         );
-        control.extend(cmsg(
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            &5u32.to_ne_bytes(),
-        ));
+        // Another message before it does not hide it.
+        let mut control = [
+            cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &5u32.to_ne_bytes()),
+            control,
+        ]
+        .concat();
         let got = parse_control(&control);
         assert_eq!(
             got.stamp,
             Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))
         );
-        assert_eq!(got.dropped, Some(5));
         // Another level's message of the same type number is not a stamp.
         let other = cmsg(
             libc::IPPROTO_IP,
@@ -626,7 +694,8 @@ mod tests {
         assert_eq!(parse_control(&other), ControlData::default());
         // Nothing, a cut-off message, or a bad nanosecond field: no stamp.
         assert_eq!(parse_control(&[]), ControlData::default());
-        assert_eq!(parse_control(&control[..20]), ControlData::default());
+        control.truncate(20);
+        assert_eq!(parse_control(&control), ControlData::default());
         let bad = cmsg(
             libc::SOL_SOCKET,
             libc::SCM_TIMESTAMPNS,
