@@ -21,8 +21,7 @@ profiles=(
 count = 1"
 )
 
-on_cpu_ns() { local t=0 f; for f in /proc/"$1"/task/*/schedstat; do t=$((t + $(cut -d' ' -f1 "$f"))); done; echo "$t"; }
-switches() { grep -h "^voluntary_ctxt_switches" /proc/"$1"/task/*/status | awk '{s += $2} END {print s}'; }
+. bench/idle_cpu.sh
 
 echo "[" > "$work/out.json"
 first=1
@@ -40,15 +39,7 @@ route_table_id = "rtb-0123456789abcdef0"
 destination = "10.1.0.0/16"
 target_eni = "eni-0123456789abcdef0"
 TOML
-    RUNTIME_DIRECTORY=$work STATE_DIRECTORY=$work RUST_LOG=info "$BIN" run --config "$work/config.toml" > "$work/agent.log" 2>&1 &
-    pid=$!
-    sleep 5 # past startup
-    ns0=$(on_cpu_ns $pid); cs0=$(switches $pid)
-    sleep "$SECONDS_PER"
-    ns1=$(on_cpu_ns $pid); cs1=$(switches $pid)
-    kill $pid; wait $pid 2>/dev/null || true
-    cpu=$(python3 -c "print(f'{($ns1 - $ns0) / 1e9 / $SECONDS_PER * 100:.3f}')")
-    cs=$(python3 -c "print(f'{($cs1 - $cs0) / $SECONDS_PER:.1f}')")
+    read -r cpu cs < <(measure_agent "$BIN" "$work/config.toml" "$work" "$SECONDS_PER")
     printf '  %-32s CPU %s%% of a core, %s wake-ups/s over %s s\n' "$name" "$cpu" "$cs" "$SECONDS_PER"
     ((first)) || echo "," >> "$work/out.json"
     first=0
