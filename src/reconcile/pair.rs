@@ -141,8 +141,8 @@ impl Reconciler {
         let Some(ha) = self.ha.as_mut() else {
             return;
         };
+        let anchor = ha.anchor().to_string();
         for (key, value) in ha.take_forget() {
-            let anchor = ha.anchor().to_string();
             let tag = [(key.clone(), Some(value.clone()))];
             let result = self.api.delete_tags(&anchor, &tag).await;
             if let Err(e) = &result {
@@ -158,15 +158,11 @@ impl Reconciler {
     /// Writes our verdict to the anchor (one CreateTags). A failure is
     /// logged and emitted; the caller decides whether it holds route calls.
     pub(super) async fn publish(&mut self, local: Via) -> Result<(), CloudError> {
+        let reason = self.verdict_reason_now();
         let Some(ha) = self.ha.as_mut() else {
             return Ok(());
         };
         let changed = ha.changed(local);
-        let reason = self
-            .verdict_reason
-            .as_ref()
-            .map(|r| r.borrow().clone())
-            .unwrap_or_default();
         let result = ha.publish(self.api.as_ref(), local, &reason).await;
         if let Err(e) = &result {
             self.publish_failed(local, changed, e);
