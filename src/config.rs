@@ -97,6 +97,9 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     pub count: u32,
     pub round: RoundPolicy,
+    /// A target that has answered `min_replies` echoes in time is sent no
+    /// more of the round's: no later echo can make it down.
+    pub early_stop: bool,
 }
 
 impl ProbeConfig {
@@ -546,6 +549,7 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             min_replies: raw.min_replies,
             quorum,
         },
+        early_stop: raw.early_stop,
     })
 }
 

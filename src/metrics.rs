@@ -155,6 +155,13 @@ fn record(event: &Event) {
                 gauge!("route_failover_probe_success", "target" => target.clone())
                     .set(f64::from(u8::from(t.is_up(*policy))));
                 gauge!("route_failover_probe_loss_ratio", "target" => target.clone()).set(t.loss());
+                // A round stops sending to a target once it is up (early
+                // stop), so one round's ratio leans on few echoes; these
+                // counters give the loss over any window.
+                counter!("route_failover_probe_echoes_total", "target" => target.clone())
+                    .increment(u64::from(t.sent));
+                counter!("route_failover_probe_replies_total", "target" => target.clone())
+                    .increment(u64::from(t.received()));
                 // A local send failure ("network unreachable", no permission)
                 // makes the target look down without the network saying so.
                 if t.error.is_some() {
@@ -180,7 +187,12 @@ fn record(event: &Event) {
                 let target = t.target.to_string();
                 gauge!("route_failover_backup_probe_success", "target" => target.clone())
                     .set(f64::from(u8::from(t.is_up(*policy))));
-                gauge!("route_failover_backup_probe_loss_ratio", "target" => target).set(t.loss());
+                gauge!("route_failover_backup_probe_loss_ratio", "target" => target.clone())
+                    .set(t.loss());
+                counter!("route_failover_backup_probe_echoes_total", "target" => target.clone())
+                    .increment(u64::from(t.sent));
+                counter!("route_failover_backup_probe_replies_total", "target" => target)
+                    .increment(u64::from(t.received()));
             }
         }
         Event::ApplianceChecked(appliance) => match appliance {

@@ -70,6 +70,9 @@ fn defaults_fill_what_a_minimal_config_leaves_out() {
     assert_eq!(c.probe.round.quorum, 1, "quorum defaults to all targets");
     assert_eq!((c.probe.count, c.policy.fall, c.policy.rise), (3, 3, 10));
     assert_eq!(c.policy.hold_down, Duration::from_secs(60));
+    assert!(c.probe.early_stop, "early stop is on unless turned off");
+    let off = parse(&MINIMAL.replace("[probe]", "[probe]\nearly_stop = false")).unwrap();
+    assert!(!off.probe.early_stop);
     // The last echo's timeout still ends inside the round.
     let last_echo_ends = c.probe.spacing() * (c.probe.count - 1) + c.probe.timeout;
     assert!(last_echo_ends <= c.probe.interval);

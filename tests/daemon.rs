@@ -228,6 +228,24 @@ async fn metrics_are_served_on_loopback_when_asked() {
     ] {
         assert!(body.contains(needle), "missing {needle} in\n{body}");
     }
+    // Early stop: every round on loopback sends each target one echo,
+    // answered (a scrape may fall between a round's counters).
+    let value = |series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    let rounds = value("route_failover_rounds_total{result=\"up\"}");
+    let echoes = value("route_failover_probe_echoes_total{target=\"127.0.0.1\"}");
+    let replies = value("route_failover_probe_replies_total{target=\"127.0.0.1\"}");
+    assert!(
+        rounds >= 1 && echoes == replies,
+        "{rounds} rounds, {echoes} echoes, {replies} replies"
+    );
+    assert!(
+        echoes.abs_diff(rounds) <= 1,
+        "{echoes} echoes in {rounds} rounds"
+    );
     assert!(agent.terminate().success());
     assert!(Path::new(&f.config()).exists());
 }

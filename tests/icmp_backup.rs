@@ -57,27 +57,34 @@ timeout = "150ms"
 source = "127.0.0.3""#,
     );
     let backup = config.backup.as_ref().unwrap();
-    let mut prober = IcmpProber::with_backup(&config.probe, Some(backup)).expect("ICMP sockets");
-    assert!(prober.describe().contains("2 backup targets"));
-    for _ in 0..2 {
-        let started = std::time::Instant::now();
-        let report = prober.round().await;
-        assert!(started.elapsed() < config.probe.interval);
-        assert_eq!(
-            received(&report.targets),
-            [
-                ("127.0.0.1".parse().unwrap(), 3, 3),
-                ("::1".parse().unwrap(), 3, 3)
-            ]
-        );
-        assert_eq!(
-            received(&report.backup),
-            [
-                ("127.0.0.2".parse().unwrap(), 2, 2),
-                ("127.0.0.4".parse().unwrap(), 2, 2)
-            ]
-        );
-        assert!(summarize_targets(&report.backup, backup.round).up);
+    // Early stop (the default): every target answers its first echo, so
+    // none is sent another. Without it: every echo of both groups.
+    for (early_stop, primary_echoes, backup_echoes) in [(true, 1, 1), (false, 3, 2)] {
+        let mut probe = config.probe.clone();
+        probe.early_stop = early_stop;
+        let mut prober = IcmpProber::with_backup(&probe, Some(backup)).expect("ICMP sockets");
+        assert!(prober.describe().contains("2 backup targets"));
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let report = prober.round().await;
+            assert!(started.elapsed() < config.probe.interval);
+            let (p, b) = (primary_echoes, backup_echoes);
+            assert_eq!(
+                received(&report.targets),
+                [
+                    ("127.0.0.1".parse().unwrap(), p, p),
+                    ("::1".parse().unwrap(), p, p)
+                ]
+            );
+            assert_eq!(
+                received(&report.backup),
+                [
+                    ("127.0.0.2".parse().unwrap(), b, b),
+                    ("127.0.0.4".parse().unwrap(), b, b)
+                ]
+            );
+            assert!(summarize_targets(&report.backup, backup.round).up);
+        }
     }
 }
 
@@ -124,7 +131,9 @@ async fn cutting_the_backup_path_leaves_the_primary_group_alone() {
     vpn.blackhole(true);
     let r = prober.round().await;
     assert_eq!(ups(&r), (true, false));
-    assert!(r.backup.iter().all(|t| t.received() == 0));
+    // The silent group gets every echo; the answering one only its first.
+    assert!(r.backup.iter().all(|t| (t.sent, t.received()) == (3, 0)));
+    assert!(r.targets.iter().all(|t| (t.sent, t.received()) == (1, 1)));
     dx.blackhole(true);
     vpn.blackhole(false);
     assert_eq!(ups(&prober.round().await), (false, true));

@@ -150,20 +150,43 @@ impl Profile {
         let mut run = Run::default();
         let mut start = 0u64;
         while start < end {
-            let targets = addrs
+            // Early stop, as shipped: echo k leaves only to a target not
+            // yet up by the replies read at its instant (the verdict is
+            // that of every echo; only the echoes counted differ).
+            let targets: Vec<TargetReport> = addrs
                 .iter()
                 .enumerate()
-                .map(|(i, &target)| TargetReport {
-                    target,
-                    sent: self.count,
-                    rtts: (0..self.count)
-                        .filter_map(|k| fate(i, start + ns(spacing * k)))
-                        .filter(|rtt| *rtt <= self.timeout)
-                        .collect(),
-                    error: None,
+                .map(|(i, &target)| {
+                    let mut t = TargetReport {
+                        target,
+                        sent: 0,
+                        rtts: Vec::new(),
+                        error: None,
+                    };
+                    let fates: Vec<Option<Duration>> = (0..self.count)
+                        .map(|k| fate(i, start + ns(spacing * k)))
+                        .collect();
+                    let in_time = |r: &Option<Duration>| r.filter(|rtt| *rtt <= self.timeout);
+                    for k in 0..self.count {
+                        t.rtts = fates[..t.sent as usize]
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(j, r)| {
+                                in_time(r).filter(|rtt| spacing * j as u32 + *rtt <= spacing * k)
+                            })
+                            .collect();
+                        if t.wants_echo(round_policy, true) {
+                            t.sent += 1;
+                        }
+                    }
+                    t.rtts = fates[..t.sent as usize]
+                        .iter()
+                        .filter_map(in_time)
+                        .collect();
+                    t
                 })
                 .collect();
-            run.echoes += u64::from(self.count * self.targets);
+            run.echoes += targets.iter().map(|t| u64::from(t.sent)).sum::<u64>();
             let summary = summarize(
                 &RoundReport {
                     targets,

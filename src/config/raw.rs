@@ -125,6 +125,8 @@ pub(super) struct RawProbe {
     #[serde(default = "default_min_replies")]
     pub(super) min_replies: u32,
     pub(super) quorum: Option<u32>,
+    #[serde(default = "default_true")]
+    pub(super) early_stop: bool,
     // The detector's keys (src/detect.rs), checked by validate_detect.
     pub(super) detector: Option<DetectorKind>,
     #[serde(default, with = "humantime_serde")]

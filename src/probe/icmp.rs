@@ -9,8 +9,12 @@
 //! deadline. Each reply's round-trip time comes from its kernel receive
 //! stamp, so it is exact however late it is read, and a reply counts iff
 //! it came within `timeout` ([`super::ledger`]); in a round where the
-//! wall clock stepped, the prober reads at each deadline instead. On a healthy path a round
-//! costs one wake-up per wave plus one.
+//! wall clock stepped, the prober reads at each deadline instead.
+//!
+//! With `early_stop` (the default) a target up for the round gets no more
+//! of its echoes, and the round ends once every target is up: on a healthy
+//! path, one wave and one read at the second wave's instant, two wake-ups.
+//! Without it, a round costs one wake-up per wave plus one.
 //!
 //! [`IcmpPath`] carries the silence detector's echoes ([`SilenceProber`])
 //! over surge-ping, whose receive task hands each reply to the echo
@@ -31,7 +35,7 @@ use super::ledger::{read_margin, timeline, Ledger, Sent, Slot, Waves};
 use super::rtt::{Deadline, RttEstimator};
 use super::silence::{Echo, EchoPath, InFlight, SilenceProber};
 use super::socket::{open_hint, EchoSocket, Family, Kind, Reply, PAYLOAD};
-use super::{Prober, RoundReport, TargetReport};
+use super::{Prober, RoundPolicy, RoundReport, TargetReport};
 use crate::alarm::Alarm;
 use crate::config::{BackupConfig, ProbeConfig};
 use crate::detect::DetectConfig;
@@ -48,6 +52,8 @@ const DRAIN_AT: Deadline = Deadline::Adaptive {
 struct Group {
     targets: Vec<IpAddr>,
     count: u32,
+    /// `min_replies` says when a target is up for the round.
+    round: RoundPolicy,
     timeout: Duration,
     spacing: Duration,
     /// Sent from the sockets bound to `backup.source`.
@@ -57,10 +63,17 @@ struct Group {
 }
 
 impl Group {
-    fn new(targets: &[IpAddr], count: u32, timeout: Duration, spacing: Duration) -> Self {
+    fn new(
+        targets: &[IpAddr],
+        count: u32,
+        round: RoundPolicy,
+        timeout: Duration,
+        spacing: Duration,
+    ) -> Self {
         Self {
             targets: targets.to_vec(),
             count,
+            round,
             timeout,
             spacing,
             bound: false,
@@ -68,13 +81,13 @@ impl Group {
         }
     }
 
-    /// Every target of the group at the start of a round: sent, nothing back yet.
+    /// Every target of the group at the start of a round: nothing sent yet.
     fn fresh(&self) -> Vec<TargetReport> {
         self.targets
             .iter()
             .map(|&target| TargetReport {
                 target,
-                sent: self.count,
+                sent: 0,
                 rtts: Vec::with_capacity(self.count as usize),
                 error: None,
             })
@@ -152,6 +165,8 @@ pub struct IcmpProber {
     bound: Option<Sockets>,
     ident: u16,
     next_seq: u16,
+    /// Send a target no more echoes once it is up for the round.
+    early_stop: bool,
     /// Kept in the prober, not the round's future, so that a round the
     /// agent gives up on still has its replies ([`Prober::salvage`]).
     round: Option<InRound>,
@@ -174,11 +189,18 @@ impl IcmpProber {
         let primary = Group::new(
             &config.targets,
             config.count,
+            config.round,
             config.timeout,
             config.spacing(),
         );
         let backup = backup.map(|b| {
-            let mut group = Group::new(&b.targets, b.count, b.timeout, b.spacing(config.interval));
+            let mut group = Group::new(
+                &b.targets,
+                b.count,
+                b.round,
+                b.timeout,
+                b.spacing(config.interval),
+            );
             group.bound = b.source.is_some();
             (group, b.source)
         });
@@ -217,6 +239,7 @@ impl IcmpProber {
             bound,
             ident,
             next_seq: rand::random(),
+            early_stop: config.early_stop,
             round: None,
             alarm: None,
             sleeps: 0,
@@ -293,7 +316,8 @@ impl IcmpProber {
         }
     }
 
-    /// Sends echo `k` of `slot`'s group to every target.
+    /// Sends the next echo of `slot`'s group to every target that still
+    /// needs one (with `early_stop`, those not yet up for the round).
     fn send_wave(&mut self, slot: Slot) {
         let Self {
             primary,
@@ -302,6 +326,7 @@ impl IcmpProber {
             bound,
             ident,
             next_seq,
+            early_stop,
             round,
             ..
         } = self;
@@ -319,8 +344,13 @@ impl IcmpProber {
             (Some(bound), true) => bound,
             _ => &*shared,
         };
-        let (targets, timeout) = (group.targets.clone(), group.timeout);
+        let (targets, timeout, policy) = (group.targets.clone(), group.timeout, group.round);
         for (i, &target) in targets.iter().enumerate() {
+            let report = &mut list(&mut round.report, slot)[i];
+            if !report.wants_echo(policy, *early_stop) {
+                continue;
+            }
+            report.sent += 1;
             let socket = sockets.for_target(target);
             let seq = *next_seq;
             *next_seq = next_seq.wrapping_add(1);
@@ -360,6 +390,19 @@ impl IcmpProber {
                 settle(round, primary, backup.as_mut(), &replies);
             }
         }
+    }
+
+    /// With `early_stop`, whether every target of both groups is up for the
+    /// round: then nothing still out can change the round, and it is over.
+    fn all_up(&self) -> bool {
+        let up = |targets: &[TargetReport], g: &Group| {
+            targets.iter().all(|t| !t.wants_echo(g.round, true))
+        };
+        self.early_stop
+            && self.round.as_ref().is_some_and(|r| {
+                up(&r.report.targets, &self.primary)
+                    && self.backup.as_ref().is_none_or(|b| up(&r.report.backup, b))
+            })
     }
 
     /// When the replies to the echoes still open should be in, by what the
@@ -488,6 +531,10 @@ impl Prober for IcmpProber {
             // Replies to earlier waves first; at the first wave, what is
             // left of earlier rounds, which matches nothing and is dropped.
             self.drain();
+            if self.all_up() {
+                // On a healthy path: one wave, and one read at the next.
+                break;
+            }
             for (slot, _) in waves {
                 self.send_wave(slot);
             }
@@ -496,6 +543,9 @@ impl Prober for IcmpProber {
         let margin = read_margin(&self.waves());
         let mut first_read = true;
         loop {
+            if self.all_up() {
+                break;
+            }
             let now = Instant::now();
             let Some(ledger) = self.round.as_ref().map(|r| &r.ledger) else {
                 break;

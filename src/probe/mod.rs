@@ -53,6 +53,14 @@ impl TargetReport {
     pub fn loss(&self) -> f64 {
         loss_ratio(self.sent, self.received())
     }
+
+    /// Whether the target is sent the round's next echo. With `early_stop`,
+    /// not once it is up: replies only add to `received`, so no later echo
+    /// can make it down, and the round's verdict is the one all its echoes
+    /// would give.
+    pub fn wants_echo(&self, policy: RoundPolicy, early_stop: bool) -> bool {
+        !(early_stop && self.is_up(policy))
+    }
 }
 
 /// Fraction of `sent` that did not come back; nothing sent counts as all lost.
@@ -276,6 +284,77 @@ mod tests {
         assert_eq!(s.rtt_max, Some(Duration::from_millis(30)));
         assert!((s.loss() - 0.25).abs() < 1e-9);
         assert_eq!(s.to_string(), "0/2 targets down, loss 25%, rtt avg 20.0ms");
+    }
+
+    /// One round on a path given by `fates` (per target, per echo: its
+    /// reply's round-trip time in ms, or lost), as the prober plays it:
+    /// echo k leaves at k·spacing to every target that `wants_echo` by the
+    /// replies in by then; a reply counts within `timeout`, however late
+    /// it is read.
+    fn play(
+        fates: &[Vec<Option<u64>>],
+        spacing: u64,
+        timeout: u64,
+        policy: RoundPolicy,
+        early_stop: bool,
+    ) -> Vec<TargetReport> {
+        let in_time = |r: &Option<u64>| r.filter(|&r| r <= timeout);
+        fates
+            .iter()
+            .enumerate()
+            .map(|(i, fate)| {
+                let mut sent = 0;
+                for k in 0..fate.len() as u64 {
+                    let rtts: Vec<u64> = fate[..sent as usize]
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, r)| {
+                            in_time(r).filter(|r| j as u64 * spacing + r <= k * spacing)
+                        })
+                        .collect();
+                    if target(i as u8, sent, &rtts).wants_echo(policy, early_stop) {
+                        sent += 1;
+                    }
+                }
+                let rtts: Vec<u64> = fate[..sent as usize].iter().filter_map(in_time).collect();
+                target(i as u8, sent, &rtts)
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Early stop never changes a target's state nor the round's
+        /// verdict: it only leaves out echoes that could not matter.
+        #[test]
+        fn early_stop_gives_the_verdict_of_the_whole_round(
+            fates in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::of(0u64..1500), 1..=6), 1..=4),
+            spacing in 1u64..400,
+            timeout in 1u64..1000,
+            min_replies in 1u32..=6,
+            quorum in 1u32..=4,
+        ) {
+            let count = fates.iter().map(Vec::len).min().unwrap();
+            let fates: Vec<Vec<Option<u64>>> = fates.iter().map(|f| f[..count].to_vec()).collect();
+            let policy = RoundPolicy {
+                min_replies: min_replies.min(count as u32),
+                quorum: quorum.min(fates.len() as u32),
+            };
+            let whole = play(&fates, spacing, timeout, policy, false);
+            let early = play(&fates, spacing, timeout, policy, true);
+            let round = |targets: &[TargetReport]| summarize_targets(targets, policy).up;
+            proptest::prop_assert_eq!(round(&whole), round(&early));
+            for ((w, e), fate) in whole.iter().zip(&early).zip(&fates) {
+                proptest::prop_assert_eq!(w.sent, count as u32);
+                proptest::prop_assert_eq!(w.is_up(policy), e.is_up(policy));
+                proptest::prop_assert!(e.sent <= w.sent && e.received() <= e.sent);
+                // A first reply in before the second echo is due ends it.
+                let first = fate[0].filter(|&r| r <= timeout && r <= spacing);
+                if policy.min_replies == 1 && first.is_some() {
+                    proptest::prop_assert_eq!(e.sent, 1);
+                }
+            }
+        }
     }
 
     #[test]
