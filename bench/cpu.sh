@@ -15,6 +15,7 @@ trap 'rm -rf "$work"' EXIT
 # name | [probe] keys beyond the 2 targets
 profiles=(
     "default (round rule, count 3)|"
+    "round rule, count 3, no early stop|early_stop = false"
     "round rule, count 1|count = 1"
     "silence detector, count 3|detector = \"silence\""
     "silence detector, count 1|detector = \"silence\"

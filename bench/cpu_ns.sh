@@ -2,7 +2,8 @@
 # Idle CPU of one agent (default profile) against 2 targets (IPv4, IPv6) in
 # a namespace this script creates, answered by bench/echo_delay.py after
 # 2±0.5 ms, as a DX target answers: unlike loopback, each reply arrives
-# after the send has returned. Same measures as bench/cpu.sh.
+# after the send has returned. Same measures as bench/cpu.sh, with early
+# stop (the default) and without (every echo of every round), alternating.
 #   bench/cpu_ns.sh [SECONDS] [BINARY...]   (default 60, target/release/route-failover; as root)
 # Several binaries (say, a build of an older commit) are measured in turn
 # against the same responder.
@@ -40,18 +41,28 @@ work=$(mktemp -d)
 ip netns exec $ns python3 bench/echo_delay.py --mean-ms 2 --sd-ms 0.5 > "$work/echo.log" 2>&1 &
 rpid=$!
 sleep 1
-cat > "$work/config.toml" <<TOML
+# The default config (early stop) leaves the key out, so a build from
+# before it runs it too; such a build refuses the other one.
+for stop in true false; do
+    key=""
+    [[ $stop == false ]] && key="early_stop = false"
+    cat > "$work/config-$stop.toml" <<TOML
 [aws]
 backend = "memory"
 [probe]
 targets = ["198.18.215.2", "fd00:ee:215::2"]
+$key
 [[routes]]
 route_table_id = "rtb-0123456789abcdef0"
 destination = "10.1.0.0/16"
 target_eni = "eni-0123456789abcdef0"
 TOML
+done
 . bench/idle_cpu.sh
 for bin in "${bins[@]}"; do
-    read -r cpu cs < <(measure_agent "$bin" "$work/config.toml" "$work" "$S")
-    printf '  %-40s CPU %s%% of a core, %s wake-ups/s over %s s (load %s)\n' "$bin" "$cpu" "$cs" "$S" "$(cut -d' ' -f1 /proc/loadavg)"
+    for stop in true false; do
+        read -r cpu cs < <(measure_agent "$bin" "$work/config-$stop.toml" "$work" "$S")
+        printf '  %-40s early_stop = %-5s CPU %s%% of a core, %s wake-ups/s over %s s (load %s)\n' \
+            "$bin" "$stop" "$cpu" "$cs" "$S" "$(cut -d' ' -f1 /proc/loadavg)"
+    done
 done

@@ -77,7 +77,10 @@ fn rounds(
         timeout: ms(timeout),
         count,
         targets,
-        rule: Rule::Rounds { fall },
+        rule: Rule::Rounds {
+            fall,
+            early_stop: true,
+        },
     }
 }
 
@@ -115,11 +118,16 @@ fn silence_with(
     }
 }
 
-fn table_profiles() -> Vec<Profile> {
-    vec![
-        // The original loop: `ping -c 3 -W 1` to one host (a round takes
-        // about 2 s, then it sleeps 2 s), and one bad round fails over.
-        rounds(
+/// The original loop: `ping -c 3 -W 1` to one host (a round takes about
+/// 2 s, then it sleeps 2 s), and one bad round fails over. ping sends all
+/// three echoes: no early stop.
+fn script_like() -> Profile {
+    Profile {
+        rule: Rule::Rounds {
+            fall: 1,
+            early_stop: false,
+        },
+        ..rounds(
             "script-like (4s, count 3, fall 1, 1 target)",
             "script",
             4000,
@@ -127,7 +135,13 @@ fn table_profiles() -> Vec<Profile> {
             3,
             1,
             1,
-        ),
+        )
+    }
+}
+
+fn table_profiles() -> Vec<Profile> {
+    vec![
+        script_like(),
         rounds(
             "rounds fast (100ms, count 1, fall 3)",
             "rounds-fast",
@@ -218,15 +232,7 @@ fn sweep_profiles() -> Vec<Profile> {
             2,
         ));
     }
-    v.push(rounds(
-        "script-like (4s, count 3, fall 1, 1 target)",
-        "script",
-        4000,
-        1000,
-        3,
-        1,
-        1,
-    ));
+    v.push(script_like());
     v
 }
 
@@ -339,7 +345,7 @@ fn table(days: u64, cuts: u32, threads: usize) {
             c.echoes_per_s,
         );
         let rule = match profile.rule {
-            Rule::Rounds { fall } => format!("fall {fall}"),
+            Rule::Rounds { fall, .. } => format!("fall {fall}"),
             Rule::Silence { silence, .. } => format!("silence {}ms", silence.as_millis()),
         };
         let _ = writeln!(

@@ -21,8 +21,10 @@ use crate::model::{PathModel, Trace};
 /// How a profile turns echoes into a failover.
 #[derive(Debug, Clone)]
 pub enum Rule {
-    /// `fall` consecutive down rounds, every echo waiting `timeout`.
-    Rounds { fall: u32 },
+    /// `fall` consecutive down rounds, every echo waiting `timeout`; with
+    /// `early_stop` (the agent's default) a target up for the round is
+    /// sent no more of its echoes.
+    Rounds { fall: u32, early_stop: bool },
     /// The silence detector.
     Silence {
         silence: Duration,
@@ -113,7 +115,7 @@ impl Profile {
     /// timeout; for silence, [`SilenceConfig::worst_case`] at the floor.
     pub fn analytic_worst_case(&self) -> Duration {
         match (&self.rule, self.silence_config()) {
-            (Rule::Rounds { fall }, _) => {
+            (Rule::Rounds { fall, .. }, _) => {
                 let spacing = self.interval.saturating_sub(self.timeout) / self.count;
                 self.interval * *fall + spacing * (self.count - 1) + self.timeout
             }
@@ -131,7 +133,7 @@ impl Profile {
     /// Runs from 0 to `end` (ns) on a path given by `fate`.
     pub fn run(&self, fate: &dyn Fn(usize, u64) -> Option<Duration>, end: u64) -> Run {
         match self.rule {
-            Rule::Rounds { fall } => self.run_rounds(fall, fate, end),
+            Rule::Rounds { fall, early_stop } => self.run_rounds(fall, early_stop, fate, end),
             Rule::Silence { .. } => self.run_silence(fate, end),
         }
     }
@@ -139,6 +141,7 @@ impl Profile {
     fn run_rounds(
         &self,
         fall: u32,
+        early_stop: bool,
         fate: &dyn Fn(usize, u64) -> Option<Duration>,
         end: u64,
     ) -> Run {
@@ -150,9 +153,9 @@ impl Profile {
         let mut run = Run::default();
         let mut start = 0u64;
         while start < end {
-            // Early stop, as shipped: echo k leaves only to a target not
-            // yet up by the replies read at its instant (the verdict is
-            // that of every echo; only the echoes counted differ).
+            // Echo k leaves only to a target that wants it by the replies
+            // read at its instant (with early stop, one not yet up): the
+            // verdict is that of every echo, only the echoes sent differ.
             let targets: Vec<TargetReport> = addrs
                 .iter()
                 .enumerate()
@@ -175,7 +178,7 @@ impl Profile {
                                 in_time(r).filter(|rtt| spacing * j as u32 + *rtt <= spacing * k)
                             })
                             .collect();
-                        if t.wants_echo(round_policy, true) {
+                        if t.wants_echo(round_policy, early_stop) {
                             t.sent += 1;
                         }
                     }
