@@ -240,9 +240,12 @@ async fn e2e_short_blackholes_and_random_loss_change_nothing() {
         down >= 4,
         "the blackholes caused only {down} down rounds: were they real?"
     );
-    // 6 echoes a round: at 5 % a round shows loss with p = 0.26, at 20 % with
-    // p = 0.74; over 25 rounds the thresholds below fail by chance < 0.1 %.
-    for (percent, at_least) in [(5, 1), (20, 8)] {
+    // Early stop: a round shows loss only when a target's first echo is
+    // lost (then it gets the others), with 2 targets p = 0.10 at 5 % and
+    // p = 0.36 at 20 %. Over 25 rounds the 20 % threshold fails by chance
+    // with p < 0.03 %; 5 % is too rare to check in 5 s, and is here for
+    // the route changes it must not cause.
+    for (percent, at_least) in [(5, 0), (20, 2)] {
         let before = rounds(&agent).len();
         net.random_loss(Some(percent));
         s.hold_routes(0, Duration::from_secs(5)).await;
