@@ -242,6 +242,19 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
 }
 
 impl Config {
+    /// Whether `other` probes exactly as this does, so one prober serves
+    /// both (a reload then keeps it, its sockets and learned RTTs). The
+    /// round rules count: the prober stops sending a target by them.
+    pub fn same_probing(&self, other: &Config) -> bool {
+        self.probe == other.probe
+            && self.detect == other.detect
+            && match (&self.backup, &other.backup) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_probes(b),
+                _ => false,
+            }
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

@@ -278,3 +278,27 @@ fn the_example_watches_the_appliance_and_holds_failovers_onto_a_dead_one() {
     assert_eq!((b.fall, b.rise), (3, 3));
     assert!(c.reconcile.failback_requires_dx_route);
 }
+
+/// A reload keeps the prober only while it would probe the same way. Its
+/// early stop follows `min_replies`, so a changed round rule (of either
+/// group) needs a new prober; `fall` and `rise` are the judge's alone.
+#[test]
+fn a_reload_keeps_the_prober_only_for_the_same_probing() {
+    let base = parse(&with_backup("", "targets = [\"172.31.255.1\"]\ncount = 3")).unwrap();
+    let with = |probe: &str, backup: &str| {
+        parse(&with_backup(
+            probe,
+            &format!("targets = [\"172.31.255.1\"]\ncount = 3\n{backup}"),
+        ))
+        .unwrap()
+    };
+    assert!(base.same_probing(&base));
+    assert!(base.same_probing(&with("", "fall = 5\nrise = 7")));
+    assert!(!base.same_probing(&with("", "min_replies = 2")));
+    assert!(!base.same_probing(&with("min_replies = 2", "")));
+    assert!(!base.same_probing(&with("early_stop = false", "")));
+    let two = parse(&with_backup("", "targets = [\"172.31.255.1\"]\ncount = 2")).unwrap();
+    assert!(!base.same_probing(&two));
+    let without = parse(&with_backup("", "")).unwrap();
+    assert!(!base.same_probing(&without));
+}

@@ -262,16 +262,8 @@ async fn reload(
     }
     new.ha.clone_from(&running.ha);
     run_guard(&new, api, own_subnet(&new, instance)?).await?;
-    // What the prober's sockets and rounds are made of; fall/rise are the judge's.
-    let same_targets = |c: &Config| {
-        c.backup
-            .as_ref()
-            .map(|b| (b.targets.clone(), b.count, b.timeout, b.source))
-    };
-    let prober: Option<Box<dyn Prober>> = if new.probe == running.probe
-        && new.detect == running.detect
-        && same_targets(&new) == same_targets(running)
-    {
+    // fall/rise are the judge's: they keep the prober.
+    let prober: Option<Box<dyn Prober>> = if new.same_probing(running) {
         None
     } else {
         Some(icmp_prober(&new).context("cannot probe with the new settings")?)
