@@ -562,7 +562,7 @@ fn validate_probe(raw: RawProbe) -> Result<ProbeConfig, Invalid> {
             min_replies: raw.min_replies,
             quorum,
         },
-        early_stop: raw.early_stop,
+        early_stop: raw.early_stop.unwrap_or(true),
     })
 }
 
@@ -744,6 +744,12 @@ fn validate_detect(
     policy: &Policy,
 ) -> Result<DetectConfig, Invalid> {
     let kind = raw.detector.unwrap_or(DetectorKind::Rounds);
+    if kind == DetectorKind::Silence && raw.early_stop.is_some() {
+        return Err(invalid(
+            "probe.early_stop",
+            "only applies with probe.detector = \"rounds\"; the silence detector probes each target steadily",
+        ));
+    }
     if kind == DetectorKind::Rounds {
         let set = [
             ("probe.silence", raw.silence.is_some()),

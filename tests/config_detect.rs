@@ -96,6 +96,27 @@ fn silence_keys_are_refused_with_the_round_rule() {
 }
 
 #[test]
+fn early_stop_is_refused_with_the_silence_detector() {
+    assert_eq!(
+        error("detector = \"silence\"\nearly_stop = false"),
+        "/etc/route-failover/test.toml:5: probe.early_stop: only applies with probe.detector = \"rounds\"; the silence detector probes each target steadily"
+    );
+    // With the round rule, either value is taken.
+    assert!(
+        !parse(&with_probe("early_stop = false"))
+            .unwrap()
+            .probe
+            .early_stop
+    );
+    assert!(
+        parse(&with_probe("early_stop = true"))
+            .unwrap()
+            .probe
+            .early_stop
+    );
+}
+
+#[test]
 fn out_of_range_values_name_the_key_and_line() {
     let e = error("detector = \"silence\"\nsuspect_interval = \"500ms\"");
     assert_eq!(

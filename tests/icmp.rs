@@ -500,3 +500,60 @@ async fn count_wakes(
     }
     switches
 }
+
+/// A path slower than the spacing (100 ms against 66 ms on the default
+/// profile): each target is sent a second echo before its first reply is
+/// read, and early stop ends the round with that echo still out. It has
+/// no fate yet, so it counts neither as sent nor as lost: a lossless path
+/// shows no loss, in the round and in the counters built on it.
+#[tokio::test]
+async fn an_echo_still_out_when_early_stop_ends_the_round_is_not_counted_lost() {
+    let test = "an_echo_still_out_when_early_stop_ends_the_round_is_not_counted_lost";
+    if !gate::require_root(test, "network namespaces and ICMP sockets")
+        || !gate::require_tool(test, "ip")
+        || !gate::require_tool(test, "python3")
+    {
+        return;
+    }
+    let net = netns::TargetNet::create(214);
+    let _responder = SlowResponder::start(&net, 100);
+    let targets = format!(r#""{}", "{}""#, net.target_v4, net.target_v6);
+    let config = config_with(&targets, "1s", "800ms");
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let report = prober.round().await;
+        let elapsed = started.elapsed();
+        for t in &report.targets {
+            assert_eq!((t.sent, t.received()), (1, 1), "{t:?}");
+        }
+        let summary = summarize(&report, config.probe.round);
+        assert!(summary.up && summary.loss() == 0.0, "{summary}");
+        // Ended at the third wave's read (2 spacings), not by waiting out
+        // the second echo.
+        assert!(
+            elapsed < config.probe.spacing() * 2 + Duration::from_millis(50),
+            "round took {elapsed:?}"
+        );
+    }
+}
+
+/// `min_replies = 2`: a target is up after two answered echoes, and only
+/// then is it sent no more.
+#[tokio::test]
+async fn early_stop_waits_for_min_replies() {
+    let test = "early_stop_waits_for_min_replies";
+    if !gate::require_root(test, "ICMP sockets need root or CAP_NET_RAW") {
+        return;
+    }
+    let mut config = config(r#""127.0.0.1", "::1""#);
+    config.probe.round.min_replies = 2;
+    let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
+    for _ in 0..3 {
+        let report = prober.round().await;
+        for t in &report.targets {
+            assert_eq!((t.sent, t.received()), (2, 2), "{t:?}");
+        }
+        assert!(summarize(&report, config.probe.round).up);
+    }
+}

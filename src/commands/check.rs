@@ -30,7 +30,7 @@ fn print_backup(config: &Config) {
     }
     let targets: Vec<String> = b.targets.iter().map(ToString::to_string).collect();
     println!(
-        "✓ backup: probing {} over the VPN{}, {} echoes per round, down after {} rounds, up after {}; {gate}",
+        "✓ backup: probing {} over the VPN{}, up to {} echoes per round, down after {} rounds, up after {}; {gate}",
         targets.join(", "),
         b.source
             .map_or_else(String::new, |s| format!(" from {s}")),

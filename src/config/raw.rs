@@ -125,8 +125,7 @@ pub(super) struct RawProbe {
     #[serde(default = "default_min_replies")]
     pub(super) min_replies: u32,
     pub(super) quorum: Option<u32>,
-    #[serde(default = "default_true")]
-    pub(super) early_stop: bool,
+    pub(super) early_stop: Option<bool>,
     // The detector's keys (src/detect.rs), checked by validate_detect.
     pub(super) detector: Option<DetectorKind>,
     #[serde(default, with = "humantime_serde")]
@@ -143,6 +142,8 @@ pub(super) struct RawProbe {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RawDetect {
     pub(super) detector: Option<DetectorKind>,
+    /// The round rule's own key, refused with the silence detector.
+    pub(super) early_stop: Option<bool>,
     pub(super) silence: Option<Duration>,
     pub(super) suspect_interval: Option<Duration>,
     pub(super) adaptive_timeout: Option<bool>,
@@ -154,6 +155,7 @@ impl RawDetect {
     pub(super) fn of(raw: &RawProbe) -> Self {
         Self {
             detector: raw.detector,
+            early_stop: raw.early_stop,
             silence: raw.silence,
             suspect_interval: raw.suspect_interval,
             adaptive_timeout: raw.adaptive_timeout,

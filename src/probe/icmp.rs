@@ -153,7 +153,7 @@ struct InRound {
     ledger: Ledger,
 }
 
-/// Probes every target with `count` spaced echoes per round: the primary
+/// Probes every target with up to `count` spaced echoes per round: the primary
 /// targets and, when configured, the backup targets, in the same round,
 /// on one timeline, and (unless `backup.source` binds its own) over the
 /// same sockets.
@@ -577,7 +577,20 @@ impl Prober for IcmpProber {
             self.sleep_until(at + margin).await;
             self.drain();
         }
-        self.round.take().map(|r| r.report).unwrap_or_default()
+        let Some(mut round) = self.round.take() else {
+            return RoundReport::default();
+        };
+        // Early stop may end a round with an echo still out (a path slower
+        // than the spacing gets the next echo before the first reply is
+        // read). It has no fate yet: neither sent nor lost, or a lossless
+        // path would show loss.
+        let open: Vec<(Slot, usize)> = round.ledger.open_targets(Instant::now()).collect();
+        for (slot, i) in open {
+            if let Some(t) = list(&mut round.report, slot).get_mut(i) {
+                t.sent = t.sent.saturating_sub(1);
+            }
+        }
+        round.report
     }
 
     fn salvage(&mut self) -> Option<RoundReport> {
