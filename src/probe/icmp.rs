@@ -414,18 +414,22 @@ impl IcmpProber {
         round
             .ledger
             .open_targets(now)
-            .map(|(slot, i)| {
-                let group = match slot {
-                    Slot::Primary => &self.primary,
-                    Slot::Backup => self.backup.as_ref().unwrap_or(&self.primary),
-                };
-                group
-                    .rtt
-                    .get(i)
-                    .map_or(group.timeout, |e| e.deadline(DRAIN_AT, group.timeout))
-            })
+            .map(|(slot, i, _)| self.learned_deadline(slot, i))
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// How long after its send an echo to target `i` of `slot`'s group
+    /// should be answered, by the round-trip times it has shown.
+    fn learned_deadline(&self, slot: Slot, i: usize) -> Duration {
+        let group = match slot {
+            Slot::Primary => &self.primary,
+            Slot::Backup => self.backup.as_ref().unwrap_or(&self.primary),
+        };
+        group
+            .rtt
+            .get(i)
+            .map_or(group.timeout, |e| e.deadline(DRAIN_AT, group.timeout))
     }
 
     /// Sleeps on the [`Alarm`] (one wake-up), or on tokio's timer if no
@@ -577,15 +581,30 @@ impl Prober for IcmpProber {
             self.sleep_until(at + margin).await;
             self.drain();
         }
+        // Early stop may end a round with echoes still out. One out for less
+        // than its target's learned round-trip time (a path slower than the
+        // spacing gets the next echo before the first reply is read) has no
+        // fate yet: neither sent nor lost, or a lossless path would show
+        // loss. One out longer, beside a later echo that was answered, is
+        // lost, or a lossy path would show none.
+        let now = Instant::now();
+        let in_flight: Vec<(Slot, usize)> = self
+            .round
+            .as_ref()
+            .map(|r| {
+                r.ledger
+                    .open_targets(now)
+                    .filter(|&(slot, i, sent)| {
+                        now.saturating_duration_since(sent) < self.learned_deadline(slot, i)
+                    })
+                    .map(|(slot, i, _)| (slot, i))
+                    .collect()
+            })
+            .unwrap_or_default();
         let Some(mut round) = self.round.take() else {
             return RoundReport::default();
         };
-        // Early stop may end a round with an echo still out (a path slower
-        // than the spacing gets the next echo before the first reply is
-        // read). It has no fate yet: neither sent nor lost, or a lossless
-        // path would show loss.
-        let open: Vec<(Slot, usize)> = round.ledger.open_targets(Instant::now()).collect();
-        for (slot, i) in open {
+        for (slot, i) in in_flight {
             if let Some(t) = list(&mut round.report, slot).get_mut(i) {
                 t.sent = t.sent.saturating_sub(1);
             }

@@ -204,12 +204,13 @@ impl Ledger {
             .max()
     }
 
-    /// The targets with an echo still unanswered and not past its deadline.
-    pub fn open_targets(&self, now: Instant) -> impl Iterator<Item = (Slot, usize)> + '_ {
+    /// The echoes still unanswered and not past their deadline: each one's
+    /// target (group and index) and when it was sent.
+    pub fn open_targets(&self, now: Instant) -> impl Iterator<Item = (Slot, usize, Instant)> + '_ {
         self.echoes
             .values()
             .filter(move |e| !e.answered && e.sent + e.timeout > now)
-            .map(|e| (e.slot, e.index))
+            .map(|e| (e.slot, e.index, e.sent))
     }
 }
 

@@ -163,6 +163,24 @@ impl TargetNet {
         }
     }
 
+    /// Drops every other IPv4 echo request arriving in the namespace
+    /// (the first, the third, ...), or stops doing so: loss without chance.
+    pub fn drop_every_other_v4_echo(&self, on: bool) {
+        let _ = run(&[
+            "ip", "netns", "exec", &self.ns, "nft", "delete", "table", "inet", "rfalt",
+        ]);
+        if on {
+            must_in(
+                &self.ns,
+                &[
+                    "nft",
+                    "table inet rfalt { chain input { type filter hook input priority 0; policy accept; \
+                     icmp type echo-request numgen inc mod 2 == 0 drop; }; }",
+                ],
+            );
+        }
+    }
+
     fn remove(&self) {
         // Deleting the namespace deletes the veth pair with it.
         let _ = run(&["ip", "netns", "del", &self.ns]);
