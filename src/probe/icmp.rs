@@ -414,7 +414,7 @@ impl IcmpProber {
         round
             .ledger
             .open_targets(now)
-            .map(|(slot, i, _)| self.learned_deadline(slot, i))
+            .map(|(slot, i)| self.learned_deadline(slot, i))
             .max()
             .unwrap_or(Duration::ZERO)
     }
@@ -581,30 +581,15 @@ impl Prober for IcmpProber {
             self.sleep_until(at + margin).await;
             self.drain();
         }
-        // Early stop may end a round with echoes still out. One out for less
-        // than its target's learned round-trip time (a path slower than the
-        // spacing gets the next echo before the first reply is read) has no
-        // fate yet: neither sent nor lost, or a lossless path would show
-        // loss. One out longer, beside a later echo that was answered, is
-        // lost, or a lossy path would show none.
-        let now = Instant::now();
-        let in_flight: Vec<(Slot, usize)> = self
-            .round
-            .as_ref()
-            .map(|r| {
-                r.ledger
-                    .open_targets(now)
-                    .filter(|&(slot, i, sent)| {
-                        now.saturating_duration_since(sent) < self.learned_deadline(slot, i)
-                    })
-                    .map(|(slot, i, _)| (slot, i))
-                    .collect()
-            })
-            .unwrap_or_default();
         let Some(mut round) = self.round.take() else {
             return RoundReport::default();
         };
-        for (slot, i) in in_flight {
+        // Early stop may end a round with echoes still out. One sent after
+        // its target's newest answered echo (a path slower than the spacing
+        // gets the next echo before the first reply is read) has no fate
+        // yet: neither sent nor lost, or a lossless path would show loss.
+        // One sent before it is lost, or a lossy path would show none.
+        for (slot, i) in round.ledger.in_flight(Instant::now()) {
             if let Some(t) = list(&mut round.report, slot).get_mut(i) {
                 t.sent = t.sent.saturating_sub(1);
             }

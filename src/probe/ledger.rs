@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::socket::Reply;
 
 /// Which group of a round an echo belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
     Primary,
     Backup,
@@ -204,13 +204,34 @@ impl Ledger {
             .max()
     }
 
-    /// The echoes still unanswered and not past their deadline: each one's
-    /// target (group and index) and when it was sent.
-    pub fn open_targets(&self, now: Instant) -> impl Iterator<Item = (Slot, usize, Instant)> + '_ {
+    /// The targets with an echo still unanswered and not past its deadline.
+    pub fn open_targets(&self, now: Instant) -> impl Iterator<Item = (Slot, usize)> + '_ {
+        self.open(now).map(|e| (e.slot, e.index))
+    }
+
+    fn open(&self, now: Instant) -> impl Iterator<Item = &Echo> + '_ {
         self.echoes
             .values()
             .filter(move |e| !e.answered && e.sent + e.timeout > now)
-            .map(|e| (e.slot, e.index, e.sent))
+    }
+
+    /// The open echoes a round that ends now leaves without a fate: those
+    /// sent after the newest answered echo of their target. One sent
+    /// before it was passed by a later echo's reply: lost, however young.
+    pub fn in_flight(&self, now: Instant) -> Vec<(Slot, usize)> {
+        let mut newest: HashMap<(Slot, usize), Instant> = HashMap::new();
+        for e in self.echoes.values().filter(|e| e.answered) {
+            let at = newest.entry((e.slot, e.index)).or_insert(e.sent);
+            *at = (*at).max(e.sent);
+        }
+        self.open(now)
+            .filter(|e| {
+                newest
+                    .get(&(e.slot, e.index))
+                    .is_none_or(|&answered| e.sent > answered)
+            })
+            .map(|e| (e.slot, e.index))
+            .collect()
     }
 }
 
@@ -479,6 +500,27 @@ mod tests {
         // Past every deadline: settled, answered or not.
         assert_eq!(f.ledger.last_open_deadline(t0 + ms(800)), None);
         assert_eq!(f.ledger.open_targets(t0 + ms(800)).count(), 0);
+    }
+
+    #[test]
+    fn an_open_echo_older_than_an_answered_one_is_lost_a_newer_one_in_flight() {
+        let mut f = fixture();
+        let (t0, w0) = (f.t0, f.w0);
+        // Target 0 of the primary: echoes 5 ms apart, the second answered.
+        f.ledger
+            .sent(sent("198.18.0.2", 12, Slot::Primary, 0, w0, t0 + ms(5)));
+        f.ledger
+            .sent(sent("198.18.0.2", 13, Slot::Primary, 0, w0, t0 + ms(10)));
+        let r = reply("198.18.0.2", Some(IDENT), 12, Some(ms(6)));
+        f.ledger.accept(&r, t0 + ms(11), w0 + ms(11)).unwrap();
+        // Seq 10 (before the answer): lost. Seq 13 (after it): in flight.
+        // The backup target answered nothing: its echo is in flight too.
+        let mut open = f.ledger.in_flight(t0 + ms(11));
+        open.sort_by_key(|&(slot, i)| (slot == Slot::Backup, i));
+        assert_eq!(open, vec![(Slot::Primary, 0), (Slot::Backup, 1)]);
+        assert_eq!(f.ledger.open_targets(t0 + ms(11)).count(), 3);
+        // Past their deadlines, none is open, let alone in flight.
+        assert!(f.ledger.in_flight(t0 + ms(900)).is_empty());
     }
 
     #[test]
