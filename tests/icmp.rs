@@ -185,19 +185,31 @@ impl Drop for SlowResponder {
     }
 }
 
-#[tokio::test]
-async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
-    let test = "late_replies_count_by_their_kernel_stamps_within_the_timeout_only";
+/// A namespace of the test's own (`id`) whose IPv4 and IPv6 targets answer
+/// every echo 100 ms late, and the `targets` list for a config; `None`
+/// when the test cannot run here (it says why, or fails under `CI`).
+fn slow_path(test: &str, id: u8) -> Option<(netns::TargetNet, SlowResponder, String)> {
     if !gate::require_root(test, "network namespaces and ICMP sockets")
         || !gate::require_tool(test, "ip")
         || !gate::require_tool(test, "python3")
     {
-        return;
+        return None;
     }
     // This kernel has no netem: a userspace responder holds each reply.
-    let net = netns::TargetNet::create(213);
-    let _responder = SlowResponder::start(&net, 100);
+    let net = netns::TargetNet::create(id);
+    let responder = SlowResponder::start(&net, 100);
     let targets = format!(r#""{}", "{}""#, net.target_v4, net.target_v6);
+    Some((net, responder, targets))
+}
+
+#[tokio::test]
+async fn late_replies_count_by_their_kernel_stamps_within_the_timeout_only() {
+    let Some((_net, _responder, targets)) = slow_path(
+        "late_replies_count_by_their_kernel_stamps_within_the_timeout_only",
+        213,
+    ) else {
+        return;
+    };
 
     // Timeout 300 ms: every reply counts, with its own ~100 ms RTT, though
     // the prober reads them all at once, long after some of them arrived.
@@ -508,16 +520,12 @@ async fn count_wakes(
 /// shows no loss, in the round and in the counters built on it.
 #[tokio::test]
 async fn an_echo_still_out_when_early_stop_ends_the_round_is_not_counted_lost() {
-    let test = "an_echo_still_out_when_early_stop_ends_the_round_is_not_counted_lost";
-    if !gate::require_root(test, "network namespaces and ICMP sockets")
-        || !gate::require_tool(test, "ip")
-        || !gate::require_tool(test, "python3")
-    {
+    let Some((_net, _responder, targets)) = slow_path(
+        "an_echo_still_out_when_early_stop_ends_the_round_is_not_counted_lost",
+        214,
+    ) else {
         return;
-    }
-    let net = netns::TargetNet::create(214);
-    let _responder = SlowResponder::start(&net, 100);
-    let targets = format!(r#""{}", "{}""#, net.target_v4, net.target_v6);
+    };
     let config = config_with(&targets, "1s", "800ms");
     let mut prober = IcmpProber::new(&config.probe).expect("ICMP sockets");
     for _ in 0..3 {
