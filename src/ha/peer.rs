@@ -250,14 +250,18 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    #[test]
-    fn a_lagging_read_never_turns_a_peer_back() {
-        let mut h = ha();
-        let read = |value: &str| RouteTable {
+    /// The anchor table as read, holding peer `b`'s verdict `value`.
+    fn read(value: &str) -> RouteTable {
+        RouteTable {
             id: "rtb-a".into(),
             tags: [(peers::tag_key("b"), value.to_string())].into(),
             ..RouteTable::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_lagging_read_never_turns_a_peer_back() {
+        let mut h = ha();
         h.observe(&[read("backup;8;995;down")]);
         h.observe(&[read("primary;7;990;up")]);
         assert_eq!(h.combined(Via::Primary).path, Via::Backup);
@@ -269,11 +273,6 @@ mod tests {
     #[test]
     fn a_stamp_from_the_future_never_hides_the_values_after_it() {
         let mut h = ha();
-        let read = |value: &str| RouteTable {
-            id: "rtb-a".into(),
-            tags: [(peers::tag_key("b"), value.to_string())].into(),
-            ..RouteTable::default()
-        };
         h.observe(&[read("primary;7;990;up")]);
         // A clock an hour ahead (or a hand edit), then stepped back.
         h.observe(&[read("backup;8;4600;down")]);
@@ -290,11 +289,6 @@ mod tests {
     #[test]
     fn a_lagging_read_of_an_unread_future_stamped_value_is_no_advance() {
         let mut h = ha();
-        let read = |value: &str| RouteTable {
-            id: "rtb-a".into(),
-            tags: [(peers::tag_key("b"), value.to_string())].into(),
-            ..RouteTable::default()
-        };
         // A peer 100 s ahead; reads every 30 s see every third beat.
         h.observe(&[read("backup;10;1100;down")]);
         h.observe(&[read("primary;13;1130;up")]);
@@ -310,11 +304,6 @@ mod tests {
         let clock = Arc::clone(&now);
         let mut h = ha();
         h.clock = Arc::new(move || clock.load(Ordering::Relaxed));
-        let read = |value: &str| RouteTable {
-            id: "rtb-a".into(),
-            tags: [(peers::tag_key("b"), value.to_string())].into(),
-            ..RouteTable::default()
-        };
         h.observe(&[read("backup;5;1120;ahead")]);
         assert_eq!(h.combined(Via::Primary).path, Via::Primary);
         // Our clock reaches the stamp: the same value, now trusted, was
