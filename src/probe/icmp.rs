@@ -396,13 +396,14 @@ impl IcmpProber {
     /// round: then nothing still out can change the round, and it is over.
     fn all_up(&self) -> bool {
         let up = |targets: &[TargetReport], g: &Group| {
-            targets.iter().all(|t| !t.wants_echo(g.round, true))
+            targets
+                .iter()
+                .all(|t| !t.wants_echo(g.round, self.early_stop))
         };
-        self.early_stop
-            && self.round.as_ref().is_some_and(|r| {
-                up(&r.report.targets, &self.primary)
-                    && self.backup.as_ref().is_none_or(|b| up(&r.report.backup, b))
-            })
+        self.round.as_ref().is_some_and(|r| {
+            up(&r.report.targets, &self.primary)
+                && self.backup.as_ref().is_none_or(|b| up(&r.report.backup, b))
+        })
     }
 
     /// When the replies to the echoes still open should be in, by what the

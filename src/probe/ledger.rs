@@ -165,20 +165,13 @@ impl Ledger {
     /// prober reads at each deadline ([`Ledger::first_open_deadline`],
     /// [`Ledger::close_through`]) instead of once at the end.
     pub fn stepped(&self, now: Instant, now_wall: SystemTime) -> bool {
-        self.echoes
-            .values()
-            .filter(|e| !e.answered && e.sent + e.timeout > now)
+        self.open(now)
             .any(|e| e.offset_moved(now, now_wall) > STEP_TOLERANCE)
     }
 
     /// The earliest deadline of the echoes still open at `now`.
     pub fn first_open_deadline(&self, now: Instant) -> Option<Instant> {
-        self.echoes
-            .values()
-            .filter(|e| !e.answered)
-            .map(|e| e.sent + e.timeout)
-            .filter(|&deadline| deadline > now)
-            .min()
+        self.open(now).map(|e| e.sent + e.timeout).min()
     }
 
     /// Settles, as lost, the echoes still unanswered whose deadline is at
@@ -196,12 +189,7 @@ impl Ledger {
     /// round is over. Reading the socket once then settles them all: each
     /// reply's stamp says whether it came in time, however late it is read.
     pub fn last_open_deadline(&self, now: Instant) -> Option<Instant> {
-        self.echoes
-            .values()
-            .filter(|e| !e.answered)
-            .map(|e| e.sent + e.timeout)
-            .filter(|&deadline| deadline > now)
-            .max()
+        self.open(now).map(|e| e.sent + e.timeout).max()
     }
 
     /// The targets with an echo still unanswered and not past its deadline.
@@ -209,6 +197,7 @@ impl Ledger {
         self.open(now).map(|e| (e.slot, e.index))
     }
 
+    /// The echoes still unanswered and not past their deadline at `now`.
     fn open(&self, now: Instant) -> impl Iterator<Item = &Echo> + '_ {
         self.echoes
             .values()
