@@ -160,33 +160,17 @@ impl Profile {
                 .iter()
                 .enumerate()
                 .map(|(i, &target)| {
-                    let mut t = TargetReport {
-                        target,
-                        sent: 0,
-                        rtts: Vec::new(),
-                        error: None,
-                    };
                     let fates: Vec<Option<Duration>> = (0..self.count)
                         .map(|k| fate(i, start + ns(spacing * k)))
                         .collect();
-                    let in_time = |r: &Option<Duration>| r.filter(|rtt| *rtt <= self.timeout);
-                    for k in 0..self.count {
-                        t.rtts = fates[..t.sent as usize]
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(j, r)| {
-                                in_time(r).filter(|rtt| spacing * j as u32 + *rtt <= spacing * k)
-                            })
-                            .collect();
-                        if t.wants_echo(round_policy, early_stop) {
-                            t.sent += 1;
-                        }
-                    }
-                    t.rtts = fates[..t.sent as usize]
-                        .iter()
-                        .filter_map(in_time)
-                        .collect();
-                    t
+                    TargetReport::played(
+                        target,
+                        &fates,
+                        spacing,
+                        self.timeout,
+                        round_policy,
+                        early_stop,
+                    )
                 })
                 .collect();
             run.echoes += targets.iter().map(|t| u64::from(t.sent)).sum::<u64>();

@@ -54,6 +54,46 @@ impl TargetReport {
         loss_ratio(self.sent, self.received())
     }
 
+    /// One round of `target` as [`icmp::IcmpProber`] plays it, on a path
+    /// given per echo: `fates[k]`, echo k's round-trip time, or `None` if
+    /// lost. Echo k leaves at k·`spacing` if the target still
+    /// [`wants_echo`](Self::wants_echo) by the replies in by then; a reply
+    /// counts within `timeout`, however late it is read. The model behind
+    /// the false-failover simulation and the early-stop property test.
+    pub fn played(
+        target: IpAddr,
+        fates: &[Option<Duration>],
+        spacing: Duration,
+        timeout: Duration,
+        policy: RoundPolicy,
+        early_stop: bool,
+    ) -> Self {
+        let mut t = Self {
+            target,
+            sent: 0,
+            rtts: Vec::new(),
+            error: None,
+        };
+        let in_time = |rtt: &Option<Duration>| rtt.filter(|rtt| *rtt <= timeout);
+        // Each echo's offset from the round's start, as a multiple of spacing.
+        let at = |k: usize| spacing.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+        for k in 0..fates.len() {
+            t.rtts = fates[..t.sent as usize]
+                .iter()
+                .enumerate()
+                .filter_map(|(j, rtt)| in_time(rtt).filter(|rtt| at(j) + *rtt <= at(k)))
+                .collect();
+            if t.wants_echo(policy, early_stop) {
+                t.sent += 1;
+            }
+        }
+        t.rtts = fates[..t.sent as usize]
+            .iter()
+            .filter_map(in_time)
+            .collect();
+        t
+    }
+
     /// Whether the target is sent the round's next echo. With `early_stop`,
     /// not once it is up: replies only add to `received`, so no later echo
     /// can make it down, and the round's verdict is the one all its echoes
@@ -287,10 +327,8 @@ mod tests {
     }
 
     /// One round on a path given by `fates` (per target, per echo: its
-    /// reply's round-trip time in ms, or lost), as the prober plays it:
-    /// echo k leaves at k·spacing to every target that `wants_echo` by the
-    /// replies in by then; a reply counts within `timeout`, however late
-    /// it is read.
+    /// reply's round-trip time in ms, or lost), every target played by
+    /// [`TargetReport::played`].
     fn play(
         fates: &[Vec<Option<u64>>],
         spacing: u64,
@@ -298,26 +336,14 @@ mod tests {
         policy: RoundPolicy,
         early_stop: bool,
     ) -> Vec<TargetReport> {
-        let in_time = |r: &Option<u64>| r.filter(|&r| r <= timeout);
+        let ms = Duration::from_millis;
         fates
             .iter()
             .enumerate()
             .map(|(i, fate)| {
-                let mut sent = 0;
-                for k in 0..fate.len() as u64 {
-                    let rtts: Vec<u64> = fate[..sent as usize]
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, r)| {
-                            in_time(r).filter(|r| j as u64 * spacing + r <= k * spacing)
-                        })
-                        .collect();
-                    if target(i as u8, sent, &rtts).wants_echo(policy, early_stop) {
-                        sent += 1;
-                    }
-                }
-                let rtts: Vec<u64> = fate[..sent as usize].iter().filter_map(in_time).collect();
-                target(i as u8, sent, &rtts)
+                let fate: Vec<Option<Duration>> = fate.iter().map(|r| r.map(ms)).collect();
+                let target = IpAddr::from([198, 18, 0, i as u8]);
+                TargetReport::played(target, &fate, ms(spacing), ms(timeout), policy, early_stop)
             })
             .collect()
     }
