@@ -29,17 +29,7 @@ first=1
 for p in "${profiles[@]}"; do
     name=${p%%|*}
     keys=${p#*|}
-    cat > "$work/config.toml" <<TOML
-[aws]
-backend = "memory"
-[probe]
-targets = ["127.0.0.1", "127.0.0.2"]
-$keys
-[[routes]]
-route_table_id = "rtb-0123456789abcdef0"
-destination = "10.1.0.0/16"
-target_eni = "eni-0123456789abcdef0"
-TOML
+    agent_config "$work/config.toml" '"127.0.0.1", "127.0.0.2"' "$keys"
     read -r cpu cs < <(measure_agent "$BIN" "$work/config.toml" "$work" "$SECONDS_PER")
     printf '  %-32s CPU %s%% of a core, %s wake-ups/s over %s s\n' "$name" "$cpu" "$cs" "$SECONDS_PER"
     ((first)) || echo "," >> "$work/out.json"

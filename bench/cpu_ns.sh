@@ -43,22 +43,12 @@ rpid=$!
 sleep 1
 # The default config (early stop) leaves the key out, so a build from
 # before it runs it too; such a build refuses the other one.
+. bench/idle_cpu.sh
 for stop in true false; do
     key=""
     [[ $stop == false ]] && key="early_stop = false"
-    cat > "$work/config-$stop.toml" <<TOML
-[aws]
-backend = "memory"
-[probe]
-targets = ["198.18.215.2", "fd00:ee:215::2"]
-$key
-[[routes]]
-route_table_id = "rtb-0123456789abcdef0"
-destination = "10.1.0.0/16"
-target_eni = "eni-0123456789abcdef0"
-TOML
+    agent_config "$work/config-$stop.toml" '"198.18.215.2", "fd00:ee:215::2"' "$key"
 done
-. bench/idle_cpu.sh
 for bin in "${bins[@]}"; do
     for stop in true false; do
         read -r cpu cs < <(measure_agent "$bin" "$work/config-$stop.toml" "$work" "$S")

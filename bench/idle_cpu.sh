@@ -16,5 +16,22 @@ measure_agent() {
     python3 -c "print(f'{($ns1 - $ns0) / 1e9 / $s * 100:.3f} {($cs1 - $cs0) / $s:.1f}')"
 }
 
+# agent_config FILE TARGETS [PROBE_KEYS]: the agent's config for these
+# runs: the memory backend (no API calls to count), TARGETS (a TOML list's
+# inside) and any extra [probe] keys.
+agent_config() {
+    cat > "$1" <<TOML
+[aws]
+backend = "memory"
+[probe]
+targets = [$2]
+${3:-}
+[[routes]]
+route_table_id = "rtb-0123456789abcdef0"
+destination = "10.1.0.0/16"
+target_eni = "eni-0123456789abcdef0"
+TOML
+}
+
 on_cpu_ns() { local t=0 f; for f in /proc/"$1"/task/*/schedstat; do t=$((t + $(cut -d' ' -f1 "$f"))); done; echo "$t"; }
 switches() { grep -h "^voluntary_ctxt_switches" /proc/"$1"/task/*/status | awk '{s += $2} END {print s}'; }
