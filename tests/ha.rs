@@ -278,6 +278,15 @@ impl Pair {
         self.start_skewed(id, reply, 0)
     }
 
+    /// monitor-a and monitor-b, every probe answered, both converged on
+    /// Primary.
+    async fn start_both_on_primary(&self) -> (Harness, Arc<Link>, Harness, Arc<Link>) {
+        let (mut a, la) = self.start("monitor-a", Reply::All);
+        let (mut b, lb) = self.start("monitor-b", Reply::All);
+        both_on_primary(&mut a, &mut b).await;
+        (a, la, b, lb)
+    }
+
     fn start_skewed(&self, id: &str, reply: Reply, skew: u64) -> (Harness, Arc<Link>) {
         self.start_config(&ha_config(id), reply, skew)
     }
@@ -390,9 +399,7 @@ fn on_another_anchor(pair: &Pair, id: &str) -> Config {
 #[tokio::test(start_paused = true)]
 async fn both_see_the_cut_routes_are_made_once_and_heal_deletes_them_once() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, lb) = pair.start_both_on_primary().await;
     assert_eq!(
         pair.verdicts(),
         [
@@ -515,9 +522,7 @@ async fn a_dead_peers_backup_verdict_holds_failback_only_until_peer_timeout() {
 #[tokio::test(start_paused = true)]
 async fn one_agents_view_alone_fails_over_and_the_other_names_it() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, lb) = pair.start_both_on_primary().await;
     a.script.set("A's view of DX cut", Reply::None);
     a.converged(Via::Backup, secs(10)).await;
     assert_eq!(pair.ours(), pair.managed());
@@ -586,9 +591,7 @@ async fn an_agent_restarted_while_its_peer_says_backup_deletes_nothing() {
 #[tokio::test(start_paused = true)]
 async fn an_agent_that_loses_the_api_expires_and_converges_on_return_without_undoing() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, lb) = pair.start_both_on_primary().await;
     a.script.set("DX cut", Reply::None);
     b.script.set("DX cut", Reply::None);
     a.converged(Via::Backup, secs(10)).await;
@@ -630,9 +633,7 @@ async fn an_agent_that_loses_the_api_expires_and_converges_on_return_without_und
 #[tokio::test(start_paused = true)]
 async fn verdict_tags_deleted_by_hand_are_back_within_a_heartbeat() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, lb) = pair.start_both_on_primary().await;
     a.script.set("DX cut", Reply::None);
     b.script.set("DX cut", Reply::None);
     a.converged(Via::Backup, secs(10)).await;
@@ -808,9 +809,7 @@ fn anchor_keys(pair: &Pair) -> (String, Vec<(String, Option<String>)>) {
 #[tokio::test(start_paused = true)]
 async fn tags_deleted_while_only_one_agent_says_backup_leave_its_failover_alone() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, lb) = pair.start_both_on_primary().await;
     a.script.set("A's view cut", Reply::None);
     a.converged(Via::Backup, secs(10)).await;
     b.run_for(secs(40)).await;
@@ -1091,9 +1090,7 @@ async fn create_tags_denied_still_fails_over_and_deletes_nothing_unpublished() {
 #[tokio::test(start_paused = true)]
 async fn a_missing_anchor_holds_failback_and_still_fails_over() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     // Deleted by hand: the peers' verdicts cannot be read any more.
     pair.world.delete_table(&pair.anchor());
     a.script.set("DX cut", Reply::None);
@@ -1221,9 +1218,7 @@ async fn a_fresh_failover_survives_reads_whose_tags_lag() {
 #[tokio::test(start_paused = true)]
 async fn an_unpublished_backup_verdict_costs_at_most_one_delete_per_route() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     // A cannot publish (say, a role without CreateTags): B cannot see why
     // A's routes are there, and may delete them once, not more.
     la.deny_tags.store(true, Ordering::SeqCst);
@@ -1390,9 +1385,7 @@ async fn an_agent_restarted_on_a_peers_failover_does_not_make_it_its_own() {
 #[tokio::test(start_paused = true)]
 async fn our_own_failed_reads_do_not_make_a_live_peer_dead() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     // B alone says Backup and holds the pair there; then A loses the API
     // for two minutes, far past peer_timeout.
     b.script.set("B's view cut", Reply::None);
@@ -1530,9 +1523,7 @@ fn stamped_ahead(pair: &Pair, path: Via, counter: u64, ahead: u64) -> (String, S
 #[tokio::test(start_paused = true)]
 async fn a_verdict_stamped_an_hour_ahead_does_not_blind_us_to_that_peer() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     b.script.set("B's view cut", Reply::None);
     b.converged(Via::Backup, secs(10)).await;
     a.run_for(secs(60)).await;
@@ -1580,9 +1571,7 @@ async fn tags_lagging_beyond_a_peers_recreate_raise_the_fight_but_delete_once() 
 /// re-create per route.
 async fn failover_after_an_old_failback_with_tag_lag(lag: Duration) -> Vec<&'static str> {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     // An outage and a failback: the routes are made and deleted once.
     a.script.set("cut", Reply::None);
     b.script.set("cut", Reply::None);
@@ -1650,9 +1639,7 @@ async fn failover_after_an_old_failback_with_tag_lag(lag: Duration) -> Vec<&'sta
 #[tokio::test(start_paused = true)]
 async fn a_slow_heartbeat_does_not_delay_a_failover_decided_meanwhile() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     // A's next beat takes 40 s to answer; its view of DX dies meanwhile.
     *la.next_tags_delay.lock().unwrap() = Some(secs(40));
     let beats = la.count("CreateTags");
@@ -1918,9 +1905,7 @@ async fn a_slow_heartbeat_does_not_delay_the_resync_read() {
 #[tokio::test(start_paused = true)]
 async fn a_fight_survives_a_failback_hold_of_another_kind() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, _lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, _lb) = pair.start_both_on_primary().await;
     la.deny_tags.store(true, Ordering::SeqCst);
     a.script.set("A's view cut", Reply::None);
     a.run_for(secs(300)).await;
@@ -1963,9 +1948,7 @@ async fn a_fight_survives_a_failback_hold_of_another_kind() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_heartbeat_landing_late_is_overwritten_within_a_heartbeat() {
     let pair = Pair::new();
-    let (mut a, la) = pair.start("monitor-a", Reply::All);
-    let (mut b, lb) = pair.start("monitor-b", Reply::All);
-    both_on_primary(&mut a, &mut b).await;
+    let (mut a, la, mut b, lb) = pair.start_both_on_primary().await;
     *la.next_tags_delay.lock().unwrap() = Some(secs(40));
     let beats = la.count("CreateTags");
     a.run_for(BEAT + secs(1)).await;
